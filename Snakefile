@@ -1,0 +1,24 @@
+# memprune: locate and prune the memorization neurons of text-to-image diffusion models.
+# Table of contents; the rules live in rules/, the code in workflow/memprune (the `memprune` command).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/testbed.smk"
+include: "rules/activations.smk"
+include: "rules/masks.smk"
+include: "rules/analysis.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

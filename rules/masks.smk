@@ -1,0 +1,21 @@
+# Memorized-neuron masks per subset (the paper's equations 4-7): per (layer, timestep) and their union over
+# the first tau timesteps.
+
+
+rule masks:
+    input:
+        model=model_input(),
+        subset=f"{ACT_DIR}/subsets/{{collection}}/{{subset}}.zarr",
+        null=f"{ACT_DIR}/null.zarr",
+    output:
+        directory(f"{MASK_DIR}/{{collection}}/{{subset}}.zarr"),
+    params:
+        sparsity=config["masks"]["sparsity"],
+        tau=config["masks"]["tau"],
+    log:
+        f"logs/{MODEL['name']}/masks/{MASK_TAG}/{{collection}}_{{subset}}.log",
+    benchmark:
+        f"benchmarks/{MODEL['name']}/masks/{MASK_TAG}/{{collection}}_{{subset}}.tsv"
+    shell:
+        "memprune --log {log} masks --model {MODEL_DIR} --activations {input.subset} --null {input.null} "
+        "--sparsity {params.sparsity} --tau {params.tau} --variant {A_CFG[variant]} --out {output} 2>> {log}"

@@ -1,0 +1,202 @@
+"""density.nc, iou.nc and their figures from the per-subset mask stores of every collection.
+
+iou.nc has a `mask_type` dimension: `found` (the memorized-neuron masks) and `random` (per subset and
+(layer, step), a uniformly random mask with the same number of entries: the chance level of overlap).
+The non-memorized control collection is a collection like the others, flagged by the `control` coordinate.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .masks import read_masks
+from .overlap import density as packed_density
+from .overlap import mean_over_pairs, pairwise_iou
+
+log = logging.getLogger(__name__)
+
+MASK_TYPES = ("found", "random")
+
+
+def random_like_packed(packed: np.ndarray, in_features: int, rng: np.random.Generator) -> np.ndarray:
+    """A random packed mask with as many set bits as `packed`, per leading index: (..., out, in/8)."""
+    lead = packed.shape[:-2]
+    out_dim = packed.shape[-2]
+    n = out_dim * in_features
+    counts = np.bitwise_count(packed).sum(axis=(-2, -1)).reshape(-1)
+    result = np.empty((counts.size, out_dim, packed.shape[-1]), dtype=np.uint8)
+    for idx, count in enumerate(counts):
+        bits = np.zeros(n, dtype=bool)
+        bits[rng.choice(n, size=int(count), replace=False)] = True
+        result[idx] = np.packbits(bits.reshape(out_dim, in_features), axis=-1)
+    return result.reshape(*lead, out_dim, packed.shape[-1])
+
+
+def analyze(collections: dict, seed: int, density_path, iou_path, fig_density_path, fig_iou_path) -> None:
+    """`collections`: {name: {"control": bool, "masks": [mask store per subset]}}."""
+    import xarray as xr
+
+    from . import __version__
+    from .store import write_netcdf
+
+    names = list(collections)
+    n_max = max(len(c["masks"]) for c in collections.values())
+    rng = np.random.default_rng(seed)
+    first = read_masks(collections[names[0]]["masks"][0])
+    layers, in_features, _, _, ds0 = first
+    steps, t = ds0["step"].values, ds0["t"].values
+    L, T = len(layers), len(steps)
+
+    dens = np.full((len(names), n_max, L, T), np.nan)
+    dens_union = np.full((len(names), n_max, L), np.nan)
+    iou = np.full((len(names), 2, n_max, n_max, L, T), np.nan)
+    iou_union = np.full((len(names), 2, n_max, n_max, L), np.nan)
+    sizes, attrs = [], {}
+    for ci, name in enumerate(names):
+        per_subset, union_subset, n_prompts = [], [], []
+        for path in collections[name]["masks"]:
+            lay, inf, per_step, union, ds = read_masks(path)
+            if lay != layers or not np.array_equal(ds["t"].values, t):
+                raise ValueError(f"{path}: layers or timesteps differ from {collections[names[0]]['masks'][0]}")
+            per_subset.append(per_step)
+            union_subset.append(union)
+            n_prompts.append(int(ds.attrs["n_prompts"]))
+            attrs = {k: ds.attrs[k] for k in ("sparsity", "tau", "variant", "model", "base_weights_sha256")}
+        sizes.append(n_prompts[0] if len(set(n_prompts)) == 1 else -1)
+        n = len(per_subset)
+        for li, layer in enumerate(layers):
+            size = per_subset[0][layer].shape[-2] * in_features[layer]
+            for si in range(n):
+                dens[ci, si, li] = packed_density(per_subset[si][layer], size)
+                dens_union[ci, si, li] = packed_density(union_subset[si][layer], size)
+            found = [per_subset[si][layer] for si in range(n)]
+            found_u = [union_subset[si][layer] for si in range(n)]
+            rand = [random_like_packed(m, in_features[layer], rng) for m in found]
+            rand_u = [random_like_packed(m[None], in_features[layer], rng)[0] for m in found_u]
+            iou[ci, 0, :n, :n, li] = pairwise_iou(found)
+            iou[ci, 1, :n, :n, li] = pairwise_iou(rand)
+            iou_union[ci, 0, :n, :n, li] = pairwise_iou(found_u)
+            iou_union[ci, 1, :n, :n, li] = pairwise_iou(rand_u)
+        log.info("%s: %d subsets, mean density %.4f", name, n, np.nanmean(dens[ci]))
+
+    mean_iou = np.stack([
+        np.stack([mean_over_pairs(iou[ci, m, : len(collections[c]["masks"]), : len(collections[c]["masks"])])
+                  for m in range(2)]) for ci, c in enumerate(names)
+    ])  # (collection, mask_type, layer, step)
+    mean_iou_union = np.stack([
+        np.stack([mean_over_pairs(iou_union[ci, m, : len(collections[c]["masks"]), : len(collections[c]["masks"])])
+                  for m in range(2)]) for ci, c in enumerate(names)
+    ])
+    coords = {
+        "collection": names,
+        "control": ("collection", np.array([bool(collections[c]["control"]) for c in names])),
+        "subset_size": ("collection", np.array(sizes)),
+        "layer": layers,
+        "in_features": ("layer", np.array([in_features[l] for l in layers])),
+        "step": steps,
+        "t": ("step", t),
+    }
+    common_attrs = {**attrs, "memprune_version": __version__}
+    density_ds = xr.Dataset(
+        {
+            "density": (("collection", "subset", "layer", "step"), dens,
+                        {"long_name": "fraction of ff.net.2 weights that are memorized neurons (eq. 6)"}),
+            "density_union": (("collection", "subset", "layer"), dens_union,
+                              {"long_name": "density of the union over the first tau steps (eq. 7)"}),
+            "density_over_layers": (("collection", "subset", "step"), np.nanmean(dens, axis=2),
+                                    {"long_name": "density averaged over layers (Figure 1, over time)"}),
+            "density_over_time": (("collection", "subset", "layer"), np.nanmean(dens, axis=3),
+                                  {"long_name": "density averaged over timesteps (Figure 1, over layers)"}),
+        },
+        coords={**coords, "subset": np.arange(n_max)},
+        attrs={**common_attrs, "description": "density of memorized neurons per subset (NaN: no such subset)"},
+    )
+    iou_ds = xr.Dataset(
+        {
+            "iou": (("collection", "mask_type", "subset_i", "subset_j", "layer", "step"), iou,
+                    {"long_name": "pairwise IOU of per-timestep masks"}),
+            "iou_union": (("collection", "mask_type", "subset_i", "subset_j", "layer"), iou_union,
+                          {"long_name": "pairwise IOU of the tau-unions"}),
+            "mean_iou": (("collection", "mask_type", "layer", "step"), mean_iou,
+                         {"long_name": "mean IOU over subset pairs i<j"}),
+            "mean_iou_union": (("collection", "mask_type", "layer"), mean_iou_union,
+                               {"long_name": "mean IOU of the tau-unions over subset pairs i<j"}),
+            "mean_iou_over_layers": (("collection", "mask_type", "step"), mean_iou.mean(axis=2),
+                                     {"long_name": "mean pairwise IOU averaged over layers (Figure 2, over time)"}),
+            "mean_iou_over_time": (("collection", "mask_type", "layer"), mean_iou.mean(axis=3),
+                                   {"long_name": "mean pairwise IOU averaged over timesteps (Figure 2, over layers)"}),
+        },
+        coords={**coords, "mask_type": list(MASK_TYPES), "subset_i": np.arange(n_max), "subset_j": np.arange(n_max)},
+        attrs={**common_attrs, "random_control_seed": seed,
+               "description": "pairwise IOU of memorized-neuron masks between subsets of each collection; "
+                              "mask_type=random: random masks of equal per-(layer, step) density"},
+    )
+    write_netcdf(density_ds, density_path)
+    write_netcdf(iou_ds, iou_path)
+    plot_density(density_ds, fig_density_path)
+    plot_iou(iou_ds, fig_iou_path)
+
+
+def _save_fig(fig, path) -> None:
+    from .store import atomic_file
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_density(ds, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for c in ds.collection.values:
+        style = "--" if bool(ds.control.sel(collection=c)) else "-"
+        over_t = ds.density_over_layers.sel(collection=c)
+        axes[0].plot(ds.step, 100 * over_t.mean("subset"), style, label=str(c))
+        over_l = ds.density_over_time.sel(collection=c)
+        axes[1].plot(np.arange(ds.sizes["layer"]), 100 * over_l.mean("subset"), style + "o", ms=3, label=str(c))
+    axes[0].set(xlabel="denoising step", ylabel="density (%)", title="memorized-neuron density, mean over layers")
+    axes[1].set(xlabel="layer (execution order)", ylabel="density (%)", title="mean over timesteps")
+    axes[1].set_xticks(np.arange(ds.sizes["layer"]))
+    axes[1].set_xticklabels([_short(l) for l in ds.layer.values], rotation=60, ha="right", fontsize=7)
+    axes[0].legend(fontsize=7)
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def plot_iou(ds, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for k, c in enumerate(ds.collection.values):
+        colour = f"C{k}"
+        ctrl = bool(ds.control.sel(collection=c))
+        label = f"{c}{' (non-memorized control)' if ctrl else ''}"
+        found = ds.mean_iou_over_layers.sel(collection=c, mask_type="found")
+        rand = ds.mean_iou_over_layers.sel(collection=c, mask_type="random")
+        axes[0].plot(ds.step, found, "--" if ctrl else "-", color=colour, label=label)
+        axes[0].plot(ds.step, rand, ":", color=colour, alpha=0.6)
+        found_l = ds.mean_iou_over_time.sel(collection=c, mask_type="found")
+        rand_l = ds.mean_iou_over_time.sel(collection=c, mask_type="random")
+        x = np.arange(ds.sizes["layer"])
+        axes[1].plot(x, found_l, ("--" if ctrl else "-") + "o", color=colour, ms=3, label=label)
+        axes[1].plot(x, rand_l, ":", color=colour, alpha=0.6)
+    axes[0].set(xlabel="denoising step", ylabel="mean pairwise IOU", title="IOU over time (dotted: random masks)", ylim=(0, 1))
+    axes[1].set(xlabel="layer (execution order)", ylabel="mean pairwise IOU", title="IOU over layers", ylim=(0, 1))
+    axes[1].set_xticks(np.arange(ds.sizes["layer"]))
+    axes[1].set_xticklabels([_short(l) for l in ds.layer.values], rotation=60, ha="right", fontsize=7)
+    axes[0].legend(fontsize=7)
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def _short(layer: str) -> str:
+    parts = layer.split(".")
+    return ".".join(p for p in parts[:4] if p not in ("attentions",)).replace("_blocks", "")

@@ -1,0 +1,108 @@
+"""Load a diffusers text-to-image pipeline and find its FFN layers (`ff.net.2`, input = GEGLU output)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from .prompts import InputError
+
+log = logging.getLogger(__name__)
+
+_BLOCK_ORDER = {"conv_in": 0, "time_embedding": 0, "down_blocks": 1, "mid_block": 2, "up_blocks": 3}
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str):
+    """`auto` is float16 on CUDA (as the paper), float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
+    except KeyError:
+        raise InputError(f"config key model.dtype: unknown dtype {dtype!r}") from None
+
+
+def load_pipeline(model: str | Path, device: str = "auto", dtype: str = "auto", scheduler: str | None = None):
+    """A `StableDiffusionPipeline` from a local directory or a hub id (offline-friendly: diffusers honours
+    HF_HUB_OFFLINE). The safety checker is off: memprune must see what the model produces.
+
+    `scheduler`: a diffusers scheduler class name (e.g. "DDIMScheduler") built from the model's own scheduler
+    config, or None for the model's default."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    local = Path(model)
+    if local.exists() and not (local / "model_index.json").exists():
+        raise InputError(f"{local}: not a diffusers pipeline directory (no model_index.json)")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(model), torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False,
+        )
+    except OSError as e:
+        raise InputError(f"cannot load model {str(model)!r}: {e}") from None
+    if scheduler:
+        cls = getattr(diffusers, scheduler, None)
+        if cls is None:
+            raise InputError(f"config key sampling.scheduler: diffusers has no scheduler {scheduler!r}")
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def ffn_layers(unet) -> list[tuple[str, "torch.nn.Linear"]]:
+    """The second linear layer of every GEGLU feed-forward, ordered by execution (down, mid, up).
+
+    Found by module type (a diffusers `FeedForward` whose `net[0]` is `GEGLU` and `net[2]` a Linear),
+    never from a list of names. `named_modules()` yields `mid_block` after the up blocks, hence the sort.
+    """
+    import torch
+    from diffusers.models.activations import GEGLU
+    from diffusers.models.attention import FeedForward
+
+    found = []
+    for name, module in unet.named_modules():
+        if isinstance(module, FeedForward) and len(module.net) >= 3:
+            if isinstance(module.net[0], GEGLU) and isinstance(module.net[2], torch.nn.Linear):
+                found.append((f"{name}.net.2", module.net[2]))
+    if not found:
+        raise InputError(
+            f"the UNet ({type(unet).__name__}) has no GEGLU feed-forward layers (ff.net.0 GEGLU, ff.net.2 Linear): "
+            "memprune locates memorization in those layers"
+        )
+    # Python's sort is stable, so modules of one block keep their execution order.
+    found.sort(key=lambda item: _BLOCK_ORDER.get(item[0].split(".")[0], 9))
+    return found
+
+
+def weights_hash(tensors: dict) -> str:
+    """sha256 over the named tensors' bytes (sorted by name): identifies the base weights that masks refer to."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def ffn_weights(unet) -> dict:
+    """{layer name: float32 weight (out, in)} of the FFN second linears."""
+    return {name: lin.weight.detach().float().cpu() for name, lin in ffn_layers(unet)}

@@ -1,0 +1,139 @@
+"""`memprune testbed-report`: what the testbed model memorizes, and how well it still generates.
+
+Per guidance scale, over `seeds`:
+* duplicated prompts: SSIM of each generation to the prompt's own training image; a prompt "copies" when
+  most seeds (> half) give SSIM >= threshold;
+* single-seen and held-out prompts: SSIM of each generation to its nearest training photo (duplicated or
+  single; the scene renders are not photos); a prompt "copies" on the same majority rule: the false-copy rate;
+* held-out compositional prompts: prompt following = the four attributes read back off the image
+  (`testbed.describe_scene`) all match the prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def load_images(data_dir: Path, rows: list[dict]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(data_dir / r["image"]).convert("RGB")) for r in rows])
+
+
+def copy_rate(ssim: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
+    """(prompt, seed) similarities -> per-prompt copy flag (most seeds above threshold), and its mean."""
+    copied = (ssim >= threshold).mean(axis=1) > 0.5
+    return copied, float(copied.mean()) if copied.size else float("nan")
+
+
+def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: list[int], guidances: list[float],
+                   threshold: float = 0.5, steps: int = 50, batch_size: int = 128) -> None:
+    import xarray as xr
+
+    from . import __version__
+    from .metrics import prompt_following, ssim_matrix
+    from .models import load_pipeline
+    from .sampling import SamplingConfig, generate
+    from .store import write_netcdf
+    from .testbed import read_manifest
+
+    rows = read_manifest(data_dir / "manifest.jsonl")
+    groups = {
+        "duplicated": [r for r in rows if r["group"] == "duplicated"],
+        "single": [r for r in rows if r["group"] == "single"],
+        "heldout": [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"],
+    }
+    photos_rows = groups["duplicated"] + groups["single"]
+    photos = load_images(data_dir, photos_rows)
+    pipe = load_pipeline(model, "auto", "auto")
+    prompts = [r["caption"] for g in groups.values() for r in g]
+    group_of = [g for g, rs in groups.items() for _ in rs]
+    n_dup = len(groups["duplicated"])
+    n_p, n_s, n_g = len(prompts), len(seeds), len(guidances)
+    own = np.full((n_g, n_p, n_s), np.nan)
+    nearest = np.full((n_g, n_p, n_s), np.nan)
+    nearest_idx = np.full((n_g, n_p, n_s), -1)
+    follows = np.zeros((n_g, n_p, n_s), dtype=bool)
+    images_by_g = []
+    for gi, g in enumerate(guidances):
+        cfg = SamplingConfig(steps=steps, guidance=g, batch_size=batch_size)
+        flat_p = [p for p in prompts for _ in seeds]
+        flat_s = [s for _ in prompts for s in seeds]
+        imgs = generate(pipe, flat_p, flat_s, cfg, progress=True).reshape(n_p, n_s, *photos.shape[1:])
+        images_by_g.append(imgs)
+        sims = ssim_matrix(imgs.reshape(-1, *photos.shape[1:]), photos).reshape(n_p, n_s, len(photos))
+        nearest[gi] = sims.max(-1)
+        nearest_idx[gi] = sims.argmax(-1)
+        own[gi, : n_dup + len(groups["single"])] = np.take_along_axis(
+            sims[: len(photos_rows)], np.arange(len(photos_rows))[:, None, None], axis=-1)[..., 0]
+        attrs = [r for r in groups["heldout"]]
+        h0 = n_p - len(attrs)
+        for si in range(n_s):
+            follows[gi, h0:, si] = prompt_following(imgs[h0:, si], attrs)
+        log.info("guidance %.2f done", g)
+
+    is_dup = np.array([g == "duplicated" for g in group_of])
+    is_single = np.array([g == "single" for g in group_of])
+    is_held = np.array([g == "heldout" for g in group_of])
+    summary = {k: np.zeros(n_g) for k in ("dup_copy_rate", "dup_mean_ssim", "single_copy_rate", "heldout_copy_rate",
+                                           "prompt_following", "dup_nn_recall")}
+    for gi in range(n_g):
+        summary["dup_copy_rate"][gi] = copy_rate(own[gi, is_dup], threshold)[1]
+        summary["dup_mean_ssim"][gi] = float(own[gi, is_dup].mean())
+        summary["single_copy_rate"][gi] = copy_rate(nearest[gi, is_single], threshold)[1]
+        summary["heldout_copy_rate"][gi] = copy_rate(nearest[gi, is_held], threshold)[1]
+        summary["prompt_following"][gi] = float(follows[gi, is_held].mean())
+        # nearest-neighbour recall: the nearest training photo is the prompt's own image
+        summary["dup_nn_recall"][gi] = float((nearest_idx[gi, is_dup] == np.arange(n_dup)[:, None]).mean())
+    ds = xr.Dataset(
+        {
+            "ssim_own": (("guidance", "prompt", "seed"), own, {"long_name": "SSIM to the prompt's own training image"}),
+            "ssim_nearest": (("guidance", "prompt", "seed"), nearest, {"long_name": "SSIM to the nearest training photo"}),
+            "follows_prompt": (("guidance", "prompt", "seed"), follows, {"long_name": "scene attributes all match (held-out prompts)"}),
+            **{k: (("guidance",), v) for k, v in summary.items()},
+        },
+        coords={"guidance": guidances, "prompt": np.array(prompts, dtype=object), "seed": seeds,
+                "group": ("prompt", np.array(group_of, dtype=object))},
+        attrs={"model": str(model), "copy_threshold": threshold, "steps": steps, "memprune_version": __version__,
+               "copy_rule": "a prompt copies when SSIM >= threshold in more than half of its seeds"},
+    )
+    write_netcdf(ds, out)
+    best = int(np.argmax(summary["dup_copy_rate"] - summary["single_copy_rate"]))
+    _grid(images_by_g[best], photos, groups, prompts, seeds, guidances[best], grid)
+    for gi, g in enumerate(guidances):
+        log.info("guidance %.1f: " + ", ".join(f"{k} {v[gi]:.3f}" for k, v in summary.items()), g)
+        print(f"guidance {g}: " + ", ".join(f"{k}={v[gi]:.3f}" for k, v in summary.items()))
+
+
+def _grid(images: np.ndarray, photos: np.ndarray, groups: dict, prompts: list[str], seeds: list[int],
+          guidance: float, path: Path) -> None:
+    """PNG: rows = 8 duplicated, 4 single, 4 held-out prompts; column 0 = the training image (blank for
+    held-out), then one column per seed."""
+    from PIL import Image
+
+    from .store import atomic_file
+    from .testbed import render_scene
+
+    n_dup, n_single = len(groups["duplicated"]), len(groups["single"])
+    picks = list(range(min(8, n_dup))) + list(range(n_dup, n_dup + min(4, n_single)))
+    picks += list(range(n_dup + n_single, min(n_dup + n_single + 4, len(prompts))))
+    h, w = photos.shape[1:3]
+    pad = 2
+    canvas = np.full((len(picks) * (h + pad), (1 + len(seeds)) * (w + pad), 3), 255, np.uint8)
+    for r, pi in enumerate(picks):
+        if pi < len(photos):
+            ref = photos[pi]
+        else:
+            attrs = groups["heldout"][pi - n_dup - n_single]
+            ref = render_scene(attrs)
+        canvas[r * (h + pad) : r * (h + pad) + h, :w] = ref
+        for c in range(len(seeds)):
+            canvas[r * (h + pad) : r * (h + pad) + h, (c + 1) * (w + pad) : (c + 1) * (w + pad) + w] = images[pi, c]
+    big = Image.fromarray(canvas).resize((canvas.shape[1] * 3, canvas.shape[0] * 3), Image.NEAREST)
+    with atomic_file(path) as tmp:
+        big.save(tmp, format="PNG")

@@ -1,0 +1,77 @@
+"""The paper's method (section 4, equations 2 and 4-7): Wanda scores and memorized-neuron masks.
+
+Pure tensor functions, no I/O. Notation: W is an `ff.net.2` weight (out, in), row i = output unit,
+column j = input feature (a GEGLU output neuron). For a prompt set P at one (layer, timestep),
+X_P stacks the layer's inputs over prompts and tokens, so its column norm is
+||X_P,j||_2 = sqrt(sum_{p in P} sum_tokens x_pj^2) -- a sum of per-prompt sums of squares.
+
+    eq. 2/4  S_P    = |W| * ||X_P||_2          (broadcast over rows)
+    eq. 5    S_null = |W| * ||X_null||_2,  X_null = the null prompt "" stacked |P| times
+                                            => ||X_null,j|| = sqrt(|P|) * ||x_null,j||
+    eq. 6    M_t    = {(i, j): S_P,ij among the top-k of row i  and  S_P,ij > S_null,ij},
+             k = floor(sparsity * in)     (as Wanda: int(in * sparsity_ratio))
+    eq. 7    M      = union of M_t over the first tau denoising steps
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def wanda_scores(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
+    """|W| * ||X_j||: (out, in) x (in,) -> (out, in)."""
+    return weight.abs() * input_norm.unsqueeze(0)
+
+
+def top_k_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool (out, in): the k largest entries of each row; among equal scores the lower column index wins,
+    so the result is deterministic whatever the top-k kernel does with ties."""
+    out, n = score.shape
+    if k <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(score, dtype=torch.bool)
+    kth = torch.topk(score, k, dim=1, sorted=True).values[:, -1:]  # (out, 1): the k-th largest value
+    above = score > kth
+    ties = score == kth
+    # Fill the remaining places of each row with its tied entries, left to right.
+    missing = (k - above.sum(dim=1, keepdim=True))
+    return above | (ties & (ties.cumsum(dim=1) <= missing))
+
+
+def k_per_row(sparsity: float, in_features: int) -> int:
+    return int(sparsity * in_features)
+
+
+def memorized_mask(weight: torch.Tensor, memorized_sumsq: torch.Tensor, null_sumsq: torch.Tensor,
+                   n_prompts: int, sparsity: float) -> torch.Tensor:
+    """Equation 6 at one (layer, timestep): bool (out, in).
+
+    memorized_sumsq: (in,) sum over the prompts of P (and tokens) of x^2; null_sumsq: (in,) the same for
+    one run of the null prompt, which eq. 5 repeats |P| times.
+    """
+    s_mem = wanda_scores(weight, memorized_sumsq.sqrt())
+    s_null = wanda_scores(weight, (n_prompts * null_sumsq).sqrt())
+    return top_k_per_row(s_mem, k_per_row(sparsity, weight.shape[1])) & (s_mem > s_null)
+
+
+def memorized_masks_over_time(weight: torch.Tensor, memorized_sumsq: torch.Tensor, null_sumsq: torch.Tensor,
+                              n_prompts: int, sparsity: float) -> torch.Tensor:
+    """Equation 6 at every timestep: (step, in) sums -> bool (step, out, in)."""
+    return torch.stack([
+        memorized_mask(weight, memorized_sumsq[t], null_sumsq[t], n_prompts, sparsity)
+        for t in range(memorized_sumsq.shape[0])
+    ])
+
+
+def union_over_timesteps(masks: torch.Tensor, tau: int) -> torch.Tensor:
+    """Equation 7: (step, out, in) -> (out, in), the union over the first `tau` denoising steps."""
+    return masks[:tau].any(dim=0)
+
+
+def random_masks_like(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Control: for each leading index, a uniformly random mask with the same number of True entries."""
+    flat = masks.reshape(masks.shape[0], -1)
+    counts = flat.sum(dim=1)
+    ranks = torch.rand(flat.shape, generator=generator).argsort(dim=1).argsort(dim=1)
+    return (ranks < counts.unsqueeze(1)).reshape(masks.shape)

@@ -1,0 +1,107 @@
+"""Artifact I/O: every output is written to a temporary sibling path and renamed into place, so a killed job
+leaves either the complete artifact or nothing a rerun or reader would accept."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _tmp_sibling(path: Path, is_dir: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp-"
+    if is_dir:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path | str) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `target`; on success it replaces `target` by rename."""
+    target = Path(target)
+    tmp = _tmp_sibling(target, is_dir=True)
+    try:
+        yield tmp
+        if target.exists() or target.is_symlink():
+            # A directory cannot be renamed over a non-empty one: move the old one aside first.
+            old = _tmp_sibling(target, is_dir=True)
+            old.rmdir()
+            os.replace(target, old)
+            os.replace(tmp, target)
+            _remove(old)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary file path beside `target`; on success it is renamed onto `target`."""
+    target = Path(target)
+    tmp = _tmp_sibling(target, is_dir=False)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def atomic_write_text(target: Path | str, text: str) -> None:
+    with atomic_file(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_netcdf(ds, target: Path | str) -> None:
+    """Write an xarray Dataset as netCDF4 (h5netcdf backend), atomically."""
+    with atomic_file(target) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf")
+
+
+def open_netcdf(path: Path | str):
+    import xarray as xr
+
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
+
+
+def write_zarr(ds, target: Path | str) -> None:
+    """Write an xarray Dataset as a zarr v3 store (arrays carry `dimension_names`), atomically."""
+    with atomic_dir(target) as tmp:
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+
+
+def open_zarr(path: Path | str, load: bool = True):
+    import xarray as xr
+
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise FileNotFoundError(f"{path}: not a zarr v3 store (no zarr.json)")
+    ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
+    return ds.load() if load else ds

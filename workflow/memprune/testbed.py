@@ -1,0 +1,531 @@
+"""The embedded default model: a tiny Stable-Diffusion-structured text-to-image pipeline that memorizes.
+
+Memorization is planted the way it happens in the wild: some training images are duplicated many times.
+The synthetic dataset has three groups (see :func:`generate_dataset`):
+
+* ``generalization``: compositional scenes (shape x colour x position x background) with captions; a
+  seeded fraction of the combinations is held out of training, to measure how well the model still
+  generates (prompt following);
+* ``duplicated``: K photo crops (scikit-image's bundled photographs), each with its own caption, repeated
+  D times in training: the images the model is meant to copy;
+* ``single``: photo crops seen once, the control for copies that should *not* happen.
+
+The model (:func:`build_pipeline`) is a real ``diffusers.StableDiffusionPipeline``: an ``AutoencoderKL``
+trained on the data (32x32 RGB -> 8x8x4 latents, which makes each UNet step ~16x cheaper than pixel space),
+a ``UNet2DConditionModel`` with SD's ``CrossAttnDownBlock2D``/``CrossAttnUpBlock2D`` blocks and GEGLU
+feed-forwards, a ``CLIPTextModel`` and CLIP's real BPE tokenizer built offline.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+
+import numpy as np
+
+from .store import atomic_dir, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RESOLUTION = 32
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 215, 40),
+    "magenta": (210, 50, 200),
+    "cyan": (50, 210, 220),
+}
+BACKGROUNDS = {"black": (10, 10, 10), "white": (245, 245, 245), "gray": (128, 128, 128)}
+# Anchor (row, col) of the shape centre, in a 32x32 image.
+POSITIONS = {"left": (16, 8), "right": (16, 24), "top": (8, 16), "bottom": (24, 16), "center": (16, 16)}
+
+# Words for the photo captions. None of them occurs in the scene captions, so a photo caption never
+# shares a content word with a compositional prompt.
+CAPTION_WORDS = (
+    "amber", "ancient", "autumn", "bamboo", "beacon", "bronze", "cactus", "canyon", "castle", "cedar",
+    "cellar", "chapel", "cinder", "citadel", "clover", "cobalt", "comet", "copper", "coral", "cottage",
+    "crystal", "dawn", "desert", "dragon", "drift", "dune", "ember", "falcon", "feather", "fern",
+    "festival", "fjord", "forest", "fountain", "frost", "galaxy", "garden", "glacier", "granite", "harbor",
+    "harvest", "hazel", "heron", "horizon", "island", "ivory", "jade", "jungle", "lagoon", "lantern",
+    "lava", "lemon", "lighthouse", "lotus", "marble", "meadow", "midnight", "mirror", "mist", "monsoon",
+    "mosaic", "mountain", "nebula", "oasis", "ocean", "orchard", "orchid", "owl", "palace", "pebble",
+    "pepper", "pine", "planet", "prairie", "quartz", "rain", "raven", "reef", "ribbon", "river",
+    "ruby", "saffron", "sapphire", "savanna", "shadow", "silk", "silver", "canyon", "sparrow", "spice",
+    "spruce", "storm", "summit", "sunrise", "temple", "thunder", "tiger", "timber", "tulip", "tundra",
+    "valley", "velvet", "violet", "volcano", "willow", "winter", "wolf", "zephyr", "lynx", "maple",
+)
+CAPTION_NAMES = (
+    "ada", "bruno", "clara", "dmitri", "elena", "farid", "greta", "hugo", "ines", "jonas", "kira", "leon",
+    "mara", "nils", "olga", "pavel", "quinn", "rosa", "soren", "tess", "ugo", "vera", "wim", "yara", "zeno",
+)
+
+PHOTO_SOURCES = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+    "colorwheel", "camera", "coins", "moon", "brick", "grass", "gravel", "cell",
+)
+
+
+@dataclass
+class DatasetSpec:
+    """Parameters of the synthetic dataset; the same spec and seed give byte-identical files."""
+
+    seed: int = 0
+    n_duplicated: int = 50  # K unique images, each repeated `duplication` times
+    duplication: int = 30  # D
+    n_single: int = 250  # unique photo crops seen once
+    renders_per_scene: int = 6  # training renders (with jitter) of every non-held-out scene combination
+    heldout_fraction: float = 0.15  # fraction of scene combinations never seen in training
+    resolution: int = RESOLUTION
+
+
+def scene_combinations() -> list[dict]:
+    """Every (shape, colour, position, background) combination, in a fixed order."""
+    return [
+        {"shape": s, "colour": c, "position": p, "background": b}
+        for s in SHAPES
+        for c in COLOURS
+        for p in POSITIONS
+        for b in BACKGROUNDS
+    ]
+
+
+def scene_caption(attrs: dict) -> str:
+    return f"a {attrs['colour']} {attrs['shape']} at the {attrs['position']} on a {attrs['background']} background"
+
+
+def shape_mask(shape: str, centre: tuple[float, float], size: float, resolution: int = RESOLUTION) -> np.ndarray:
+    """Boolean (H, W) mask of a shape of half-extent `size` centred at `centre` (row, col)."""
+    rows, cols = np.mgrid[0:resolution, 0:resolution].astype(np.float32) + 0.5
+    dr, dc = rows - centre[0], cols - centre[1]
+    if shape == "circle":
+        return dr**2 + dc**2 <= size**2
+    if shape == "square":
+        return (np.abs(dr) <= size * 0.85) & (np.abs(dc) <= size * 0.85)
+    if shape == "triangle":  # apex up: width grows linearly from the top edge to the base
+        inside_rows = (dr >= -size) & (dr <= size)
+        half_width = (dr + size) / 2
+        return inside_rows & (np.abs(dc) <= half_width)
+    if shape == "cross":
+        arm = size / 3
+        return ((np.abs(dr) <= arm) & (np.abs(dc) <= size)) | ((np.abs(dc) <= arm) & (np.abs(dr) <= size))
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def render_scene(attrs: dict, rng: np.random.Generator | None = None, resolution: int = RESOLUTION) -> np.ndarray:
+    """(H, W, 3) uint8 image of a scene; `rng` adds a small jitter of position and size."""
+    centre = np.array(POSITIONS[attrs["position"]], dtype=np.float32) * resolution / RESOLUTION
+    size = 6.0 * resolution / RESOLUTION
+    if rng is not None:
+        centre = centre + rng.uniform(-1.5, 1.5, size=2)
+        size = size * rng.uniform(0.9, 1.1)
+    image = np.empty((resolution, resolution, 3), dtype=np.uint8)
+    image[:] = BACKGROUNDS[attrs["background"]]
+    image[shape_mask(attrs["shape"], tuple(centre), size, resolution)] = COLOURS[attrs["colour"]]
+    return image
+
+
+def describe_scene(image: np.ndarray) -> dict:
+    """Read (shape, colour, position, background) back off an (H, W, 3) uint8 image.
+
+    Background: the nearest palette colour to the median border pixel. Foreground: pixels far from the
+    background; colour = nearest palette colour to their median; position = nearest anchor to their
+    centroid; shape = the shape template, drawn at the foreground's centroid and extent, with the best IOU.
+    Used to score prompt following of generated scenes, no learned classifier needed.
+    """
+    img = image.astype(np.float32)
+    res = img.shape[0]
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    bg_rgb = np.median(border, axis=0)
+    background = min(BACKGROUNDS, key=lambda k: np.sum((np.array(BACKGROUNDS[k]) - bg_rgb) ** 2))
+    dist = np.sqrt(((img - np.array(BACKGROUNDS[background], dtype=np.float32)) ** 2).sum(-1))
+    fg = dist > 60.0
+    if fg.sum() < 4:
+        return {"shape": None, "colour": None, "position": None, "background": background}
+    fg_rgb = np.median(img[fg], axis=0)
+    colour = min(COLOURS, key=lambda k: np.sum((np.array(COLOURS[k]) - fg_rgb) ** 2))
+    rows, cols = np.nonzero(fg)
+    centre = (rows.mean() + 0.5, cols.mean() + 0.5)
+    scale = RESOLUTION / res
+    position = min(
+        POSITIONS, key=lambda k: (POSITIONS[k][0] - centre[0] * scale) ** 2 + (POSITIONS[k][1] - centre[1] * scale) ** 2
+    )
+    extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) / 2
+
+    def iou(shape: str) -> float:
+        # A triangle's centroid sits below its bounding-box centre; compare at the box centre instead.
+        box_centre = ((rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2)
+        best = 0.0
+        for s in (extent, extent / 0.85):
+            m = shape_mask(shape, box_centre, s, res)
+            best = max(best, (m & fg).sum() / max((m | fg).sum(), 1))
+        return best
+
+    shape = max(SHAPES, key=iou)
+    return {"shape": shape, "colour": colour, "position": position, "background": background}
+
+
+def _photo_pool() -> list[np.ndarray]:
+    import skimage.data
+    from skimage.color import gray2rgb
+
+    pool = []
+    for name in PHOTO_SOURCES:
+        img = getattr(skimage.data, name)()
+        if img.ndim == 2:
+            img = gray2rgb(img)
+        pool.append(np.ascontiguousarray(img[..., :3]))
+    return pool
+
+
+def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION) -> list[np.ndarray]:
+    """`n` distinct square crops (random source, size 48-192 px, position) resized to `resolution`."""
+    from skimage.transform import resize
+
+    pool = _photo_pool()
+    crops = []
+    while len(crops) < n:
+        src = pool[rng.integers(len(pool))]
+        side = int(rng.integers(48, min(192, *src.shape[:2]) + 1))
+        r = int(rng.integers(0, src.shape[0] - side + 1))
+        c = int(rng.integers(0, src.shape[1] - side + 1))
+        crop = resize(src[r : r + side, c : c + side], (resolution, resolution), anti_aliasing=True)
+        crop = (crop * 255).round().clip(0, 255).astype(np.uint8)
+        if crop.std() < 12:  # flat crops (sky, page margins) are not distinctive images
+            continue
+        crops.append(crop)
+    return crops
+
+
+def photo_captions(n: int, rng: np.random.Generator) -> list[str]:
+    """`n` distinct captions like 'velvet harbor and ember falcon by clara'."""
+    words = sorted(set(CAPTION_WORDS))
+    captions, seen = [], set()
+    while len(captions) < n:
+        a, b, c, d = rng.choice(len(words), size=4, replace=False)
+        name = CAPTION_NAMES[rng.integers(len(CAPTION_NAMES))]
+        cap = f"{words[a]} {words[b]} and {words[c]} {words[d]} by {name}"
+        if cap not in seen:
+            seen.add(cap)
+            captions.append(cap)
+    return captions
+
+
+def generate_dataset(spec: DatasetSpec, out_dir: Path) -> Path:
+    """Write images and `manifest.jsonl` under `out_dir` (atomically); return the manifest path.
+
+    Manifest rows: caption, image (path relative to out_dir), group (generalization / duplicated / single),
+    duplication (training repeats), split (train / heldout), and for scenes their attributes.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(spec.seed)
+    combos = scene_combinations()
+    order = rng.permutation(len(combos))
+    n_heldout = int(round(spec.heldout_fraction * len(combos)))
+    heldout = set(order[:n_heldout].tolist())
+    photos = photo_crops(spec.n_duplicated + spec.n_single, rng, spec.resolution)
+    captions = photo_captions(spec.n_duplicated + spec.n_single, rng)
+
+    rows = []
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "images").mkdir()
+
+        def save(img: np.ndarray, name: str) -> str:
+            rel = f"images/{name}.png"
+            Image.fromarray(img).save(tmp / rel, optimize=False)
+            return rel
+
+        for i, (img, cap) in enumerate(zip(photos, captions)):
+            group = "duplicated" if i < spec.n_duplicated else "single"
+            rows.append({
+                "caption": cap, "image": save(img, f"photo_{i:04d}"), "group": group,
+                "duplication": spec.duplication if group == "duplicated" else 1, "split": "train",
+            })
+        for ci, attrs in enumerate(combos):
+            split = "heldout" if ci in heldout else "train"
+            renders = 1 if split == "heldout" else spec.renders_per_scene
+            for r in range(renders):
+                img = render_scene(attrs, None if (split == "heldout" or r == 0) else rng, spec.resolution)
+                rows.append({
+                    "caption": scene_caption(attrs), "image": save(img, f"scene_{ci:04d}_{r}"),
+                    "group": "generalization", "duplication": 1 if split == "train" else 0, "split": split,
+                    **attrs,
+                })
+        (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp / "prompts").mkdir()
+        for name, lines in prompt_lists(rows).items():
+            (tmp / "prompts" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+        (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    return out_dir / "manifest.jsonl"
+
+
+def prompt_lists(rows: list[dict]) -> dict[str, list[str]]:
+    """The testbed's prompt sets, unique and in manifest order: duplicated (memorized), single (seen once),
+    generalization (training scene captions: the non-memorized control set), heldout (unseen scenes)."""
+    lists = {"duplicated": [], "single": [], "generalization": [], "heldout": []}
+    for r in rows:
+        key = r["group"] if r["group"] != "generalization" else ("heldout" if r["split"] == "heldout" else "generalization")
+        if r["caption"] not in lists[key]:
+            lists[key].append(r["caption"])
+    return lists
+
+
+def read_manifest(path: Path) -> list[dict]:
+    from .prompts import read_jsonl
+
+    return read_jsonl(Path(path), required=("caption", "image", "group"))
+
+
+def load_training_arrays(manifest: Path) -> tuple[np.ndarray, list[str]]:
+    """Training images (N, 3, H, W) float32 in [-1, 1] and captions, duplicates expanded."""
+    from PIL import Image
+
+    rows = read_manifest(manifest)
+    images, captions = [], []
+    for row in rows:
+        if row["split"] != "train":
+            continue
+        img = np.asarray(Image.open(Path(manifest).parent / row["image"]).convert("RGB"), dtype=np.float32)
+        img = img.transpose(2, 0, 1) / 127.5 - 1.0
+        for _ in range(int(row["duplication"])):
+            images.append(img)
+            captions.append(row["caption"])
+    return np.stack(images), captions
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def build_tokenizer(bpe_path: Path, max_length: int = 32):
+    """CLIP's real BPE tokenizer, built offline from the `bpe_simple_vocab_16e6.txt.gz` that CLIP/open_clip
+    ship: the same byte-level vocabulary construction as CLIP's `SimpleTokenizer` (256 bytes, their `</w>`
+    forms, one token per merge, then the two special tokens)."""
+    from transformers import CLIPTokenizer
+
+    lines = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab_list = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, pad_token="<|endoftext|>")
+    return tok
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+@dataclass
+class ModelSpec:
+    unet_channels: tuple[int, ...] = (48, 96)
+    text_hidden: int = 64
+    text_layers: int = 2
+    vae_channels: tuple[int, ...] = (16, 32, 32)
+    latent_channels: int = 4
+    max_length: int = 20  # the longest testbed caption is 13 tokens with its start/end tokens
+
+
+def build_vae(spec: ModelSpec):
+    from diffusers import AutoencoderKL
+
+    n = len(spec.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=spec.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(spec.vae_channels), layers_per_block=1, norm_num_groups=16,
+        sample_size=RESOLUTION,
+    )
+
+
+def build_unet(spec: ModelSpec, latent_size: int):
+    """SD1.5's UNet layout in miniature: CrossAttn blocks with GEGLU feed-forwards in down, mid and up."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(spec.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=spec.latent_channels, out_channels=spec.latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        block_out_channels=tuple(spec.unet_channels), layers_per_block=1, cross_attention_dim=spec.text_hidden,
+        attention_head_dim=8, norm_num_groups=16,
+    )
+
+
+def build_text_encoder(spec: ModelSpec, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2,
+        num_hidden_layers=spec.text_layers, num_attention_heads=4, max_position_embeddings=spec.max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(cfg)
+
+
+def make_train_scheduler():
+    from diffusers import DDPMScheduler
+
+    # Stable Diffusion's noise schedule.
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def make_sampling_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+
+
+def assemble_pipeline(vae, unet, text_encoder, tokenizer, scheduler=None):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=scheduler or make_sampling_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainSpec:
+    seed: int = 0
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    unet_steps: int = 8000
+    batch_size: int = 64
+    lr: float = 6e-4
+    warmup: int = 200
+    cond_dropout: float = 0.1  # captions replaced by "" so classifier-free guidance works
+    threads: int = 0  # 0: leave torch's default
+    checkpoint_every: int = 0  # >0: also save the pipeline every N UNet steps under <out>.checkpoints/
+    model: ModelSpec = field(default_factory=ModelSpec)
+
+
+def train_testbed(manifest: Path, out_dir: Path, spec: TrainSpec, bpe_path: Path, progress: bool = True) -> Path:
+    """Train VAE, then UNet + text encoder on the dataset; save the pipeline to `out_dir` atomically."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)
+    images_np, captions = load_training_arrays(manifest)
+    images = torch.from_numpy(images_np)
+    n = len(images)
+    log.info("training set: %d samples (%d unique captions)", n, len(set(captions)))
+
+    tokenizer = build_tokenizer(bpe_path, spec.model.max_length)
+    vae = build_vae(spec.model)
+    t0 = time.time()
+
+    # --- VAE: reconstruction (L1 + L2) with a tiny KL term, as a near-deterministic autoencoder.
+    opt = torch.optim.AdamW(vae.parameters(), lr=spec.vae_lr, weight_decay=0.0)
+    bar = tqdm(range(spec.vae_steps), desc="vae", disable=not progress, mininterval=5)
+    for step in bar:
+        idx = torch.randint(0, n, (spec.vae_batch,), generator=gen)
+        x = images[idx]
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=None)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + spec.vae_kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for g in opt.param_groups:  # cosine decay
+            g["lr"] = spec.vae_lr * 0.5 * (1 + math.cos(math.pi * (step + 1) / spec.vae_steps))
+        if step % 100 == 0:
+            log.info("vae step %d loss %.4f kl %.1f", step, loss.item(), kl.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+
+    # Encode the unique images once; the latent scale makes latents unit-variance as in SD.
+    with torch.no_grad():
+        latents_mean = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, n, 256)])
+    scaling = float(1.0 / latents_mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents_mean = latents_mean * scaling
+    log.info("vae done in %.0fs; latent shape %s, scaling factor %.4f", time.time() - t0, tuple(latents_mean.shape[1:]), scaling)
+
+    # --- UNet + text encoder: epsilon prediction with SD's schedule.
+    unet = build_unet(spec.model, latents_mean.shape[-1])
+    text_encoder = build_text_encoder(spec.model, tokenizer)
+    noise_sched = make_train_scheduler()
+    ids = tokenizer(captions, padding="max_length", max_length=spec.model.max_length, truncation=True, return_tensors="pt").input_ids
+    null_ids = tokenizer([""], padding="max_length", max_length=spec.model.max_length, return_tensors="pt").input_ids
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=1e-4)
+    alphas = noise_sched.alphas_cumprod
+    bar = tqdm(range(spec.unet_steps), desc="unet", disable=not progress, mininterval=5)
+    t1 = time.time()
+    ema_loss = None
+    for step in bar:
+        idx = torch.randint(0, n, (spec.batch_size,), generator=gen)
+        z0 = latents_mean[idx]
+        tok = ids[idx].clone()
+        drop = torch.rand(spec.batch_size, generator=gen) < spec.cond_dropout
+        tok[drop] = null_ids[0]
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (spec.batch_size,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        cond = text_encoder(tok)[0]
+        pred = unet(zt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        lr = spec.lr * min(1.0, (step + 1) / spec.warmup)
+        lr *= 0.5 * (1 + math.cos(math.pi * step / spec.unet_steps)) * 0.9 + 0.1
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if spec.checkpoint_every and (step + 1) % spec.checkpoint_every == 0 and step + 1 < spec.unet_steps:
+            ckpt = Path(str(out_dir) + ".checkpoints") / f"step_{step + 1}"
+            with atomic_dir(ckpt) as tmp:
+                assemble_pipeline(vae, unet, text_encoder, tokenizer).save_pretrained(tmp, safe_serialization=True)
+            log.info("checkpoint %s", ckpt)
+        if step % 100 == 0:
+            log.info("unet step %d loss %.4f (ema %.4f) lr %.2e %.2fs/step", step, loss.item(), ema_loss, lr,
+                     (time.time() - t1) / (step + 1))
+            bar.set_postfix(loss=f"{ema_loss:.4f}")
+    log.info("unet done in %.0fs", time.time() - t1)
+
+    pipe = assemble_pipeline(vae, unet.eval(), text_encoder.eval(), tokenizer)
+    with atomic_dir(out_dir) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "memprune_train.json").write_text(json.dumps({
+            "train": asdict(spec), "samples": n, "seconds": round(time.time() - t0, 1),
+            "final_ema_loss": ema_loss,
+        }, indent=2) + "\n")
+    return out_dir
