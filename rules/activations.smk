@@ -14,7 +14,7 @@ rule capture_chunk:
     output:
         directory(f"{ACT_DIR}/{{pset}}/chunk{{chunk}}.zarr"),
     params:
-        prompts_file=lambda wc: config["prompt_sets"][wc.pset],
+        prompts_file=lambda wc: PROMPT_FILES[wc.pset],
         start=lambda wc: int(wc.chunk) * CHUNK,
         stop=lambda wc: (int(wc.chunk) + 1) * CHUNK,
         digest=lambda wc: _digest(chunk_prompts(wc.pset, wc.chunk)),

@@ -6,11 +6,23 @@ from pathlib import Path
 from memprune.prompts import read_prompts
 from memprune.subsets import chunks_of, draw_subsets, subsets_from_files
 
+REPO = Path(workflow.basedir)
+
+
+def repo_path(path):
+    """A path as given if it exists from the working directory, else relative to the repository (so the
+    shipped resources are found when Snakemake runs with --directory elsewhere)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not (REPO / p).exists():
+        return str(path)
+    return str(REPO / p)
+
+
 MODEL = config["model"]
 RESULTS = "results"
 MODEL_RESULTS = f"{RESULTS}/{MODEL['name']}"
-IS_TESTBED = MODEL["path"] == "resources/testbed" or config["testbed"]["use_retrained"]
-MODEL_DIR = "results/testbed/model" if config["testbed"]["use_retrained"] else MODEL["path"]
+IS_TESTBED = Path(MODEL["path"]).name == "testbed" or config["testbed"]["use_retrained"]
+MODEL_DIR = "results/testbed/model" if config["testbed"]["use_retrained"] else repo_path(MODEL["path"])
 MODEL_IS_LOCAL = config["testbed"]["use_retrained"] or Path(MODEL_DIR).exists()
 
 S = config["sampling"]
@@ -27,7 +39,8 @@ wildcard_constraints:
     subset=r"\d+",
     chunk=r"\d+",
 
-PROMPTS = {name: read_prompts(Path(path)) for name, path in config["prompt_sets"].items()}
+PROMPT_FILES = {name: repo_path(path) for name, path in config["prompt_sets"].items()}
+PROMPTS = {name: read_prompts(Path(path)) for name, path in PROMPT_FILES.items()}
 
 
 def _collection_subsets(name, spec):
@@ -36,7 +49,7 @@ def _collection_subsets(name, spec):
         raise ValueError(f"{where}.set: unknown prompt set {spec['set']!r}; known: {sorted(PROMPTS)}")
     prompts = PROMPTS[spec["set"]]
     if "files" in spec:
-        return subsets_from_files(prompts, spec["files"], where)
+        return subsets_from_files(prompts, [repo_path(f) for f in spec["files"]], where)
     return draw_subsets(len(prompts), spec["n_subsets"], spec["size"], spec.get("seed", 0), where)
 
 

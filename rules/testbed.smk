@@ -18,7 +18,7 @@ rule testbed_data:
 rule train_testbed:
     input:
         data="results/testbed/data",
-        bpe="resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz",
+        bpe=repo_path("resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz"),
     output:
         directory("results/testbed/model"),
     params:
@@ -35,7 +35,7 @@ rule train_testbed:
 
 rule testbed_report:
     input:
-        model=MODEL_DIR if IS_TESTBED else "resources/testbed",
+        model=MODEL_DIR if IS_TESTBED else repo_path("resources/testbed"),
         data="results/testbed/data",
     output:
         report=report("results/testbed/report.nc", category="Testbed", caption="../report/testbed.rst"),

@@ -142,7 +142,7 @@ def capture_to_dataset(cap: Capture, attrs: dict):
             "prompt": np.array(cap.prompts, dtype=object),
             "step": np.arange(len(cap.timesteps)),
             "t": ("step", cap.timesteps),
-            "branch": list(BRANCHES),
+            "branch": np.array(BRANCHES, dtype=object),
         },
         attrs={**attrs, "layers": list(cap.layers),
                "description": "per-feature sum over tokens of squared ff.net.2 inputs (float32)"},

@@ -8,6 +8,7 @@ The non-memorized control collection is a collection like the others, flagged by
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 
@@ -99,15 +100,18 @@ def analyze(collections: dict, seed: int, density_path, iou_path, fig_density_pa
         "t": ("step", t),
     }
     common_attrs = {**attrs, "memprune_version": __version__}
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN padding rows of smaller collections
+        dens_over_layers, dens_over_time = np.nanmean(dens, axis=2), np.nanmean(dens, axis=3)
     density_ds = xr.Dataset(
         {
             "density": (("collection", "subset", "layer", "step"), dens,
                         {"long_name": "fraction of ff.net.2 weights that are memorized neurons (eq. 6)"}),
             "density_union": (("collection", "subset", "layer"), dens_union,
                               {"long_name": "density of the union over the first tau steps (eq. 7)"}),
-            "density_over_layers": (("collection", "subset", "step"), np.nanmean(dens, axis=2),
+            "density_over_layers": (("collection", "subset", "step"), dens_over_layers,
                                     {"long_name": "density averaged over layers (Figure 1, over time)"}),
-            "density_over_time": (("collection", "subset", "layer"), np.nanmean(dens, axis=3),
+            "density_over_time": (("collection", "subset", "layer"), dens_over_time,
                                   {"long_name": "density averaged over timesteps (Figure 1, over layers)"}),
         },
         coords={**coords, "subset": np.arange(n_max)},

@@ -54,7 +54,7 @@ def load_pipeline(model: str | Path, device: str = "auto", dtype: str = "auto", 
         raise InputError(f"{local}: not a diffusers pipeline directory (no model_index.json)")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(model), torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False,
+            str(model), dtype=torch_dtype, safety_checker=None, requires_safety_checker=False,
         )
     except OSError as e:
         raise InputError(f"cannot load model {str(model)!r}: {e}") from None

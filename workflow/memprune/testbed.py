@@ -529,3 +529,20 @@ def train_testbed(manifest: Path, out_dir: Path, spec: TrainSpec, bpe_path: Path
             "final_ema_loss": ema_loss,
         }, indent=2) + "\n")
     return out_dir
+
+
+def save_untrained_pipeline(out_dir: Path, bpe_path: Path, spec: ModelSpec | None = None, seed: int = 0,
+                            prediction_type: str = "epsilon") -> Path:
+    """A randomly initialised testbed-structured pipeline (for tests and dry runs), saved atomically."""
+    import torch
+
+    spec = spec or ModelSpec()
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(bpe_path, spec.max_length)
+    vae = build_vae(spec)
+    latent = RESOLUTION // 2 ** (len(spec.vae_channels) - 1)
+    pipe = assemble_pipeline(vae, build_unet(spec, latent), build_text_encoder(spec, tokenizer), tokenizer)
+    pipe.scheduler.register_to_config(prediction_type=prediction_type)
+    with atomic_dir(out_dir) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return Path(out_dir)

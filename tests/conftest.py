@@ -1,0 +1,65 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BPE = REPO / "resources" / "clip_bpe" / "bpe_simple_vocab_16e6.txt.gz"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_spec():
+    from memprune.testbed import ModelSpec
+
+    return ModelSpec(unet_channels=(16, 32), text_hidden=32, vae_channels=(16, 16, 16), max_length=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random testbed-structured StableDiffusionPipeline saved with save_pretrained (epsilon)."""
+    from memprune.testbed import save_untrained_pipeline
+
+    return save_untrained_pipeline(tmp_path_factory.mktemp("models") / "tiny", BPE, tiny_spec())
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model):
+    from memprune.models import load_pipeline
+
+    return load_pipeline(tiny_model, "cpu", "float32")
+
+
+def write_config(workdir: Path, model: Path, prompts: dict[str, list[str]], collections: dict, **overrides) -> Path:
+    """A small workflow config in `workdir` (prompt sets written as .txt files there)."""
+    import yaml
+
+    sets = {}
+    for name, lines in prompts.items():
+        path = workdir / f"{name}.txt"
+        path.write_text("".join(p + "\n" for p in lines))
+        sets[name] = str(path)
+    cfg = {
+        "model": {"name": "tiny", "path": str(model), "device": "cpu", "dtype": "float32"},
+        "sampling": {"steps": 6, "guidance": 3.0, "batch_size": 8, "seed": 0},
+        "prompt_sets": sets,
+        "collections": collections,
+        "activations": {"chunk_size": 4, "variant": "paper"},
+        "masks": {"sparsity": 0.05, "tau": 3},
+    }
+    for key, value in overrides.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
