@@ -101,3 +101,33 @@ def test_mask_properties(w, mem, null, n, sparsity):
     # the union grows with tau
     unions = [union_over_timesteps(masks, tau) for tau in (1, 2, 3)]
     assert not (unions[0] & ~unions[1]).any() and not (unions[1] & ~unions[2]).any()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    w=arrays(np.float32, (6, 40), elements=st.sampled_from([0.0, 0.5, 1.0, -1.0, 2.0, 3.5, -0.25])),
+    mem=arrays(np.float32, (3, 40), elements=st.sampled_from([0.0, 1.0, 4.0, 9.0, 2.5, 100.0])),
+    null=arrays(np.float32, (3, 40), elements=st.sampled_from([0.0, 1.0, 4.0, 0.5])),
+    n=st.integers(1, 5),
+    sparsity=st.sampled_from([0.025, 0.05, 0.1, 0.3, 1.0]),
+)
+def test_fast_masks_equal_the_readable_rule(w, mem, null, n, sparsity):
+    """Ties everywhere (few distinct values): the column-pruned path must still agree exactly."""
+    from memprune.scores import memorized_masks_over_time
+
+    w, mem, null = map(torch.from_numpy, (w, mem, null))
+    fast = memorized_masks_over_time(w, mem, null, n, sparsity)
+    slow = torch.stack([memorized_mask(w, mem[t], null[t], n, sparsity) for t in range(3)])
+    assert torch.equal(fast, slow)
+
+
+def test_fast_masks_equal_on_heavy_tailed_data():
+    from memprune.scores import memorized_masks_over_time
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 512, generator=g)
+    mem = 10 * torch.exp(torch.randn(4, 512, generator=g)) ** 2
+    null = torch.exp(torch.randn(4, 512, generator=g)) ** 2
+    fast = memorized_masks_over_time(w, mem, null, 10, 0.01)
+    slow = torch.stack([memorized_mask(w, mem[t], null[t], 10, 0.01) for t in range(4)])
+    assert torch.equal(fast, slow) and fast.sum() > 0

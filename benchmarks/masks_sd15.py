@@ -1,0 +1,63 @@
+"""Masks (equations 4-7), density and pairwise IOU for Stable-Diffusion-1.5-shaped data, timed.
+
+Synthetic numbers with SD1.5's shapes: 16 ff.net.2 layers (out x in = 320x1280 ... 1280x5120), 51 UNet calls
+(PNDM, 50 steps), 10 subsets x 10 prompts. Activation norms are log-normal per feature (GEGLU outputs are
+heavy-tailed), weights Gaussian. Prints the wall-clock time of each stage and the total.
+
+    python benchmarks/masks_sd15.py [--subsets 10] [--steps 51]
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from memprune.analysis import random_like_packed
+from memprune.overlap import density, mean_over_pairs, pairwise_iou
+from memprune.scores import memorized_masks_over_time, union_over_timesteps
+
+SD15 = [(320, 1280)] * 2 + [(640, 2560)] * 2 + [(1280, 5120)] * 2 + [(1280, 5120)] + [(1280, 5120)] * 3 + [(640, 2560)] * 3 + [(320, 1280)] * 3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--subsets", type=int, default=10)
+    ap.add_argument("--prompts", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=51)
+    ap.add_argument("--sparsity", type=float, default=0.01)
+    args = ap.parse_args()
+    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    print(f"torch threads: {torch.get_num_threads()}")
+    t_masks = t_overlap = 0.0
+    total_weights = sum(o * i for o, i in SD15)
+    for li, (out_f, in_f) in enumerate(SD15):
+        w = torch.randn(out_f, in_f, generator=g) * 0.02
+        feature_scale = torch.exp(torch.randn(in_f, generator=g))
+        null = feature_scale * torch.exp(0.3 * torch.randn(args.steps, in_f, generator=g))
+        packed, unions = [], []
+        t0 = time.perf_counter()
+        for s in range(args.subsets):
+            mem = args.prompts * feature_scale * torch.exp(0.5 * torch.randn(args.steps, in_f, generator=g))
+            masks = memorized_masks_over_time(w, mem, null, args.prompts, args.sparsity)
+            packed.append(np.packbits(masks.numpy(), axis=-1))
+            unions.append(np.packbits(union_over_timesteps(masks, 10).numpy(), axis=-1))
+        t1 = time.perf_counter()
+        dens = [density(p, out_f * in_f) for p in packed]
+        mean_iou = mean_over_pairs(pairwise_iou(packed))
+        rand = [random_like_packed(p, in_f, rng) for p in packed]
+        rand_iou = mean_over_pairs(pairwise_iou(rand))
+        mean_over_pairs(pairwise_iou(unions))
+        t2 = time.perf_counter()
+        t_masks += t1 - t0
+        t_overlap += t2 - t1
+        print(f"layer {li:2d} {out_f}x{in_f}: masks {t1 - t0:6.2f}s, density/IOU/random {t2 - t1:6.2f}s, "
+              f"density {np.mean(dens):.4f}, IOU {mean_iou.mean():.3f} (random {rand_iou.mean():.4f})", flush=True)
+    print(f"SD1.5 shapes: {len(SD15)} layers, {total_weights / 1e6:.1f}M weights, {args.steps} steps, "
+          f"{args.subsets} subsets x {args.prompts} prompts")
+    print(f"masks: {t_masks:.1f}s  density+IOU(+random control): {t_overlap:.1f}s  total: {t_masks + t_overlap:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

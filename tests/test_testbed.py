@@ -1,0 +1,95 @@
+"""The testbed: tokenizer, dataset generator, scene reader, a few-step training run, shipped files."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BPE, REPO, tiny_spec
+from memprune import testbed as tb
+
+
+def test_tokenizer_matches_clip_ids():
+    tok = tb.build_tokenizer(BPE)
+    assert len(tok) == 49408
+    # ids of CLIP's tokenizer for this sentence (start 49406, end 49407)
+    assert tok("a red circle at the left")["input_ids"] == [49406, 320, 736, 7117, 536, 518, 1823, 49407]
+    assert tok.pad_token_id == 49407 and tok.model_max_length == 20
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "spec.json":
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+SMALL = tb.DatasetSpec(seed=3, n_duplicated=4, duplication=3, n_single=5, renders_per_scene=1, heldout_fraction=0.2)
+
+
+def test_dataset_is_seeded_and_deterministic(tmp_path):
+    a = tb.generate_dataset(SMALL, tmp_path / "a").parent
+    b = tb.generate_dataset(SMALL, tmp_path / "b").parent
+    assert _digest(a) == _digest(b)
+    other = tb.generate_dataset(tb.DatasetSpec(**{**SMALL.__dict__, "seed": 4}), tmp_path / "c").parent
+    assert _digest(a) != _digest(other)
+    rows = tb.read_manifest(a / "manifest.jsonl")
+    groups = {g: [r for r in rows if r["group"] == g] for g in ("duplicated", "single", "generalization")}
+    assert len(groups["duplicated"]) == 4 and all(r["duplication"] == 3 for r in groups["duplicated"])
+    assert len(groups["single"]) == 5 and all(r["duplication"] == 1 for r in groups["single"])
+    held = [r for r in groups["generalization"] if r["split"] == "heldout"]
+    assert len(held) == round(0.2 * len(tb.scene_combinations()))
+    train_captions = {r["caption"] for r in rows if r["split"] == "train"}
+    assert not train_captions & {r["caption"] for r in held}  # held-out combinations never trained on
+    img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(a / rows[0]["image"]))
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    images, captions = tb.load_training_arrays(a / "manifest.jsonl")
+    assert len(images) == 4 * 3 + 5 + (len(tb.scene_combinations()) - len(held))
+
+
+def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
+    manifest = tb.generate_dataset(tb.DatasetSpec(), tmp_path / "data")
+    for name in ("duplicated", "single", "generalization", "heldout"):
+        shipped = (REPO / "resources" / "prompts" / "testbed" / f"{name}.txt").read_text()
+        assert (manifest.parent / "prompts" / f"{name}.txt").read_text() == shipped, name
+
+
+def test_describe_scene_reads_canonical_renders():
+    combos = tb.scene_combinations()
+    hits = [tb.describe_scene(tb.render_scene(a)) == a for a in combos]
+    assert np.mean(hits) > 0.97
+    rng = np.random.default_rng(0)
+    jittered = [tb.describe_scene(tb.render_scene(a, rng)) == a for a in combos]
+    assert np.mean(jittered) > 0.9
+    blank = np.zeros((32, 32, 3), np.uint8)
+    assert tb.describe_scene(blank)["shape"] is None
+
+
+def test_few_step_training_writes_a_loadable_pipeline(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    manifest = tb.generate_dataset(SMALL, tmp_path / "data")
+    spec = tb.TrainSpec(vae_steps=3, vae_batch=4, unet_steps=3, batch_size=4, warmup=1, model=tiny_spec())
+    out = tb.train_testbed(manifest, tmp_path / "model", spec, BPE, progress=False)
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
+    assert pipe.vae.config.scaling_factor != 0.18215  # fitted to the latents
+    image = pipe("a red circle at the left on a black background", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+    info = json.loads((out / "memprune_train.json").read_text())
+    assert info["samples"] == 4 * 3 + 5 + (len(tb.scene_combinations()) - 72)
+
+
+@pytest.mark.skipif(not (REPO / "resources" / "testbed" / "model_index.json").exists(), reason="testbed not shipped")
+def test_shipped_testbed_loads_offline():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(REPO / "resources" / "testbed", local_files_only=True)
+    from memprune.models import ffn_layers
+
+    assert len(ffn_layers(pipe.unet)) >= 6
+    size = sum(p.stat().st_size for p in (REPO / "resources" / "testbed").rglob("*") if p.is_file())
+    assert size < 30e6

@@ -1,0 +1,105 @@
+"""End-to-end DAG runs on a tiny random model in a temporary directory."""
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import REPO, snakemake, write_config
+
+MEM = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:10]
+CTRL = (REPO / "resources/prompts/testbed/generalization.txt").read_text().splitlines()[:8]
+COLLECTIONS = {
+    "m5": {"set": "mem", "n_subsets": 3, "size": 5, "seed": 0},
+    "c4": {"set": "ctrl", "n_subsets": 2, "size": 4, "seed": 0, "control": True},
+}
+
+
+def planned_jobs(proc) -> dict[str, int]:
+    """Job counts per rule from a dry run's table."""
+    counts = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def digest_tree(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(path).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tiny_model, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wf")
+    write_config(wd, tiny_model, {"mem": MEM, "ctrl": CTRL}, COLLECTIONS)
+    snakemake(wd, "results/iou.nc")
+    return wd
+
+
+def test_end_to_end_outputs(workflow_run):
+    wd = workflow_run
+    iou = xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf")
+    dens = xr.open_dataset(wd / "results/density.nc", engine="h5netcdf")
+    assert list(iou.collection.values) == ["m5", "c4"]
+    assert iou.control.values.tolist() == [False, True]
+    assert iou.sizes["layer"] == 7 and iou.sizes["step"] == 6
+    m = iou.iou.sel(collection="m5", mask_type="found")
+    assert np.allclose(m.values, np.swapaxes(m.values, 0, 1))
+    assert np.all(m.sel(subset_i=0, subset_j=0).values == 1.0)
+    assert np.all(np.isnan(iou.iou.sel(collection="c4", subset_i=2).values))  # 2 subsets only: padded
+    assert float(dens.density.max()) <= 0.05 + 1e-9
+    assert (wd / "results/figures/iou.png").stat().st_size > 1000
+    store = xr.open_zarr(wd / "results/tiny/activations/seed0_steps6_g3.0_paper/subsets/m5/0.zarr", consolidated=False)
+    assert store.sizes["prompt"] == 5 and store.sizes["step"] == 6
+    # zarr v3 with dimension names
+    meta = (wd / "results/tiny/activations/seed0_steps6_g3.0_paper/null.zarr/zarr.json").read_text()
+    assert '"zarr_format": 3' in meta
+    layer_meta = next((wd / "results/tiny/activations/seed0_steps6_g3.0_paper/null.zarr").glob("down_blocks*/zarr.json")).read_text()
+    assert '"dimension_names"' in layer_meta
+
+
+def test_second_run_does_nothing(workflow_run):
+    proc = snakemake(workflow_run, "-n", "results/iou.nc")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_new_collection_of_seen_prompts_schedules_no_sampling(workflow_run):
+    wd = workflow_run
+    cols = {**COLLECTIONS, "m3": {"set": "mem", "n_subsets": 4, "size": 3, "seed": 7}}
+    write_config(wd, _model(wd), {"mem": MEM, "ctrl": CTRL}, cols)
+    jobs = planned_jobs(snakemake(wd, "-n", "results/iou.nc"))
+    assert "capture_chunk" not in jobs and "capture_null" not in jobs
+    assert jobs["subset_activations"] == 4 and jobs["masks"] == 4 and jobs["analysis"] == 1
+    # a new prompt set does need sampling: one chunk job per 4 prompts
+    write_config(wd, _model(wd), {"mem": MEM, "ctrl": CTRL, "more": ["new prompt one", "new prompt two"]},
+                 {**COLLECTIONS, "x": {"set": "more", "n_subsets": 1, "size": 2}})
+    jobs = planned_jobs(snakemake(wd, "-n", "results/iou.nc"))
+    assert jobs["capture_chunk"] == 1
+    write_config(wd, _model(wd), {"mem": MEM, "ctrl": CTRL}, COLLECTIONS)  # restore
+
+
+def _model(wd: Path) -> Path:
+    import yaml
+
+    return Path(yaml.safe_load((wd / "config.yaml").read_text())["model"]["path"])
+
+
+def test_masks_and_iou_are_byte_identical_on_rerun(workflow_run):
+    wd = workflow_run
+    masks = wd / "results/tiny/masks"
+    before = digest_tree(masks)
+    iou_before = xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf").load()
+    snakemake(wd, "--forceall", "results/iou.nc")
+    assert digest_tree(masks) == before
+    iou_after = xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf").load()
+    xr.testing.assert_identical(iou_before, iou_after)
