@@ -1,11 +1,20 @@
 # memprune: locate and prune the memorization neurons of text-to-image diffusion models.
 # Table of contents; the rules live in rules/, the code in workflow/memprune (the `memprune` command).
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+# Jobs run `python -m memprune <step>` from this checkout, in whatever environment runs them (the local one,
+# or envs/memprune.yaml with --sdm conda), installed or not.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (os.path.join(workflow.basedir, "workflow"), os.environ.get("PYTHONPATH")) if p
+)
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -1,24 +1,22 @@
 # Activation capture: one sampling run per distinct prompt (in chunks of a prompt set) plus one null-prompt
 # run; per-subset stores are gathered from the chunks, so a new subset or collection of seen prompts
 # schedules no sampling job.
-import hashlib
-
-
-def _digest(prompts):
-    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
-
-
 rule capture_chunk:
+    conda:
+        "../envs/memprune.yaml"
     input:
         model_input(),
     output:
         directory(f"{ACT_DIR}/{{pset}}/chunk{{chunk}}.zarr"),
     params:
+        model=MODEL_DIR,
         prompts_file=lambda wc: PROMPT_FILES[wc.pset],
         start=lambda wc: int(wc.chunk) * CHUNK,
         stop=lambda wc: (int(wc.chunk) + 1) * CHUNK,
-        digest=lambda wc: _digest(chunk_prompts(wc.pset, wc.chunk)),
+        digest=lambda wc: prompts_digest(chunk_prompts(wc.pset, wc.chunk)),
         sampling=sampling_args(),
+        seed=S["seed"],
+        variant=A_CFG["variant"],
     resources:
         gpu=1,
     log:
@@ -26,18 +24,23 @@ rule capture_chunk:
     benchmark:
         f"benchmarks/{MODEL['name']}/capture/{ACT_TAG}/{{pset}}_chunk{{chunk}}.tsv"
     shell:
-        "memprune --log {log} capture --model {MODEL_DIR} --prompts-file {params.prompts_file} "
-        "--start {params.start} --stop {params.stop} --seed {S[seed]} --variant {A_CFG[variant]} "
+        "python -m memprune --log {log} capture --model {params.model} --prompts-file {params.prompts_file} "
+        "--start {params.start} --stop {params.stop} --seed {params.seed} --variant {params.variant} "
         "{params.sampling} --out {output} 2>> {log}"
 
 
 rule capture_null:
+    conda:
+        "../envs/memprune.yaml"
     input:
         model_input(),
     output:
         directory(f"{ACT_DIR}/null.zarr"),
     params:
+        model=MODEL_DIR,
         sampling=sampling_args(),
+        seed=S["seed"],
+        variant=A_CFG["variant"],
     resources:
         gpu=1,
     log:
@@ -45,11 +48,13 @@ rule capture_null:
     benchmark:
         f"benchmarks/{MODEL['name']}/capture/{ACT_TAG}/null.tsv"
     shell:
-        "memprune --log {log} capture --model {MODEL_DIR} --null --seed {S[seed]} --variant {A_CFG[variant]} "
+        "python -m memprune --log {log} capture --model {params.model} --null --seed {params.seed} --variant {params.variant} "
         "{params.sampling} --out {output} 2>> {log}"
 
 
 rule subset_activations:
+    conda:
+        "../envs/memprune.yaml"
     input:
         subset_chunks,
     output:
@@ -59,4 +64,4 @@ rule subset_activations:
     log:
         f"logs/{MODEL['name']}/subsets/{ACT_TAG}/{{collection}}_{{subset}}.log",
     shell:
-        "memprune --log {log} gather --chunks {input} --prompts-json {params.prompts:q} --out {output} 2>> {log}"
+        "python -m memprune --log {log} gather --chunks {input} --prompts-json {params.prompts:q} --out {output} 2>> {log}"

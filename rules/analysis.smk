@@ -3,6 +3,8 @@
 
 
 rule analysis:
+    conda:
+        "../envs/memprune.yaml"
     input:
         all_masks(),
     output:
@@ -19,6 +21,6 @@ rule analysis:
     benchmark:
         f"benchmarks/{MODEL['name']}/analysis.tsv"
     shell:
-        "memprune --log {log} analyze --collections-json {params.collections:q} --seed {params.seed} "
+        "python -m memprune --log {log} analyze --collections-json {params.collections:q} --seed {params.seed} "
         "--density {output.density} --iou {output.iou} --fig-density {output.fig_density} "
         "--fig-iou {output.fig_iou} 2>> {log}"

@@ -1,5 +1,6 @@
 # Config-derived paths, prompt sets, subsets and input functions. Prompt files are read here, when the DAG
 # is built, so a bad prompt file stops the run before any job starts, with the file and line named.
+import hashlib
 import json
 from pathlib import Path
 
@@ -96,3 +97,7 @@ def sampling_args():
     return (f"--steps {S['steps']} --guidance {S['guidance']} --batch-size {S['batch_size']} "
             f"--device {MODEL['device']} --dtype {MODEL['dtype']}"
             + (f" --scheduler {MODEL['scheduler']}" if MODEL.get("scheduler") else ""))
+
+
+def prompts_digest(prompts):
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]

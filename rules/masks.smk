@@ -3,6 +3,8 @@
 
 
 rule masks:
+    conda:
+        "../envs/memprune.yaml"
     input:
         model=model_input(),
         subset=f"{ACT_DIR}/subsets/{{collection}}/{{subset}}.zarr",
@@ -10,12 +12,14 @@ rule masks:
     output:
         directory(f"{MASK_DIR}/{{collection}}/{{subset}}.zarr"),
     params:
+        model=MODEL_DIR,
         sparsity=config["masks"]["sparsity"],
         tau=config["masks"]["tau"],
+        variant=A_CFG["variant"],
     log:
         f"logs/{MODEL['name']}/masks/{MASK_TAG}/{{collection}}_{{subset}}.log",
     benchmark:
         f"benchmarks/{MODEL['name']}/masks/{MASK_TAG}/{{collection}}_{{subset}}.tsv"
     shell:
-        "memprune --log {log} masks --model {MODEL_DIR} --activations {input.subset} --null {input.null} "
-        "--sparsity {params.sparsity} --tau {params.tau} --variant {A_CFG[variant]} --out {output} 2>> {log}"
+        "python -m memprune --log {log} masks --model {params.model} --activations {input.subset} --null {input.null} "
+        "--sparsity {params.sparsity} --tau {params.tau} --variant {params.variant} --out {output} 2>> {log}"

@@ -5,6 +5,8 @@ TB = config["testbed"]
 
 
 rule testbed_data:
+    conda:
+        "../envs/memprune.yaml"
     output:
         directory("results/testbed/data"),
     params:
@@ -12,10 +14,12 @@ rule testbed_data:
     log:
         "logs/testbed/data.log",
     shell:
-        "memprune --log {log} make-dataset --spec {params.spec:q} --out {output} 2>> {log}"
+        "python -m memprune --log {log} make-dataset --spec {params.spec:q} --out {output} 2>> {log}"
 
 
 rule train_testbed:
+    conda:
+        "../envs/memprune.yaml"
     input:
         data="results/testbed/data",
         bpe=repo_path("resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz"),
@@ -29,11 +33,13 @@ rule train_testbed:
     benchmark:
         "benchmarks/testbed/train.tsv"
     shell:
-        "memprune --log {log} train-testbed --manifest {input.data}/manifest.jsonl --bpe {input.bpe} "
+        "python -m memprune --log {log} train-testbed --manifest {input.data}/manifest.jsonl --bpe {input.bpe} "
         "--spec {params.spec:q} --out {output} 2>> {log}"
 
 
 rule testbed_report:
+    conda:
+        "../envs/memprune.yaml"
     input:
         model=MODEL_DIR if IS_TESTBED else repo_path("resources/testbed"),
         data="results/testbed/data",
@@ -44,11 +50,13 @@ rule testbed_report:
         seeds=",".join(map(str, TB["report"]["seeds"])),
         guidance=",".join(map(str, TB["report"]["guidance"])),
         threshold=TB["report"]["copy_threshold"],
+        max_single=TB["report"]["max_single"],
+        steps=S["steps"],
     log:
         "logs/testbed/report.log",
     benchmark:
         "benchmarks/testbed/report.tsv"
     shell:
-        "memprune --log {log} testbed-report --model {input.model} --data {input.data} --out {output.report} "
+        "python -m memprune --log {log} testbed-report --model {input.model} --data {input.data} --out {output.report} "
         "--grid {output.grid} --seeds {params.seeds} --guidance {params.guidance} "
-        "--threshold {params.threshold} 2>> {log}"
+        "--threshold {params.threshold} --max-single {params.max_single} --steps {params.steps} 2>> {log}"

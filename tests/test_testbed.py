@@ -93,3 +93,35 @@ def test_shipped_testbed_loads_offline():
     assert len(ffn_layers(pipe.unet)) >= 6
     size = sum(p.stat().st_size for p in (REPO / "resources" / "testbed").rglob("*") if p.is_file())
     assert size < 30e6
+
+
+def test_testbed_report_runs_on_a_tiny_model(tiny_model, tmp_path):
+    import xarray as xr
+
+    from memprune.report import testbed_report
+
+    tb.generate_dataset(SMALL, tmp_path / "data")
+    testbed_report(tiny_model, tmp_path / "data", tmp_path / "report.nc", tmp_path / "grid.png", seeds=[0, 1],
+                   guidances=[1.0, 3.0], threshold=0.5, steps=2, batch_size=16)
+    ds = xr.open_dataset(tmp_path / "report.nc", engine="h5netcdf")
+    assert ds.sizes["guidance"] == 2 and ds.sizes["seed"] == 2
+    assert set(ds.group.values.tolist()) == {"duplicated", "single", "heldout"}
+    # an untrained model copies nothing and follows no prompt
+    assert float(ds.dup_copy_rate.max()) == 0.0 and float(ds.prompt_following.max()) < 0.2
+    assert (tmp_path / "grid.png").stat().st_size > 500
+
+
+def test_copy_metrics_on_known_images():
+    from memprune.metrics import ssim_matrix, tiled_l2
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    sim = ssim_matrix(a, np.concatenate([a[:1], b]))
+    assert np.isclose(sim[0, 0], 1.0)
+    assert sim[1:, 0].max() < 0.2 and sim[:, 1:].max() < 0.2
+    ref = structural_similarity(a[1], b[0], channel_axis=2, data_range=255)
+    assert np.isclose(sim[1, 1], ref, atol=1e-6)
+    d = tiled_l2(a, a)
+    assert np.allclose(np.diag(d), 0.0) and d[0, 1] > 0.2

@@ -103,3 +103,37 @@ def test_masks_and_iou_are_byte_identical_on_rerun(workflow_run):
     assert digest_tree(masks) == before
     iou_after = xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf").load()
     xr.testing.assert_identical(iou_before, iou_after)
+
+
+def test_nan_activations_stop_masks_and_leave_nothing(workflow_run, tmp_path):
+    from memprune.cli import main
+    from memprune.store import open_zarr, write_zarr
+
+    wd = workflow_run
+    src = wd / "results/tiny/activations/seed0_steps6_g3.0_paper/subsets/m5/0.zarr"
+    ds = open_zarr(src)
+    layer = ds.attrs["layers"][2]
+    values = ds[layer].values.copy()
+    values[0, 1, 1, 3] = np.nan
+    bad = tmp_path / "bad.zarr"
+    write_zarr(ds.assign({layer: (ds[layer].dims, values)}), bad)
+    out = tmp_path / "masks.zarr"
+    rc = main(["masks", "--model", str(_model(wd)), "--activations", str(bad),
+               "--null", str(wd / "results/tiny/activations/seed0_steps6_g3.0_paper/null.zarr"), "--out", str(out)])
+    assert rc == 2
+    assert not out.exists() and not list(tmp_path.glob(".masks.zarr.tmp-*"))
+
+
+def test_profile_dry_run_lists_gpu_jobs_for_sd15():
+    """The SLURM profile plans SD1.5's jobs with their resources (no SLURM or weights needed)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--profile", "workflow/profiles/slurm", "--configfile",
+         "config/sd15.yaml", "results/iou.nc"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc)
+    assert jobs["capture_chunk"] == 63 and jobs["capture_null"] == 1  # 500 prompts / 8 per chunk
+    assert jobs["masks"] == 40

@@ -147,7 +147,8 @@ def cmd_testbed_report(args) -> None:
     testbed_report(Path(args.model), Path(args.data), Path(args.out), Path(args.grid),
                    seeds=[int(s) for s in args.seeds.split(",")],
                    guidances=[float(g) for g in args.guidance.split(",")],
-                   threshold=args.threshold, steps=args.steps, batch_size=args.batch_size)
+                   threshold=args.threshold, steps=args.steps, batch_size=args.batch_size,
+                   max_single=args.max_single)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-single", type=int, default=None, help="report on the first N single-seen prompts only")
     p.set_defaults(func=cmd_testbed_report)
     return parser
 

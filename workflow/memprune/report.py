@@ -32,7 +32,7 @@ def copy_rate(ssim: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
 
 
 def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: list[int], guidances: list[float],
-                   threshold: float = 0.5, steps: int = 50, batch_size: int = 128) -> None:
+                   threshold: float = 0.5, steps: int = 50, batch_size: int = 128, max_single: int | None = None) -> None:
     import xarray as xr
 
     from . import __version__
@@ -45,11 +45,13 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
     rows = read_manifest(data_dir / "manifest.jsonl")
     groups = {
         "duplicated": [r for r in rows if r["group"] == "duplicated"],
-        "single": [r for r in rows if r["group"] == "single"],
+        "single": [r for r in rows if r["group"] == "single"][:max_single],
         "heldout": [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"],
     }
+    # references for "a copy of any training photo": every photo in training, not only the sampled singles
     photos_rows = groups["duplicated"] + groups["single"]
-    photos = load_images(data_dir, photos_rows)
+    all_photos = [r for r in rows if r["group"] in ("duplicated", "single")]
+    photos = load_images(data_dir, all_photos)
     pipe = load_pipeline(model, "auto", "auto")
     prompts = [r["caption"] for g in groups.values() for r in g]
     group_of = [g for g, rs in groups.items() for _ in rs]
@@ -126,7 +128,7 @@ def _grid(images: np.ndarray, photos: np.ndarray, groups: dict, prompts: list[st
     pad = 2
     canvas = np.full((len(picks) * (h + pad), (1 + len(seeds)) * (w + pad), 3), 255, np.uint8)
     for r, pi in enumerate(picks):
-        if pi < len(photos):
+        if pi < n_dup + n_single:
             ref = photos[pi]
         else:
             attrs = groups["heldout"][pi - n_dup - n_single]

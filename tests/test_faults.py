@@ -1,0 +1,110 @@
+"""Faults: a real SIGKILL at several points leaves nothing a rerun or reader would accept, and the rerun
+gives byte-identical results; Snakemake's lock refuses a second invocation on the same directory."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from conftest import REPO, write_config
+from test_workflow import digest_tree
+
+MEM = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:6]
+
+
+def _cmd(wd: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(wd),
+            "--configfile", str(wd / "config.yaml"), "--cores", "2", *args]
+
+
+def _setup(wd: Path, model: Path) -> None:
+    write_config(wd, model, {"mem": MEM}, {"m": {"set": "mem", "n_subsets": 2, "size": 3, "seed": 1}},
+                 sampling={"steps": 4, "guidance": 3.0, "batch_size": 4, "seed": 0})
+
+
+def _run(wd: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(_cmd(wd, *args), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _kill_after(wd: Path, seconds: float) -> None:
+    """Start the DAG and SIGKILL Snakemake and every job it started, `seconds` later."""
+    proc = subprocess.Popen(_cmd(wd, "results/iou.nc"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _accepted_outputs(wd: Path) -> list[Path]:
+    """Every zarr store or netCDF under results/ must open completely."""
+    results = wd / "results"
+    found = []
+    for store in results.rglob("*.zarr"):
+        if store.name.startswith("."):
+            continue  # temporary sibling: never an output name
+        xr.open_zarr(store, consolidated=False).load()
+        found.append(store)
+    for nc in results.rglob("*.nc"):
+        xr.open_dataset(nc, engine="h5netcdf").load()
+        found.append(nc)
+    return found
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_then_rerun_is_byte_identical(tiny_model, tmp_path):
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    _setup(ref, tiny_model)
+    _run(ref, "results/iou.nc")
+
+    wd = tmp_path / "killed"
+    wd.mkdir()
+    _setup(wd, tiny_model)
+    for seconds in (4.0, 9.0, 14.0):
+        _kill_after(wd, seconds)
+        _accepted_outputs(wd)  # whatever exists is complete
+        _run(wd, "--unlock")
+    _run(wd, "results/iou.nc")
+    assert digest_tree(wd / "results/tiny/masks") == digest_tree(ref / "results/tiny/masks")
+    xr.testing.assert_identical(xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf").load(),
+                                xr.open_dataset(ref / "results/iou.nc", engine="h5netcdf").load())
+
+
+def test_killed_capture_leaves_no_store(tiny_model, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(8)))
+    out = tmp_path / "chunk.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "memprune", "capture", "--model", str(tiny_model),
+                             "--prompts-file", str(prompts), "--steps", "200", "--guidance", "3", "--device", "cpu",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(6.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+
+
+def test_second_snakemake_on_the_same_directory_is_refused(tiny_model, tmp_path):
+    _setup(tmp_path, tiny_model)
+    first = subprocess.Popen(_cmd(tmp_path, "results/iou.nc"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        lock_dir = tmp_path / ".snakemake" / "locks"
+        for _ in range(100):
+            if lock_dir.exists() and any(lock_dir.iterdir()):
+                break
+            time.sleep(0.1)
+        second = subprocess.run(_cmd(tmp_path, "results/iou.nc"), capture_output=True, text=True)
+        assert second.returncode != 0
+        assert "lock" in (second.stdout + second.stderr).lower()
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
