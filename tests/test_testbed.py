@@ -125,3 +125,18 @@ def test_copy_metrics_on_known_images():
     assert np.isclose(sim[1, 1], ref, atol=1e-6)
     d = tiled_l2(a, a)
     assert np.allclose(np.diag(d), 0.0) and d[0, 1] > 0.2
+
+
+def test_report_refuses_data_the_model_was_not_trained_on(tmp_path, tiny_model):
+    import shutil
+
+    from memprune.prompts import InputError
+
+    data = tb.generate_dataset(SMALL, tmp_path / "data").parent
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "memprune_train.json").write_text(json.dumps({"dataset_sha256": tb.dataset_digest(data)}))
+    tb.check_trained_on(model, data)  # the same data: fine
+    other = tb.generate_dataset(tb.DatasetSpec(**{**SMALL.__dict__, "seed": 9}), tmp_path / "other").parent
+    with pytest.raises(InputError, match="not the dataset"):
+        tb.check_trained_on(model, other)

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", required=True, help="PNG grid of prompts x seeds beside their training images")
     p.add_argument("--seeds", default="0,1,2,3")
     p.add_argument("--guidance", default="1,2,4,7.5")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=0.4)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-single", type=int, default=None, help="report on the first N single-seen prompts only")

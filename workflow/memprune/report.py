@@ -2,7 +2,8 @@
 
 Per guidance scale, over `seeds`:
 * duplicated prompts: SSIM of each generation to the prompt's own training image; a prompt "copies" when
-  most seeds (> half) give SSIM >= threshold;
+  most seeds (> half) give SSIM >= threshold (default 0.4: the dataset keeps every pair of distinct
+  training photos below SSIM 0.3, so 0.4 means "closer to one training photo than any two photos are");
 * single-seen and held-out prompts: SSIM of each generation to its nearest training photo (duplicated or
   single; the scene renders are not photos); a prompt "copies" on the same majority rule: the false-copy rate;
 * held-out compositional prompts: prompt following = the four attributes read back off the image
@@ -40,8 +41,9 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
     from .models import load_pipeline
     from .sampling import SamplingConfig, generate
     from .store import write_netcdf
-    from .testbed import read_manifest
+    from .testbed import check_trained_on, read_manifest
 
+    check_trained_on(model, data_dir)
     rows = read_manifest(data_dir / "manifest.jsonl")
     groups = {
         "duplicated": [r for r in rows if r["group"] == "duplicated"],

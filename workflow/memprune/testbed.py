@@ -82,7 +82,7 @@ class DatasetSpec:
     seed: int = 0
     n_duplicated: int = 50  # K unique images, each repeated `duplication` times
     duplication: int = 30  # D
-    n_single: int = 250  # unique photo crops seen once
+    n_single: int = 200  # unique photo crops seen once
     renders_per_scene: int = 6  # training renders (with jitter) of every non-held-out scene combination
     heldout_fraction: float = 0.15  # fraction of scene combinations never seen in training
     resolution: int = RESOLUTION
@@ -204,13 +204,23 @@ def _photo_pool() -> list[np.ndarray]:
     return pool
 
 
-def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION) -> list[np.ndarray]:
-    """`n` distinct square crops (random source, size 48-192 px, position) resized to `resolution`."""
+def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION,
+                max_similarity: float = 0.3) -> list[np.ndarray]:
+    """`n` distinct square crops (random source, size 48-192 px, position) resized to `resolution`.
+
+    A crop is kept only if its SSIM to every crop kept before is below `max_similarity`: overlapping
+    crops of one photograph (or two patches of grass) would otherwise be near-copies of each other, and a
+    "single-seen" image could be a duplicated one in disguise.
+    """
     from skimage.transform import resize
+
+    from .metrics import ssim_matrix
 
     pool = _photo_pool()
     crops = []
-    while len(crops) < n:
+    for _ in range(200 * n):
+        if len(crops) == n:
+            break
         src = pool[rng.integers(len(pool))]
         side = int(rng.integers(48, min(192, *src.shape[:2]) + 1))
         r = int(rng.integers(0, src.shape[0] - side + 1))
@@ -219,7 +229,11 @@ def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION) 
         crop = (crop * 255).round().clip(0, 255).astype(np.uint8)
         if crop.std() < 12:  # flat crops (sky, page margins) are not distinctive images
             continue
+        if crops and ssim_matrix(crop[None], np.stack(crops)).max() >= max_similarity:
+            continue
         crops.append(crop)
+    if len(crops) < n:
+        raise ValueError(f"found only {len(crops)} of {n} mutually dissimilar photo crops")
     return crops
 
 
@@ -295,6 +309,32 @@ def prompt_lists(rows: list[dict]) -> dict[str, list[str]]:
         if r["caption"] not in lists[key]:
             lists[key].append(r["caption"])
     return lists
+
+
+def dataset_digest(data_dir: Path) -> str:
+    """sha256 over the manifest and every image it names: identifies the data a testbed was trained on."""
+    import hashlib
+
+    data_dir = Path(data_dir)
+    h = hashlib.sha256((data_dir / "manifest.jsonl").read_bytes())
+    for row in read_manifest(data_dir / "manifest.jsonl"):
+        h.update((data_dir / row["image"]).read_bytes())
+    return h.hexdigest()
+
+
+def check_trained_on(model_dir: Path, data_dir: Path) -> None:
+    """Refuse to measure a testbed against data other than what it was trained on."""
+    from .prompts import InputError
+
+    info_path = Path(model_dir) / "memprune_train.json"
+    if not info_path.exists():
+        return
+    expected = json.loads(info_path.read_text()).get("dataset_sha256")
+    if expected and expected != dataset_digest(data_dir):
+        raise InputError(
+            f"{data_dir}: not the dataset {model_dir} was trained on (dataset_sha256 {expected[:12]}... in "
+            f"{info_path}); regenerate it with the same testbed.dataset config or retrain"
+        )
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -549,6 +589,7 @@ def train_testbed(manifest: Path, out_dir: Path, spec: TrainSpec, bpe_path: Path
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "memprune_train.json").write_text(json.dumps({
             "train": asdict(spec), "samples": n, "seconds": round(time.time() - t0, 1),
+            "dataset_sha256": dataset_digest(Path(manifest).parent),
             "final_ema_loss": ema_loss,
         }, indent=2) + "\n")
     return out_dir
