@@ -41,12 +41,16 @@ class FFNInputRecorder:
         self.timesteps.append(float(t))
 
     def _layer_hook(self, name: str):
+        import torch
+
         def hook(module, args):
             x = args[0].float()
             if self.normalize_tokens:
                 x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             # (batch, tokens, feature) -> (batch, feature); tokens are spatial positions of the latent.
-            self.sumsq[name].append(x.square().sum(dim=tuple(range(1, x.ndim - 1))).detach())
+            # einsum fuses the square and the sum: no (batch, tokens, feature) temporary.
+            x = x.reshape(x.shape[0], -1, x.shape[-1])
+            self.sumsq[name].append(torch.einsum("btf,btf->bf", x, x).detach())
 
         return hook
 

@@ -202,5 +202,14 @@ def plot_iou(ds, path) -> None:
 
 
 def _short(layer: str) -> str:
+    """'up_blocks.1.attentions.2.transformer_blocks.0.ff.net.2' -> 'up1.a2' (and '.t<k>' for k > 0)."""
     parts = layer.split(".")
-    return ".".join(p for p in parts[:4] if p not in ("attentions",)).replace("_blocks", "")
+    if parts[0] == "mid_block":
+        label = f"mid.a{parts[2]}"
+        rest = parts[3:]
+    else:
+        label = f"{parts[0].split('_')[0]}{parts[1]}.a{parts[3]}"
+        rest = parts[4:]
+    if len(rest) > 1 and rest[0] == "transformer_blocks" and rest[1] != "0":
+        label += f".t{rest[1]}"
+    return label

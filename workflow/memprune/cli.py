@@ -151,6 +151,13 @@ def cmd_testbed_report(args) -> None:
                    max_single=args.max_single)
 
 
+def cmd_finetune_decoder(args) -> None:
+    from .testbed import finetune_decoder_of
+
+    finetune_decoder_of(Path(args.model), Path(args.manifest), Path(args.out), args.steps, args.lr, args.seed,
+                        progress=not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memprune", description=__doc__)
     parser.add_argument("--log", help="also write the log to this file")
@@ -168,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="{}", help="JSON of TrainSpec fields")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_testbed)
+
+    p = sub.add_parser("finetune-decoder", help="fine-tune a testbed's VAE decoder on frozen latents")
+    p.add_argument("--model", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune_decoder)
 
     p = sub.add_parser("capture", help="record ff.net.2 input statistics while sampling prompts")
     _add_model_args(p)

@@ -24,7 +24,7 @@ def load_unet(model: str | Path):
     from diffusers import UNet2DConditionModel
 
     try:
-        return UNet2DConditionModel.from_pretrained(str(model), subfolder="unet")
+        return UNet2DConditionModel.from_pretrained(str(model), subfolder="unet", use_safetensors=True)
     except OSError as e:
         raise InputError(f"cannot load the UNet of {str(model)!r}: {e}") from None
 

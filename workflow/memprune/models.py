@@ -55,6 +55,7 @@ def load_pipeline(model: str | Path, device: str = "auto", dtype: str = "auto", 
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             str(model), dtype=torch_dtype, safety_checker=None, requires_safety_checker=False,
+            use_safetensors=True,  # never unpickle weights
         )
     except OSError as e:
         raise InputError(f"cannot load model {str(model)!r}: {e}") from None
