@@ -7,7 +7,12 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The default config applies only when no --configfile is given: Snakemake would otherwise merge it into
+# the user's config (the testbed's collections would leak into an SD run). --config still overrides keys.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
 
 
 # Jobs run `python -m memprune <step>` from this checkout, in whatever environment runs them (the local one,

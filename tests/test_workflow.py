@@ -131,9 +131,15 @@ def test_profile_dry_run_lists_gpu_jobs_for_sd15():
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--profile", "workflow/profiles/slurm", "--configfile",
-         "config/sd15.yaml", "results/iou.nc"], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        [sys.executable, "-m", "snakemake", "results/iou.nc", "-n", "--profile", "workflow/profiles/slurm",
+         "--configfile", "config/sd15.yaml"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = planned_jobs(proc)
-    assert jobs["capture_chunk"] == 63 and jobs["capture_null"] == 1  # 500 prompts / 8 per chunk
-    assert jobs["masks"] == 40
+    # 500 memorized prompts / 8 per chunk = 63 chunks, plus the chunks of sd1_nmem.txt the control draws from
+    assert 63 < jobs["capture_chunk"] <= 126 and jobs["capture_null"] == 1
+    assert jobs["masks"] == 40 and jobs["analysis"] == 1  # the testbed's collections do not leak in
+    blocks = proc.stdout.split("\n\n")
+    capture = next(b for b in blocks if "rule capture_chunk" in b or "capture_chunk" in b and "resources" in b)
+    masks = next(b for b in blocks if "rule masks:" in b)
+    assert "gpu=1" in capture and "gpu_model=a100" in capture
+    assert "gpu=" not in masks and "mem_mb=24000" in masks

@@ -58,7 +58,8 @@ def read_prompts(path: Path, column: str = "caption", allow_duplicates: bool = F
         delim = ";" if first.count(";") > first.count(",") else ","
         reader = csv.DictReader(io.StringIO(text), delimiter=delim)
         names = reader.fieldnames or []
-        col = column if column in names else ("prompt" if "prompt" in names else None)
+        by_lower = {n.strip().lower(): n for n in names if n}
+        col = by_lower.get(column.lower(), by_lower.get("prompt"))  # COCO's file says "Caption"
         if col is None:
             raise InputError(f"{path}:1: no column {column!r} or 'prompt' in header {names}")
         prompts = [(i, row[col] or "") for i, row in enumerate(reader, 2)]
