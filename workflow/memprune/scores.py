@@ -96,11 +96,3 @@ def top_k_bound(score: torch.Tensor, k: int) -> torch.Tensor:
 def union_over_timesteps(masks: torch.Tensor, tau: int) -> torch.Tensor:
     """Equation 7: (step, out, in) -> (out, in), the union over the first `tau` denoising steps."""
     return masks[:tau].any(dim=0)
-
-
-def random_masks_like(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Control: for each leading index, a uniformly random mask with the same number of True entries."""
-    flat = masks.reshape(masks.shape[0], -1)
-    counts = flat.sum(dim=1)
-    ranks = torch.rand(flat.shape, generator=generator).argsort(dim=1).argsort(dim=1)
-    return (ranks < counts.unsqueeze(1)).reshape(masks.shape)
