@@ -95,12 +95,14 @@ def ffn_layers(unet) -> list[tuple[str, "torch.nn.Linear"]]:
 
 def weights_hash(tensors: dict) -> str:
     """sha256 over the named tensors' bytes (sorted by name): identifies the base weights that masks refer to."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -80,13 +80,13 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
         nearest_idx[gi] = sims.argmax(-1)
         own[gi, : n_dup + len(groups["single"])] = np.take_along_axis(
             sims[: len(photos_rows)], np.arange(len(photos_rows))[:, None, None], axis=-1)[..., 0]
-        attrs = [r for r in groups["heldout"]]
+        attrs = groups["heldout"]
         h0 = n_p - len(attrs)
-        renders = np.stack([render_scene(a) for a in attrs]) if attrs else np.zeros((0, *photos.shape[1:]), np.uint8)
-        for si in range(n_s):
-            follows[gi, h0:, si] = prompt_following(imgs[h0:, si], attrs)
-            for hi in range(len(attrs)):
-                to_render[gi, h0 + hi, si] = ssim_matrix(imgs[h0 + hi, si][None], renders[hi][None])[0, 0]
+        if attrs:
+            renders = np.stack([render_scene(a) for a in attrs])
+            for si in range(n_s):
+                follows[gi, h0:, si] = prompt_following(imgs[h0:, si], attrs)
+                to_render[gi, h0:, si] = np.diag(ssim_matrix(imgs[h0:, si], renders))
         log.info("guidance %.2f done", g)
 
     is_dup = np.array([g == "duplicated" for g in group_of])

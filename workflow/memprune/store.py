@@ -84,13 +84,6 @@ def write_netcdf(ds, target: Path | str) -> None:
         ds.to_netcdf(tmp, engine="h5netcdf")
 
 
-def open_netcdf(path: Path | str):
-    import xarray as xr
-
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
-        return ds.load()
-
-
 def write_zarr(ds, target: Path | str) -> None:
     """Write an xarray Dataset as a zarr v3 store (arrays carry `dimension_names`), atomically."""
     with atomic_dir(target) as tmp:
