@@ -59,9 +59,20 @@ def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = 4) -> np.ndarray:
     return per_tile.max(-1)
 
 
-def prompt_following(images: np.ndarray, attributes: list[dict]) -> np.ndarray:
-    """(N,) bool: the scene read back off each image matches all four requested attributes."""
+SCENE_ATTRIBUTES = ("shape", "colour", "position", "background")
+
+
+def attribute_matches(images: np.ndarray, attributes: list[dict]) -> np.ndarray:
+    """(N, 4) bool: each of shape, colour, position, background read back off the image matches the request."""
     from .testbed import describe_scene
 
-    keys = ("shape", "colour", "position", "background")
-    return np.array([all(describe_scene(img)[k] == a[k] for k in keys) for img, a in zip(images, attributes)])
+    out = np.zeros((len(images), len(SCENE_ATTRIBUTES)), dtype=bool)
+    for i, (img, a) in enumerate(zip(images, attributes)):
+        seen = describe_scene(img)
+        out[i] = [seen[k] == a[k] for k in SCENE_ATTRIBUTES]
+    return out
+
+
+def prompt_following(images: np.ndarray, attributes: list[dict]) -> np.ndarray:
+    """(N,) bool: the scene read back off each image matches all four requested attributes."""
+    return attribute_matches(images, attributes).all(axis=1)

@@ -23,6 +23,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+from .metrics import SCENE_ATTRIBUTES as ATTRIBUTES
+
 
 def load_images(data_dir: Path, rows: list[dict]) -> np.ndarray:
     from PIL import Image
@@ -37,11 +39,12 @@ def copy_rate(ssim: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
 
 
 def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: list[int], guidances: list[float],
-                   threshold: float = 0.5, steps: int = 50, batch_size: int = 128, max_single: int | None = None) -> None:
+                   threshold: float = 0.5, steps: int = 50, batch_size: int = 128, max_single: int | None = None,
+                   device: str = "auto", dtype: str = "auto") -> dict:
     import xarray as xr
 
     from . import __version__
-    from .metrics import prompt_following, ssim_matrix
+    from .metrics import attribute_matches, ssim_matrix
     from .models import load_pipeline
     from .sampling import SamplingConfig, generate
     from .store import write_netcdf
@@ -58,7 +61,7 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
     photos_rows = groups["duplicated"] + groups["single"]
     all_photos = [r for r in rows if r["group"] in ("duplicated", "single")]
     photos = load_images(data_dir, all_photos)
-    pipe = load_pipeline(model, "auto", "auto")
+    pipe = load_pipeline(model, device, dtype)
     prompts = [r["caption"] for g in groups.values() for r in g]
     group_of = [g for g, rs in groups.items() for _ in rs]
     n_dup = len(groups["duplicated"])
@@ -67,6 +70,7 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
     nearest = np.full((n_g, n_p, n_s), np.nan)
     nearest_idx = np.full((n_g, n_p, n_s), -1)
     follows = np.zeros((n_g, n_p, n_s), dtype=bool)
+    attr_ok = np.zeros((n_g, n_p, n_s, 4), dtype=bool)  # held-out prompts: shape, colour, position, background
     to_render = np.full((n_g, n_p, n_s), np.nan)  # held-out prompts: SSIM to their canonical render
     images_by_g = []
     for gi, g in enumerate(guidances):
@@ -85,7 +89,8 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
         if attrs:
             renders = np.stack([render_scene(a) for a in attrs])
             for si in range(n_s):
-                follows[gi, h0:, si] = prompt_following(imgs[h0:, si], attrs)
+                attr_ok[gi, h0:, si] = attribute_matches(imgs[h0:, si], attrs)
+                follows[gi, h0:, si] = attr_ok[gi, h0:, si].all(-1)
                 to_render[gi, h0:, si] = np.diag(ssim_matrix(imgs[h0:, si], renders))
         log.info("guidance %.2f done", g)
 
@@ -103,6 +108,8 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
         summary["heldout_copy_rate"][gi] = copy_rate(held_copy, threshold)[1]
         summary["heldout_copy_rate_ssim_only"][gi] = copy_rate(nearest[gi, is_held], threshold)[1]
         summary["prompt_following"][gi] = float(follows[gi, is_held].mean())
+        for ai, key in enumerate(ATTRIBUTES):
+            summary.setdefault(f"{key}_accuracy", np.zeros(n_g))[gi] = float(attr_ok[gi, is_held, :, ai].mean())
         # nearest-neighbour recall: the nearest training photo is the prompt's own image
         summary["dup_nn_recall"][gi] = float((nearest_idx[gi, is_dup] == np.arange(n_dup)[:, None]).mean())
     ds = xr.Dataset(
@@ -124,6 +131,7 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
     for gi, g in enumerate(guidances):
         log.info("guidance %.1f: " + ", ".join(f"{k} {v[gi]:.3f}" for k, v in summary.items()), g)
         print(f"guidance {g}: " + ", ".join(f"{k}={v[gi]:.3f}" for k, v in summary.items()))
+    return {k: v.tolist() for k, v in summary.items()}
 
 
 def _grid(images: np.ndarray, photos: np.ndarray, groups: dict, prompts: list[str], seeds: list[int],

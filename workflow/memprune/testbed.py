@@ -482,6 +482,8 @@ class TrainSpec:
     cond_dropout: float = 0.1  # captions replaced by "" so classifier-free guidance works
     decoder_steps: int = 3000  # final stage: decoder fine-tuning on frozen latents (see finetune_decoder)
     threads: int = 0  # 0: leave torch's default
+    ema_decay: float = 0.0  # >0: keep an exponential moving average of UNet + text encoder weights and save it
+    device: str = "cpu"  # "cpu", "cuda", or "auto"; the random draws are made on the CPU, so they match
     checkpoint_every: int = 0  # >0: also save the pipeline every N UNet steps under <out>.checkpoints/
     model: ModelSpec = field(default_factory=ModelSpec)
 
@@ -492,17 +494,20 @@ def train_testbed(manifest: Path, out_dir: Path, spec: TrainSpec, bpe_path: Path
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
+    from .models import resolve_device
+
     if spec.threads:
         torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
+    dev = torch.device(resolve_device(spec.device))
     images_np, captions = load_training_arrays(manifest)
-    images = torch.from_numpy(images_np)
+    images = torch.from_numpy(images_np).to(dev)
     n = len(images)
     log.info("training set: %d samples (%d unique captions)", n, len(set(captions)))
 
     tokenizer = build_tokenizer(bpe_path, spec.model.max_length)
-    vae = build_vae(spec.model)
+    vae = build_vae(spec.model).to(dev)
     t0 = time.time()
 
     # --- VAE: reconstruction (L1 + L2) with a tiny KL term, as a near-deterministic autoencoder, trained on
@@ -513,7 +518,7 @@ def train_testbed(manifest: Path, out_dir: Path, spec: TrainSpec, bpe_path: Path
     bar = tqdm(range(spec.vae_steps), desc="vae", disable=not progress, mininterval=5)
     for step in bar:
         idx = distinct[torch.randint(0, len(distinct), (spec.vae_batch,), generator=gen)]
-        x = images[idx]
+        x = images[idx.to(dev)]
         post = vae.encode(x).latent_dist
         z = post.sample(generator=None)
         rec = vae.decode(z).sample
@@ -541,25 +546,27 @@ def train_testbed(manifest: Path, out_dir: Path, spec: TrainSpec, bpe_path: Path
     log.info("vae done in %.0fs; latent shape %s, scaling factor %.4f", time.time() - t0, tuple(latents_mean.shape[1:]), scaling)
 
     # --- UNet + text encoder: epsilon prediction with SD's schedule.
-    unet = build_unet(spec.model, latents_mean.shape[-1])
-    text_encoder = build_text_encoder(spec.model, tokenizer)
+    unet = build_unet(spec.model, latents_mean.shape[-1]).to(dev)
+    text_encoder = build_text_encoder(spec.model, tokenizer).to(dev)
     noise_sched = make_train_scheduler()
     ids = tokenizer(captions, padding="max_length", max_length=spec.model.max_length, truncation=True, return_tensors="pt").input_ids
     null_ids = tokenizer([""], padding="max_length", max_length=spec.model.max_length, return_tensors="pt").input_ids
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=1e-4)
-    alphas = noise_sched.alphas_cumprod
+    ema = [p.detach().clone() for p in params] if spec.ema_decay > 0 else None
+    alphas = noise_sched.alphas_cumprod.to(dev)
     bar = tqdm(range(spec.unet_steps), desc="unet", disable=not progress, mininterval=5)
     t1 = time.time()
     ema_loss = None
     for step in bar:
         idx = torch.randint(0, n, (spec.batch_size,), generator=gen)
-        z0 = latents_mean[idx]
+        z0 = latents_mean[idx.to(dev)]
         tok = ids[idx].clone()
         drop = torch.rand(spec.batch_size, generator=gen) < spec.cond_dropout
         tok[drop] = null_ids[0]
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (spec.batch_size,), generator=gen)
+        tok = tok.to(dev)
+        noise = torch.randn(z0.shape, generator=gen).to(dev)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (spec.batch_size,), generator=gen).to(dev)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         cond = text_encoder(tok)[0]
@@ -573,6 +580,9 @@ def train_testbed(manifest: Path, out_dir: Path, spec: TrainSpec, bpe_path: Path
         for g in opt.param_groups:
             g["lr"] = lr
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - spec.ema_decay)
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         if spec.checkpoint_every and (step + 1) % spec.checkpoint_every == 0 and step + 1 < spec.unet_steps:
             ckpt = Path(str(out_dir) + ".checkpoints") / f"step_{step + 1}"
@@ -584,9 +594,13 @@ def train_testbed(manifest: Path, out_dir: Path, spec: TrainSpec, bpe_path: Path
                      (time.time() - t1) / (step + 1))
             bar.set_postfix(loss=f"{ema_loss:.4f}")
     log.info("unet done in %.0fs", time.time() - t1)
+    if ema is not None:  # the averaged weights are the model
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
 
     finetune_decoder(vae, images_np, captions, spec.decoder_steps, spec.vae_lr / 2, spec.seed, progress)
-    pipe = assemble_pipeline(vae, unet.eval(), text_encoder.eval(), tokenizer)
+    pipe = assemble_pipeline(vae.cpu(), unet.eval().cpu(), text_encoder.eval().cpu(), tokenizer)
     with atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "memprune_train.json").write_text(json.dumps({
@@ -611,9 +625,10 @@ def finetune_decoder(vae, images_np: np.ndarray, captions: list[str], steps: int
     if steps <= 0:
         return
     gen = torch.Generator().manual_seed(seed + 1)
+    dev = next(vae.parameters()).device
     n = len(images_np)
     distinct = np.unique(images_np.reshape(n, -1), axis=0, return_index=True)[1]
-    images = torch.from_numpy(images_np[distinct])
+    images = torch.from_numpy(images_np[distinct]).to(dev)
     is_scene = torch.tensor([captions[i] in _SCENE_CAPTIONS for i in distinct])
     groups = [is_scene.nonzero().squeeze(1), (~is_scene).nonzero().squeeze(1)]
     groups = [g for g in groups if len(g)]
@@ -627,7 +642,7 @@ def finetune_decoder(vae, images_np: np.ndarray, captions: list[str], steps: int
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     per_group = 32 // len(groups)
     for step in tqdm(range(steps), desc="decoder", disable=not progress, mininterval=5):
-        batch = torch.cat([g[torch.randint(0, len(g), (per_group,), generator=gen)] for g in groups])
+        batch = torch.cat([g[torch.randint(0, len(g), (per_group,), generator=gen)] for g in groups]).to(dev)
         rec = vae.decode(latents[batch]).sample
         loss = F.l1_loss(rec, images[batch]) + F.mse_loss(rec, images[batch])
         opt.zero_grad(set_to_none=True)
