@@ -119,9 +119,23 @@ def test_fast_masks_equal_on_heavy_tailed_data():
     from memprune.scores import memorized_masks_over_time
 
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(64, 512, generator=g)
-    mem = 10 * torch.exp(torch.randn(4, 512, generator=g)) ** 2
-    null = torch.exp(torch.randn(4, 512, generator=g)) ** 2
-    fast = memorized_masks_over_time(w, mem, null, 10, 0.01)
-    slow = torch.stack([memorized_mask(w, mem[t], null[t], 10, 0.01) for t in range(4)])
+    w = torch.randn(64, 509, generator=g)  # 509: the packed rows end in a partial byte
+    mem = 10 * torch.exp(torch.randn(4, 509, generator=g)) ** 2
+    null = torch.exp(torch.randn(4, 509, generator=g)) ** 2
+    fast = memorized_masks_over_time(w, mem, null, 10, 0.02)
+    slow = torch.stack([memorized_mask(w, mem[t], null[t], 10, 0.02) for t in range(4)])
     assert torch.equal(fast, slow) and fast.sum() > 0
+
+
+def test_packed_union_equals_the_boolean_union():
+    from memprune.scores import memorized_masks_packed, union_over_timesteps_packed
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(16, 203, generator=g)
+    mem = torch.exp(torch.randn(5, 203, generator=g))
+    null = torch.exp(torch.randn(5, 203, generator=g)) * 0.5
+    packed = memorized_masks_packed(w, mem, null, 3, 0.05)
+    masks = torch.from_numpy(np.unpackbits(packed, axis=-1, count=203).astype(bool))
+    for tau in (1, 3, 5):
+        union = np.unpackbits(union_over_timesteps_packed(packed, tau), axis=-1, count=203).astype(bool)
+        assert np.array_equal(union, union_over_timesteps(masks, tau).numpy())

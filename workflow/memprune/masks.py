@@ -46,7 +46,8 @@ def compute_subset_masks(model, activations, null, sparsity: float, tau: int, va
     import xarray as xr
 
     from .models import ffn_weights, weights_hash
-    from .scores import memorized_masks_over_time, union_over_timesteps
+    from .overlap import density
+    from .scores import memorized_masks_packed, union_over_timesteps_packed
     from .store import open_zarr, write_zarr
 
     act = open_zarr(activations, load=False)
@@ -64,6 +65,9 @@ def compute_subset_masks(model, activations, null, sparsity: float, tau: int, va
         raise InputError(f"config key masks.tau = {tau} exceeds the {act.sizes['step']} denoising steps")
     n_prompts = act.sizes["prompt"]
     data_vars, in_features = {}, {}
+    # One thread: the per-step ops are small, and OpenMP threads on a loaded machine made them ~20x slower
+    # (measured); parallelism comes from Snakemake running subsets as separate jobs.
+    torch.set_num_threads(1)
     for layer in layers:
         w = weights[layer]
         mem = branch_sums(act, layer, variant)
@@ -73,15 +77,16 @@ def compute_subset_masks(model, activations, null, sparsity: float, tau: int, va
                 raise InputError(f"{path}: NaN or inf in {what} of layer {layer}")
         if mem.shape[1] != w.shape[1]:
             raise InputError(f"{activations}: layer {layer} has {mem.shape[1]} features, the model's weight {w.shape[1]}")
-        masks = memorized_masks_over_time(w, torch.from_numpy(mem).float(), torch.from_numpy(nul_sum).float(),
-                                          n_prompts, sparsity).numpy()
-        union = union_over_timesteps(torch.from_numpy(masks), tau).numpy()
+        masks = memorized_masks_packed(w, torch.from_numpy(mem).float(), torch.from_numpy(nul_sum).float(),
+                                       n_prompts, sparsity)
+        union = union_over_timesteps_packed(masks, tau)
         dims = (f"{layer}.out", f"{layer}.in_packed")
-        data_vars[layer] = (("step", *dims), np.packbits(masks, axis=-1))
-        data_vars[f"{layer}.union"] = (dims, np.packbits(union, axis=-1))
+        data_vars[layer] = (("step", *dims), masks)
+        data_vars[f"{layer}.union"] = (dims, union)
         in_features[layer] = int(w.shape[1])
-        log.info("%s: density per step %.4f..%.4f, union %.4f", layer, masks.mean(axis=(1, 2)).min(),
-                 masks.mean(axis=(1, 2)).max(), union.mean())
+        per_step = density(masks, w.numel())
+        log.info("%s: density per step %.4f..%.4f, union %.4f", layer, per_step.min(), per_step.max(),
+                 float(density(union, w.numel())))
     ds = xr.Dataset(
         data_vars,
         coords={"step": act["step"].values, "t": ("step", act["t"].values)},

@@ -15,6 +15,7 @@ X_P stacks the layer's inputs over prompts and tokens, so its column norm is
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -62,30 +63,58 @@ def memorized_mask(weight: torch.Tensor, memorized_sumsq: torch.Tensor, null_sum
 
 def memorized_masks_over_time(weight: torch.Tensor, memorized_sumsq: torch.Tensor, null_sumsq: torch.Tensor,
                               n_prompts: int, sparsity: float) -> torch.Tensor:
-    """Equation 6 at every timestep: (step, in) sums -> bool (step, out, in).
+    """Equation 6 at every timestep: (step, in) sums -> bool (step, out, in). See `memorized_masks_packed`."""
+    packed = memorized_masks_packed(weight, memorized_sumsq, null_sumsq, n_prompts, sparsity)
+    return torch.from_numpy(np.unpackbits(packed, axis=-1, count=weight.shape[1]).astype(bool))
 
-    Gives exactly `memorized_mask` at each step (tests check it), faster: a column j can hold a top-k entry
-    of some row only if its best score a_j * max_i |W_ij| reaches a lower bound of every row's k-th largest
-    score (taken over the columns of largest a_j), so the ranking runs on those columns only.
+
+def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, null_sumsq: torch.Tensor,
+                           n_prompts: int, sparsity: float) -> np.ndarray:
+    """Equation 6 at every timestep, bit-packed: (step, in) sums -> uint8 (step, out, ceil(in / 8)), the
+    layout of `numpy.packbits(masks, axis=-1)`.
+
+    Gives exactly `memorized_mask` at each step (tests check it, ties included), without ranking whole rows
+    at every step: score_ij(t) = |W_ij| a_j(t) <= |W_ij| max_t a_j(t), so each row's P columns of largest
+    |W_ij| max_t a_j hold its top-k at step t whenever the P-th of those upper bounds is below the row's
+    k-th largest score among them. Rows where that check fails (or the k-th score is tied) are ranked in full.
+    Masks are ~1% dense, so they are written straight into packed bits.
     """
     abs_w = weight.abs()
-    col_max = abs_w.amax(dim=0)
-    nonzero = abs_w > 0
     out, n = abs_w.shape
     k = k_per_row(sparsity, n)
-    masks = torch.zeros((memorized_sumsq.shape[0], out, n), dtype=torch.bool)
+    steps = memorized_sumsq.shape[0]
+    packed = np.zeros((steps, out, (n + 7) // 8), dtype=np.uint8)
     if k <= 0:
-        return masks
-    for t in range(memorized_sumsq.shape[0]):
-        a = memorized_sumsq[t].sqrt()
-        b = (n_prompts * null_sumsq[t]).sqrt()
-        probe = torch.topk(a, min(n, max(4 * k, 64))).indices
-        bound = top_k_bound(abs_w[:, probe] * a[probe], k).min()
-        cols = (a * col_max >= bound).nonzero().squeeze(1)  # ascending, so ties still favour lower indices
-        top = top_k_per_row(abs_w[:, cols] * a[cols], k)
+        return packed
+    a_all = memorized_sumsq.sqrt()
+    b_all = (n_prompts * null_sumsq).sqrt()
+    if k >= n:  # every entry is in its row's top-k: only the null comparison remains
+        for t in range(steps):
+            packed[t] = np.packbits(((a_all[t] > b_all[t]).unsqueeze(0) & (abs_w > 0)).numpy(), axis=-1)
+        return packed
+    n_cand = min(n, max(8 * k, 256))
+    upper, cand = torch.topk(abs_w * a_all.amax(dim=0), n_cand, dim=1, sorted=True)  # (out, P)
+    w_cand = abs_w.gather(1, cand)
+    # every column outside a row's candidates scores at most this, at any step
+    outside = upper[:, -1] if n_cand < n else torch.full((out,), -torch.inf)
+    rows_all = torch.arange(out)
+    for t in range(steps):
+        a, b = a_all[t], b_all[t]
+        top_vals, top_pos = torch.topk(w_cand * a[cand], k + 1, dim=1, sorted=True)
+        kth = top_vals[:, k - 1]
+        exact = (outside < kth) & (top_vals[:, k] < kth)
+        sel_rows = rows_all[exact].unsqueeze(1).expand(-1, k).reshape(-1)
+        sel_cols = cand[exact].gather(1, top_pos[exact, :k]).reshape(-1)
+        redo = (~exact).nonzero().squeeze(1)
+        if redo.numel():  # rank those rows in full, with top_k_per_row's tie rule
+            r, c = top_k_per_row(abs_w[redo] * a, k).nonzero(as_tuple=True)
+            sel_rows, sel_cols = torch.cat([sel_rows, redo[r]]), torch.cat([sel_cols, c])
         # S_mem > S_null  <=>  |W_ij| (a_j - b_j) > 0: a column condition on the nonzero weights
-        masks[t][:, cols] = top & (a[cols] > b[cols]).unsqueeze(0) & nonzero[:, cols]
-    return masks
+        keep = (a[sel_cols] > b[sel_cols]) & (abs_w[sel_rows, sel_cols] > 0)
+        sel_rows, sel_cols = sel_rows[keep].numpy(), sel_cols[keep].numpy()
+        bits = (np.uint8(128) >> (sel_cols & 7).astype(np.uint8)).astype(np.uint8)
+        np.bitwise_or.at(packed[t], (sel_rows, sel_cols >> 3), bits)
+    return packed
 
 
 def top_k_bound(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -96,3 +125,8 @@ def top_k_bound(score: torch.Tensor, k: int) -> torch.Tensor:
 def union_over_timesteps(masks: torch.Tensor, tau: int) -> torch.Tensor:
     """Equation 7: (step, out, in) -> (out, in), the union over the first `tau` denoising steps."""
     return masks[:tau].any(dim=0)
+
+
+def union_over_timesteps_packed(packed: np.ndarray, tau: int) -> np.ndarray:
+    """Equation 7 on bit-packed masks: (step, out, in/8) uint8 -> (out, in/8)."""
+    return np.bitwise_or.reduce(packed[:tau], axis=0)
