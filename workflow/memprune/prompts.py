@@ -56,13 +56,16 @@ def read_prompts(path: Path, column: str = "caption", allow_duplicates: bool = F
         text = _read_text(path)
         first = text.splitlines()[0] if text.strip() else ""
         delim = ";" if first.count(";") > first.count(",") else ","
-        reader = csv.DictReader(io.StringIO(text), delimiter=delim)
-        names = reader.fieldnames or []
-        by_lower = {n.strip().lower(): n for n in names if n}
-        col = by_lower.get(column.lower(), by_lower.get("prompt"))  # COCO's file says "Caption"
-        if col is None:
-            raise InputError(f"{path}:1: no column {column!r} or 'prompt' in header {names}")
-        prompts = [(i, row[col] or "") for i, row in enumerate(reader, 2)]
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+        try:
+            names = reader.fieldnames or []
+            by_lower = {n.strip().lower(): n for n in names if n}
+            col = by_lower.get(column.lower(), by_lower.get("prompt"))  # COCO's file says "Caption"
+            if col is None:
+                raise InputError(f"{path}:1: no column {column!r} or 'prompt' in header {names}")
+            prompts = [(reader.line_num, row[col] or "") for row in reader]
+        except csv.Error as e:
+            raise InputError(f"{path}:{reader.line_num}: bad CSV ({e})") from None
     else:
         text = _read_text(path)
         prompts = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]

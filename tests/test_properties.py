@@ -1,0 +1,107 @@
+"""Property-based checks of the input parsers (prompt files, configs) and of safe loading.
+
+The mask rule's invariants (density <= sparsity, masks only where memorized > null, union monotone in tau,
+the fast path equal to the readable rule) are in test_scores.py; IOU symmetry and 1 on identical masks in
+test_overlap.py.
+"""
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import REPO
+from memprune.prompts import InputError, read_prompts
+
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.one_of(st.text(max_size=30), st.just(""), st.just("{\"caption\": \"x\"}"),
+                       st.just("caption,other"), st.just("{bad json"), st.just("[1, 2]")), max_size=8)
+    .map(lambda lines: "\n".join(lines).encode("utf-8")),
+), suffix=st.sampled_from([".txt", ".jsonl", ".csv"]))
+def test_prompt_parser_returns_clean_prompts_or_names_the_file(tmp_path, content, suffix):
+    """Any bytes: either a non-empty list of unique, stripped, non-empty prompts, or an InputError whose
+    message starts with the file's path (and a line number where one applies). Never another exception."""
+    path = tmp_path / f"prompts{suffix}"
+    path.write_bytes(content)
+    try:
+        prompts = read_prompts(path)
+    except InputError as e:
+        assert str(e).startswith(str(path)), str(e)
+        return
+    assert prompts and len(set(prompts)) == len(prompts)
+    assert all(p and p == p.strip() for p in prompts)
+
+
+def _leaves(cfg, prefix=()):
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+LEAVES = [path for path, _ in _leaves(DEFAULT) if path[0] not in ("prompt_sets", "collections")]
+
+
+def _set(cfg, path, value):
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+
+@settings(max_examples=60, deadline=None)
+@given(path=st.sampled_from(LEAVES), bad=st.sampled_from([{"nested": 1}, [[1]], "not-a-number-or-bool-7x"]))
+def test_config_with_a_wrong_type_is_refused_naming_the_key(path, bad):
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    original = dict(_leaves(DEFAULT))[path]
+    if isinstance(bad, str) and (isinstance(original, str) or original is None):
+        bad = {"nested": 1}  # a string where a string (or null) is allowed is not a type error
+    cfg = copy.deepcopy(DEFAULT)
+    _set(cfg, path, bad)
+    with pytest.raises(WorkflowError) as err:
+        validate(cfg, str(SCHEMA))
+    assert path[-1] in str(err.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(path=st.sampled_from(LEAVES), name=st.from_regex(r"[a-z]{3,10}_x", fullmatch=True))
+def test_config_with_an_unknown_key_is_refused_naming_it(path, name):
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    cfg = copy.deepcopy(DEFAULT)
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    node[name] = 1
+    with pytest.raises(WorkflowError) as err:
+        validate(cfg, str(SCHEMA))
+    assert name in str(err.value)
+
+
+UNSAFE = [
+    (re.compile(r"\btorch\.load\((?![^)]*weights_only\s*=\s*True)"), "torch.load without weights_only=True"),
+    (re.compile(r"^\s*(import pickle|from pickle|import dill|import joblib)", re.M), "a pickle-based loader"),
+    (re.compile(r"use_safetensors\s*=\s*False|weights_only\s*=\s*False|allow_pickle\s*=\s*True"), "pickle allowed"),
+]
+
+
+@pytest.mark.parametrize("source", sorted((REPO / "workflow/memprune").glob("*.py")), ids=lambda p: p.name)
+def test_package_never_unpickles(source: Path):
+    text = source.read_text()
+    for pattern, what in UNSAFE:
+        m = pattern.search(text)
+        assert m is None, f"{source.name}: {what}: {text[max(0, m.start() - 40) : m.end() + 40]!r}"
