@@ -105,3 +105,30 @@ def test_package_never_unpickles(source: Path):
     for pattern, what in UNSAFE:
         m = pattern.search(text)
         assert m is None, f"{source.name}: {what}: {text[max(0, m.start() - 40) : m.end() + 40]!r}"
+
+
+def test_concurrent_atomic_writes_leave_one_complete_file(tmp_path):
+    """Two writers of one path (as two jobs would be if a DAG were wrong) never interleave: each writes its own
+    temporary sibling, and the final file is one complete version; no temporary file is left behind."""
+    import threading
+
+    from memprune.store import atomic_dir, atomic_file
+
+    target, folder = tmp_path / "out.bin", tmp_path / "out.zarr"
+    payloads = [bytes([i]) * 200_000 for i in range(8)]
+
+    def write(payload):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(payload)
+        with atomic_dir(folder) as tmp:
+            (tmp / "a").write_bytes(payload)
+            (tmp / "b").write_bytes(payload)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert target.read_bytes() in payloads
+    assert (folder / "a").read_bytes() == (folder / "b").read_bytes() and (folder / "a").read_bytes() in payloads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "out.zarr"]

@@ -4,6 +4,7 @@ leaves either the complete artifact or nothing a rerun or reader would accept.""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -44,15 +45,25 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     tmp = _tmp_sibling(target, is_dir=True)
     try:
         yield tmp
-        if target.exists() or target.is_symlink():
-            # A directory cannot be renamed over a non-empty one: move the old one aside first.
+        aside = []
+        while True:
+            try:
+                os.replace(tmp, target)
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+            # A directory cannot be renamed over a non-empty one: move the old one aside, then try again (another
+            # writer of the same path may have moved it first, or put its own in place meanwhile).
             old = _tmp_sibling(target, is_dir=True)
             old.rmdir()
-            os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(target, old)
+                aside.append(old)
+            except FileNotFoundError:
+                pass
+        for old in aside:
             _remove(old)
-        else:
-            os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:
         _remove(tmp)
