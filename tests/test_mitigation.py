@@ -1,0 +1,115 @@
+"""Wen et al.'s inference-time mitigation: optimise the prompt embedding so that the first step's
+text-conditional prediction shrinks, then sample with it."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BPE, tiny_spec
+
+PROMPTS = ["a red circle on a blue background", "a green square", "photo of a cat", "x"]
+SEEDS = [0, 1, 2, 3]
+
+
+def cfg(batch_size=4):
+    from memprune.sampling import SamplingConfig
+
+    return SamplingConfig(steps=4, guidance=3.0, batch_size=batch_size)
+
+
+def text_embeddings(pipe, prompts):
+    with torch.no_grad():
+        return pipe.encode_prompt(prompts, pipe.unet.device, 1, False)[0]
+
+
+def test_optimisation_lowers_its_own_loss_and_keeps_shapes(tiny_pipe):
+    from memprune.sampling import wen_mitigated_embeddings
+
+    embeds, info = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(), lr=0.05, max_iters=5, target_loss=None)
+    assert embeds.shape == text_embeddings(tiny_pipe, PROMPTS).shape
+    assert all(info[k].shape == (4,) for k in ("initial_loss", "final_loss", "iterations", "converged"))
+    assert np.all(info["iterations"] == 5)
+    assert np.all(info["final_loss"] < info["initial_loss"])
+    # the BOS token is held fixed; the others move
+    original = text_embeddings(tiny_pipe, PROMPTS)
+    assert torch.equal(embeds[:, 0], original[:, 0]) and not torch.allclose(embeds[:, 1:], original[:, 1:])
+
+
+def test_initial_loss_is_the_l2_norm_of_the_text_conditional_prediction(tiny_pipe):
+    from memprune.sampling import _initial_latents, wen_mitigated_embeddings
+
+    _, info = wen_mitigated_embeddings(tiny_pipe, PROMPTS[:2], SEEDS[:2], cfg(), max_iters=0)
+    sched = tiny_pipe.scheduler
+    sched.set_timesteps(4)
+    t0 = sched.timesteps[0]
+    gens = [torch.Generator().manual_seed(s) for s in SEEDS[:2]]
+    x = sched.scale_model_input(_initial_latents(tiny_pipe, gens, cfg()) * sched.init_noise_sigma, t0)
+    with torch.no_grad():
+        cond = tiny_pipe.unet(x, t0, encoder_hidden_states=text_embeddings(tiny_pipe, PROMPTS[:2])).sample
+        null = tiny_pipe.unet(x, t0, encoder_hidden_states=text_embeddings(tiny_pipe, ["", ""])).sample
+    expected = torch.linalg.vector_norm((cond - null).flatten(1), dim=1).numpy()
+    np.testing.assert_allclose(info["initial_loss"], expected, rtol=1e-5)
+    assert np.all(info["iterations"] == 0)
+
+
+def test_stops_per_prompt_when_the_target_is_reached(tiny_pipe):
+    from memprune.sampling import wen_mitigated_embeddings
+
+    _, first = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(), max_iters=0)
+    # above every initial loss: nothing to do, embeddings unchanged
+    embeds, info = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(), max_iters=10,
+                                            target_loss=float(first["initial_loss"].max()) * 1.01)
+    assert np.all(info["iterations"] == 0) and info["converged"].all()
+    assert torch.equal(embeds, text_embeddings(tiny_pipe, PROMPTS))
+    # between: prompts already below stop at once, the others run until they reach it or run out of steps
+    target = float(np.median(first["initial_loss"]))
+    embeds, info = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(), max_iters=30, target_loss=target)
+    below = first["initial_loss"] <= target
+    assert np.all(info["iterations"][below] == 0) and np.all(info["iterations"][~below] > 0)
+    assert np.all((info["final_loss"] <= target) | (info["iterations"] == 30))
+    assert np.all(info["final_loss"][info["iterations"] < 30] <= target)
+    assert np.all(info["final_loss"][~below] < first["initial_loss"][~below])
+    original = text_embeddings(tiny_pipe, PROMPTS)
+    assert torch.equal(embeds[below], original[below])
+
+
+def test_deterministic_and_independent_of_the_batch_cut(tiny_pipe):
+    from memprune.sampling import wen_mitigated_embeddings
+
+    a, info_a = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(4), max_iters=3, target_loss=None)
+    b, info_b = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(4), max_iters=3, target_loss=None)
+    assert torch.equal(a, b) and np.array_equal(info_a["final_loss"], info_b["final_loss"])
+    c, _ = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(3), max_iters=3, target_loss=None)
+    # batched convolutions round differently; Adam's normalised steps carry that over, so not bit-equal
+    torch.testing.assert_close(a, c, rtol=1e-3, atol=1e-3)
+
+
+def test_generation_with_the_embeddings_keeps_the_null_prompt_unconditional(tiny_pipe):
+    """Unoptimised embeddings give exactly the prompt's images: the negative branch is the null prompt's."""
+    from memprune.sampling import generate, wen_mitigated_embeddings
+
+    unchanged, _ = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(), max_iters=0)
+    plain = generate(tiny_pipe, PROMPTS, SEEDS, cfg())
+    assert np.array_equal(generate(tiny_pipe, PROMPTS, SEEDS, cfg(), prompt_embeds=unchanged), plain)
+    mitigated, _ = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(), lr=0.5, max_iters=5, target_loss=None)
+    images = generate(tiny_pipe, PROMPTS, SEEDS, cfg(), prompt_embeds=mitigated)
+    assert images.shape == plain.shape and not np.array_equal(images, plain)
+
+
+def test_works_for_v_prediction(tmp_path):
+    from memprune.models import load_pipeline
+    from memprune.sampling import wen_mitigated_embeddings
+    from memprune.testbed import save_untrained_pipeline
+
+    model = save_untrained_pipeline(tmp_path / "v", BPE, tiny_spec(), prediction_type="v_prediction")
+    pipe = load_pipeline(model, "cpu", "float32")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    embeds, info = wen_mitigated_embeddings(pipe, PROMPTS[:2], SEEDS[:2], cfg(), max_iters=4, target_loss=None)
+    assert embeds.shape[0] == 2 and np.all(info["final_loss"] < info["initial_loss"])
+
+
+def test_bad_arguments():
+    from memprune.sampling import wen_mitigated_embeddings
+
+    with pytest.raises(ValueError, match="seeds"):
+        wen_mitigated_embeddings(None, ["a"], [0, 1], cfg())
