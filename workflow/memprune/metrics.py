@@ -1,12 +1,22 @@
-"""Image metrics: copy similarity to training images, tiled L2, prompt following on synthetic scenes.
+"""Image metrics: copy similarity to training images, CLIP score, Frechet distance, tiled L2, prompt
+following on synthetic scenes.
 
-Copy similarity on the testbed is SSIM (scikit-image, RGB, data range 255): SSCD weights are not available
-offline, and at 32x32 SSIM separates copies (0.6-1.0) from unrelated images (about 0-0.3) cleanly.
+Copy similarity is SSCD (Pizzi et al. 2022, `sscd_disc_large`, the paper's metric) when its torchscript file
+is configured, otherwise SSIM (scikit-image, RGB, data range 255): the testbed's default, since SSCD weights
+are not available offline, and at 32x32 SSIM separates copies (0.6-1.0) from unrelated images (about
+0-0.3) cleanly.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
+
+from .prompts import InputError
+
+log = logging.getLogger(__name__)
 
 
 def ssim_matrix(generated: np.ndarray, references: np.ndarray) -> np.ndarray:
@@ -76,3 +86,222 @@ def attribute_matches(images: np.ndarray, attributes: list[dict]) -> np.ndarray:
 def prompt_following(images: np.ndarray, attributes: list[dict]) -> np.ndarray:
     """(N,) bool: the scene read back off each image matches all four requested attributes."""
     return attribute_matches(images, attributes).all(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- copy similarity
+
+SSCD_HELP = (
+    "download sscd_disc_large.torchscript.pt from the SSCD repository "
+    "(github.com/facebookresearch/sscd-copy-detection, 'Pretrained models' table: "
+    "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_large.torchscript.pt) and put it at that path, "
+    "or set evaluate.sscd to null to fall back to SSIM"
+)
+
+
+class SSCD:
+    """SSCD copy-detection descriptors: Resize 256, CenterCrop 224, Normalize(0.5, 0.5), L2-normalised."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 32):
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"SSCD model {path} not found: {SSCD_HELP}")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load: the format SSCD is published in
+            self.model = torch.jit.load(str(path), map_location=device).eval()
+        self.device = device
+        self.batch_size = batch_size
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, D) float32, unit norm."""
+        import torch
+        import torch.nn.functional as F
+        from torchvision.transforms import v2 as T
+
+        tf = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224),
+                        T.ToDtype(torch.float32, scale=True), T.Normalize([0.5] * 3, [0.5] * 3)])
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size])).permute(0, 3, 1, 2)
+            x = torch.stack([tf(img) for img in x]).to(self.device)
+            with torch.inference_mode():
+                out.append(F.normalize(self.model(x).float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, D) x (M, D) -> (N, M) cosine similarities."""
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+class CopySimilarity:
+    """`similarity(generated, references) -> (G, R)`: SSCD cosine when `sscd_path` is given, else SSIM."""
+
+    def __init__(self, sscd_path: str | Path | None = None, device: str = "cpu"):
+        self.sscd = SSCD(sscd_path, device) if sscd_path else None
+        self.name = "sscd" if self.sscd else "ssim"
+
+    def similarity(self, generated: np.ndarray, references: np.ndarray) -> np.ndarray:
+        if self.sscd is None:
+            if generated.shape[1:] != references.shape[1:]:
+                references = resize_images(references, generated.shape[1:3])
+            return ssim_matrix(generated, references)
+        return cosine_matrix(self.sscd.embed(generated), self.sscd.embed(references))
+
+    def max_over_references(self, generated: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
+        """generated (N, H, W, 3), references[i] (R_i, h, w, 3): (N,) max similarity of image i to its own references."""
+        return np.array([self.similarity(g[None], r).max() for g, r in zip(generated, references)])
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.BICUBIC)) for im in images])
+
+
+# ---------------------------------------------------------------------------------------------- CLIP
+
+CLIP_HELP = (
+    "download the open_clip weights, e.g. ViT-H-14 laion2b_s32b_b79k (SD2) or ViT-g-14 laion2b_s12b_b42k (SD1.5): "
+    "the file open_clip_model.safetensors of the Hugging Face repositories laion/CLIP-ViT-H-14-laion2B-s32B-b79K / "
+    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K, and set evaluate.clip.weights to its local path"
+)
+
+
+class ClipScorer:
+    """An open_clip model used for CLIP scores and as a feature space.
+
+    `ClipScorer.load(name, weights)`: `name` an open_clip model name (ViT-H-14, ...) with `weights` a local
+    file, or `name` = "local-dir:<folder>" (open_clip_config.json + weights in the folder, as the testbed's
+    resources/testbed_clip) with `weights` None. A folder given as `weights` is read as local-dir too.
+    """
+
+    def __init__(self, model, preprocess, tokenizer, device: str, batch_size: int = 64):
+        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
+        self.device, self.batch_size = device, batch_size
+
+    @classmethod
+    def load(cls, name: str | None, weights: str | Path | None = None, device: str = "cpu", batch_size: int = 64):
+        import open_clip
+
+        if weights is not None and Path(weights).is_dir():
+            name, weights = f"local-dir:{weights}", None
+        if name is None:
+            raise InputError("evaluate.clip: give an open_clip model name with weights, or a local-dir folder")
+        if name.startswith("local-dir:"):
+            folder = Path(name[len("local-dir:"):])
+            if not (folder / "open_clip_config.json").is_file():
+                raise InputError(f"CLIP model folder {folder}: no open_clip_config.json (train it with "
+                                 "`memprune train-clip` or restore resources/testbed_clip)")
+            model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+        else:
+            if weights is None or not Path(weights).is_file():
+                raise InputError(f"CLIP weights {weights} for {name} not found: {CLIP_HELP}")
+            # open_clip reads .safetensors without unpickling; .bin/.pt only with torch's weights_only loader.
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(weights), device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+        return cls(model.eval(), preprocess, tokenizer, device, batch_size)
+
+    def _encode(self, items, encode, prepare) -> np.ndarray:
+        import torch
+
+        out = []
+        for start in range(0, len(items), self.batch_size):
+            x = prepare(items[start : start + self.batch_size]).to(self.device)
+            with torch.inference_mode():
+                out.append(encode(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def image_embeddings(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, D) the image tower's projected embeddings (not normalised): the Frechet
+        feature space when no Inception weights are configured."""
+        import torch
+        from PIL import Image
+
+        def prepare(batch):
+            return torch.stack([self.preprocess(Image.fromarray(im)) for im in batch])
+
+        return self._encode(images, self.model.encode_image, prepare)
+
+    def image_features(self, images: np.ndarray) -> np.ndarray:
+        """(N, D) unit-norm image embeddings."""
+        return cosine_normalize(self.image_embeddings(images))
+
+    def text_features(self, texts: list[str]) -> np.ndarray:
+        """(N, D) unit-norm text embeddings."""
+        return cosine_normalize(self._encode(list(texts), self.model.encode_text, self.tokenizer))
+
+    def score(self, images: np.ndarray, texts: list[str]) -> np.ndarray:
+        """(N,) CLIP score of image i with text i: 100 * max(cos, 0)."""
+        return clip_score(self.image_features(images), self.text_features(texts))
+
+
+def cosine_normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def clip_score(image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
+    """Row-wise CLIP score (Hessel et al. 2021 with w = 100, as torchmetrics): 100 * max(cos(image, text), 0)."""
+    cos = (cosine_normalize(image_features) * cosine_normalize(text_features)).sum(-1)
+    return 100.0 * np.maximum(cos, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- Frechet distance
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """The FID formula on two feature sets (N, D), (M, D):
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), sample covariances (ddof 1)."""
+    from scipy import linalg
+
+    a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        # Near-singular product (few samples): the standard fix of pytorch-fid, a small diagonal offset.
+        offset = np.eye(cov_a.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = np.real(covmean)
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+class InceptionFeatures:
+    """pool3 features (2048) of torchvision's Inception v3 from a local safetensors state dict (optional:
+    FID's usual space; without it the CLIP image tower is the feature space). Note torchvision's ImageNet
+    weights differ slightly from the TF-FID Inception, so values are comparable within memprune only."""
+
+    def __init__(self, weights: str | Path, device: str = "cpu", batch_size: int = 32):
+        import torch
+        from safetensors.torch import load_file
+        from torchvision.models import inception_v3
+
+        if not Path(weights).is_file():
+            raise InputError(
+                f"Inception weights {weights} not found: save torchvision's inception_v3 IMAGENET1K_V1 state dict "
+                "as safetensors there, or set evaluate.inception to null (FID then uses the CLIP image tower)")
+        model = inception_v3(weights=None, aux_logits=True, init_weights=False)
+        model.load_state_dict(load_file(str(weights)))
+        model.fc = torch.nn.Identity()
+        self.model, self.device, self.batch_size = model.eval().to(device), device, batch_size
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        out = []
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        for start in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(images[start : start + self.batch_size]).permute(0, 3, 1, 2).float() / 255
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            x = ((x - mean) / std).to(self.device)
+            with torch.inference_mode():
+                out.append(self.model(x).float().cpu().numpy())
+        return np.concatenate(out)
