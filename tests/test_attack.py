@@ -1,0 +1,246 @@
+"""Extraction attack (tiled distance, cliques), detection (Wen et al.'s score, ROC), and the closed-loop DAG."""
+
+import re
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import REPO, snakemake, write_config
+from test_workflow import planned_jobs
+from memprune.attack import (
+    detection_scores, format_table, identify, largest_clique, pairwise_tiled_distances, roc_auc, top_k_prompts,
+    tpr_at_fpr,
+)
+from memprune.metrics import tiled_l2
+
+
+def _image(seed=0):
+    return np.random.default_rng(seed).integers(0, 100, size=(32, 32, 3), dtype=np.uint8)  # room for +153
+
+
+def test_tiled_distance_identical_is_zero():
+    a = _image(0)
+    assert tiled_l2(a[None], a[None])[0, 0] == pytest.approx(0.0, abs=1e-6)
+    d = pairwise_tiled_distances(np.stack([a, a, _image(1)]))
+    assert d.shape == (3, 3) and np.allclose(d, d.T)
+    assert d[0, 1] == pytest.approx(0.0, abs=1e-6) and np.all(np.diag(d) == 0)
+    assert d[0, 2] > 0.1
+
+
+def test_tiled_distance_is_the_worst_tile():
+    """A change confined to one 8x8 tile sets the distance to that tile's RMS difference (pixels in [0, 1]),
+    however small the change is over the whole image; a larger change in another tile takes over the max."""
+    a = _image(0)
+    b = a.copy()
+    b[8:16, 16:24] += 51  # tile (1, 2): every pixel +0.2
+    assert tiled_l2(a[None], b[None])[0, 0] == pytest.approx(0.2, abs=1e-6)
+    whole_image_rms = np.sqrt(((a / 255.0 - b / 255.0) ** 2).mean())
+    assert whole_image_rms == pytest.approx(0.2 / 4, abs=1e-6)  # one of 16 tiles: the plain L2 would dilute it
+    c = b.copy()
+    c[24:32, 0:8, 0] += 153  # tile (3, 0), one channel +0.6: RMS over the tile's 3 channels 0.6 / sqrt(3)
+    assert tiled_l2(a[None], c[None])[0, 0] == pytest.approx(0.6 / np.sqrt(3), abs=1e-6)
+    # vectorised over all pairs: the same values as one pair at a time
+    batch = np.stack([a, b, c])
+    full = tiled_l2(batch, batch)
+    for i in range(3):
+        for j in range(3):
+            assert full[i, j] == pytest.approx(tiled_l2(batch[i : i + 1], batch[j : j + 1])[0, 0], abs=1e-6)
+
+
+def _planted_distances(n=12, members=(1, 4, 6, 9, 10), seed=0):
+    """Random far-apart distances, a planted clique of close images, and a near-clique (one edge missing)."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0.2, 0.6, size=(n, n))
+    d = np.triu(d, 1) + np.triu(d, 1).T
+    for i in members:
+        for j in members:
+            if i != j:
+                d[i, j] = 0.01
+    near = (0, 2, 3, 5, 7, 8)  # 6 images, all close except the pair (0, 2): largest clique inside is 5
+    for i in near:
+        for j in near:
+            if i != j:
+                d[i, j] = 0.02
+    d[0, 2] = d[2, 0] = 0.3
+    return d
+
+
+def test_largest_clique_finds_the_planted_one():
+    d = _planted_distances(members=(1, 4, 6, 9, 10, 11))
+    assert largest_clique(d, 0.05) == [1, 4, 6, 9, 10, 11]
+    # without the planted clique the near-clique's 5 remain: a max clique, not a connected component (6)
+    d2 = _planted_distances(members=())
+    clique = largest_clique(d2, 0.05)
+    assert len(clique) == 5 and not {0, 2} <= set(clique)
+    # no edge below the threshold: a single image
+    assert len(largest_clique(d2, 0.005)) == 1
+
+
+def test_identify_rules():
+    def far_with(close):
+        d = np.full((12, 12), 0.4)
+        d[np.ix_(close, close)] = 0.01
+        np.fill_diagonal(d, 0)
+        return d
+
+    d = np.stack([far_with([1, 4, 6]), far_with([2, 3]), far_with([1, 4, 6])])  # prompt 1: only a pair
+    ssim = np.full((3, 12), 0.1)
+    ssim[0, [1, 4, 6]] = 0.8  # prompt 0's clique copies its training image
+    ssim[2] = np.nan  # prompt 2: no ground truth
+    res = identify(d, ssim, threshold=0.015, min_clique=3, copy_threshold=0.4)
+    assert res["clique_size"].tolist() == [3, 2, 3]
+    assert res["identified"].tolist() == [True, False, True]
+    assert res["actually_memorized"].tolist() == [True, False, False]
+    assert res["has_truth"].tolist() == [True, True, False]
+    assert res["clique_ssim"][0] == pytest.approx(0.8)
+
+
+def test_roc_auc_and_tpr_on_known_scores():
+    assert roc_auc([3, 4, 5], [1, 2, 3]) == pytest.approx(8.5 / 9)  # the tie 3 = 3 counts one half
+    assert roc_auc([2, 3], [0, 1]) == 1.0 and roc_auc([0, 1], [2, 3]) == 0.0
+    assert tpr_at_fpr([3, 4, 5], [1, 2, 3], 0.01) == pytest.approx(2 / 3)  # flagged: strictly above every negative
+    neg = np.arange(100.0)  # 1% of 100 negatives: one may lie above the threshold (98)
+    assert tpr_at_fpr([97.5, 98.5, 99.5, 150], neg, 0.01) == pytest.approx(0.75)
+    assert tpr_at_fpr([97.5, 98.5, 99.5, 150], neg, 0.0) == pytest.approx(0.5)  # threshold 99
+    rng = np.random.default_rng(0)
+    pos, negs = rng.normal(1, 1, 50), rng.normal(0, 1, 70)
+    brute = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in negs])
+    assert roc_auc(pos, negs) == pytest.approx(brute)
+
+
+def test_format_table_has_the_papers_rows():
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"variant": "none", "group": "memorized", "prompts": 50, "identified": 45, "identified_pct": 90.0,
+         "actually_memorized": 44, "actually_memorized_pct": 88.0},
+        {"variant": "pruned_mem_k10_0", "group": "memorized", "prompts": 50, "identified": 2, "identified_pct": 4.0,
+         "actually_memorized": None, "actually_memorized_pct": None},
+    ])
+    text = format_table(table)
+    assert "identified as memorized" in text and "45/50 (90%)" in text and "n/a" in text
+
+
+PLANTED = "a xylophone"
+OTHERS = ["a red circle at the left", "a blue square on a gray background", "ancient garden and bronze pepper",
+          "a cat", "lighthouse dragon by soren"]
+
+
+def _planted_pipe(tiny_model, factor=3000.0):
+    """The tiny pipeline with memorization planted in the text path: the final layer norm removed (so hidden
+    states keep their scale) and the planted word's token embeddings scaled up: its text conditions the UNet's
+    cross-attention far more than any other prompt's."""
+    import torch
+
+    from memprune.models import load_pipeline
+
+    pipe = load_pipeline(tiny_model, "cpu", "float32")
+    text = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)  # transformers 5 flattened CLIPTextModel
+    text.final_layer_norm = torch.nn.Identity()
+    ids = pipe.tokenizer("xylophone", add_special_tokens=False).input_ids
+    others = {i for p in OTHERS for i in pipe.tokenizer(p, add_special_tokens=False).input_ids}
+    assert ids and not set(ids) & others
+    with torch.no_grad():
+        text.embeddings.token_embedding.weight[ids] *= factor
+    return pipe
+
+
+def test_detection_ranks_the_planted_prompt_first(tiny_model):
+    pipe = _planted_pipe(tiny_model)
+    prompts = OTHERS[:2] + [PLANTED] + OTHERS[2:]
+    scores = detection_scores(pipe, prompts, seeds=[0, 1], steps=4, score_steps=2, guidance=3.0, batch_size=5)
+    assert scores.shape == (6, 2) and np.all(scores > 0)
+    mean = scores.mean(1)
+    assert int(np.argmax(mean)) == 2, mean
+    assert mean[2] > 2 * np.sort(mean)[-2]
+    # batch-independent and deterministic
+    again = detection_scores(pipe, prompts, seeds=[0, 1], steps=4, score_steps=2, guidance=3.0, batch_size=3)
+    assert np.allclose(scores, again, rtol=1e-4)
+    # AUC of the planted prompt against the rest is 1
+    assert roc_auc(mean[[2]], np.delete(mean, 2)) == 1.0
+
+
+def test_top_k_prompts(tmp_path):
+    from memprune.store import write_netcdf
+
+    files = []
+    for name, prompts, scores in [("a", ["p1", "p2", "p3"], [0.5, 3.0, 1.0]), ("b", ["q1", "p3"], [2.0, 1.0])]:
+        ds = xr.Dataset({"score": (("prompt",), np.array(scores))},
+                        coords={"prompt": np.array(prompts, dtype=object),
+                                "group": ("prompt", np.array([name] * len(prompts), dtype=object))})
+        files.append(tmp_path / f"{name}.nc")
+        write_netcdf(ds, files[-1])
+    assert top_k_prompts(files, 3) == ["p2", "q1", "p3"]  # p3 in both sets: once
+    with pytest.raises(ValueError, match="fewer than top_k"):
+        top_k_prompts(files, 5)
+
+
+MEM = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:8]
+SINGLE = (REPO / "resources/prompts/testbed/single.txt").read_text().splitlines()[:6]
+
+
+def _closed_loop_config(wd, model, full=True, attack_extra=None):
+    """Closed loop on the tiny model: `detected` = the top 5 of mem + single by detection score; collection
+    det_k3 drawn from it (and, `full`, mem_k3 from the true list, both attacked after pruning)."""
+    collections = {"det_k3": {"set": "detected", "n_subsets": 2 if full else 1, "size": 3, "seed": 0}}
+    pruned = {"det_k3": [0]}
+    if full:
+        collections["mem_k3"] = {"set": "mem", "n_subsets": 2, "size": 3, "seed": 0}
+        pruned["mem_k3"] = [1]
+    return write_config(
+        wd, model, {"mem": MEM, "single": SINGLE}, collections,
+        prompt_sets={"detected": {"detect_from": ["mem", "single"], "top_k": 5}},
+        activations={"chunk_size": 4 if full else 8},
+        attack={"candidates": ["mem", "single"], "pruned": pruned, "n_samples": 3, "steps": 2, "guidance": 2.0,
+                "batch_size": 16, "chunk_size": 4 if full else 8, **(attack_extra or {})},
+        detection={"candidates": ["mem", "single"], "positive": ["mem"], "n_seeds": 2, "steps": 3, "score_steps": 2,
+                   "guidance": 2.0, "batch_size": 16},
+    )
+
+
+@pytest.mark.slow
+def test_closed_loop_dag_dry_run(tiny_model, tmp_path):
+    _closed_loop_config(tmp_path, tiny_model)
+    table = "results/tiny/attack/table.csv"
+    proc = snakemake(tmp_path, "-n", table, "results/tiny/detection.nc", "results/iou.nc")
+    jobs = planned_jobs(proc)
+    # detection scores the pool (2 sets), the checkpoint picks the top 5; the attack of the unedited model and of
+    # the true-list pruned model are planned now: 2 chunks of mem (8 prompts) and 2 of single (6), per variant
+    assert jobs["detection_scores"] == 2 and jobs["detected_prompts"] == 1 and jobs["detection_report"] == 1
+    assert jobs["attack_generate_base"] == 4
+    assert jobs["attack_table"] == 1 and jobs["analysis"] == 1
+    # the detected set's activations wait for the checkpoint: its subset jobs are planned with input <TBD>, and
+    # only the true list's prompts (2 chunks of 4) are captured yet
+    assert jobs["subset_activations"] == 4 and jobs["capture_chunk"] == 2
+    det_job = proc.stdout[proc.stdout.index("subsets/det_k3/0.zarr") - 400 :]
+    assert "input: <TBD>" in det_job[:500]
+    assert "checkpoint" in proc.stdout
+
+
+@pytest.mark.slow
+def test_attack_and_closed_loop_run(tiny_model, tmp_path):
+    """The whole closed loop on a tiny random model: detection, top-k, masks of the detected set, pruning, attack."""
+    _closed_loop_config(tmp_path, tiny_model, full=False)
+    table = "results/tiny/attack/table.csv"
+    snakemake(tmp_path, table, "results/tiny/detection.nc")
+    detected = next((tmp_path / "results/tiny/detection").glob("*/detected/detected.txt")).read_text().splitlines()
+    assert len(detected) == 5 and set(detected) <= set(MEM + SINGLE)
+    det = xr.open_dataset(tmp_path / "results/tiny/detection.nc", engine="h5netcdf")
+    assert det.sizes["prompt"] == len(MEM) + len(SINGLE) and det.comparison.values.tolist() == ["mem_vs_single"]
+    ranked = det.prompt.values[np.argsort(-det.score.values, kind="stable")][:5].tolist()
+    assert ranked == detected
+    import pandas as pd
+
+    tab = pd.read_csv(tmp_path / table)
+    assert set(tab.variant) == {"none", "pruned_det_k3_0"} and set(tab.group) == {"mem", "single"}
+    assert (tab.prompts[tab.group == "mem"] == len(MEM)).all()
+    none = xr.open_dataset(tmp_path / "results/tiny/attack/none.nc", engine="h5netcdf")
+    assert none.sizes["prompt"] == len(MEM) + len(SINGLE) and none.sizes["seed"] == 3
+    assert not none.has_truth.values.any()  # not the testbed: no ground truth
+    assert (tmp_path / "results/tiny/figures/attack.png").stat().st_size > 500
+    # thresholds only touch the analysis: no generation job is planned after a threshold change
+    _closed_loop_config(tmp_path, tiny_model, full=False, attack_extra={"distance_threshold": 0.2})
+    jobs = planned_jobs(snakemake(tmp_path, "-n", table))
+    assert "attack_generate_base" not in jobs and "attack_generate_pruned" not in jobs
+    assert jobs.get("attack_analyze") == 2
