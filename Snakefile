@@ -29,7 +29,10 @@ include: "rules/common.smk"
 include: "rules/testbed.smk"
 include: "rules/activations.smk"
 include: "rules/masks.smk"
+include: "rules/prune.smk"
+include: "rules/evaluate.smk"
 include: "rules/analysis.smk"
+include: "rules/attack.smk"
 
 
 rule all:

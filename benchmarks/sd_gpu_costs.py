@@ -26,13 +26,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8,
-)
-SD2_UNET = dict(SD15_UNET, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-                use_linear_projection=True)
 VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
            layers_per_block=2, sample_size=512, scaling_factor=0.18215)
@@ -46,11 +39,12 @@ def build(kind: str, device: str, dtype):
     from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from memprune.models import SD2_UNET_CONFIG, SD15_UNET_CONFIG
     from memprune.testbed import build_tokenizer
 
     tok = build_tokenizer(ROOT / "resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz", 77)
     with torch.device(device):
-        unet = UNet2DConditionModel(**(SD15_UNET if kind == "sd15" else SD2_UNET)).to(dtype)
+        unet = UNet2DConditionModel(**(SD15_UNET_CONFIG if kind == "sd15" else SD2_UNET_CONFIG)).to(dtype)
         vae = AutoencoderKL(**dict(VAE, sample_size=512 if kind == "sd15" else 768)).to(dtype)
         text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,

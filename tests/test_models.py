@@ -3,15 +3,10 @@
 import pytest
 import torch
 
+from memprune.models import SD2_UNET_CONFIG as SD2_UNET
+from memprune.models import SD15_UNET_CONFIG as SD15_UNET
 from memprune.models import ffn_layers
 
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8,
-)
-SD2_UNET = dict(SD15_UNET, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-                use_linear_projection=True)
 WIDTHS = [1280, 1280, 2560, 2560, 5120, 5120, 5120, 5120, 5120, 5120, 2560, 2560, 2560, 1280, 1280, 1280]
 
 

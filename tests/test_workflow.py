@@ -143,3 +143,57 @@ def test_profile_dry_run_lists_gpu_jobs_for_sd15():
     masks = next(b for b in blocks if "rule masks:" in b)
     assert "gpu=1" in capture and "gpu_model=a100" in capture
     assert "gpu=" not in masks and "mem_mb=24000" in masks
+
+
+@pytest.mark.slow
+def test_v_prediction_pipeline_runs_the_dag_offline(tmp_path):
+    """SD2 is v-prediction: a tiny v-prediction pipeline saved with save_pretrained runs the same DAG
+    (HF_HUB_OFFLINE=1 is set by the snakemake() helper); timesteps come from its scheduler."""
+    from conftest import BPE, tiny_spec
+    from memprune.testbed import save_untrained_pipeline
+
+    model = save_untrained_pipeline(tmp_path / "vpred", BPE, tiny_spec(), seed=3, prediction_type="v_prediction")
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    import yaml
+
+    path = write_config(wd, model, {"mem": MEM[:6]}, {"m": {"set": "mem", "n_subsets": 2, "size": 3, "seed": 0}})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"].update(name="vpred", scheduler="EulerDiscreteScheduler")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    snakemake(wd, "results/iou.nc")
+    act = xr.open_zarr(wd / "results/vpred/activations/seed0_steps6_g3.0_paper/null.zarr")
+    assert act.sizes["step"] == 6 and np.all(np.diff(act["t"].values) < 0)  # Euler's own descending timesteps
+    iou = xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf")
+    assert float(iou.mean_iou.sel(collection="m", mask_type="found").mean()) > 0
+
+
+def test_profile_dry_run_plans_evaluation_attack_and_detection_for_sd15():
+    """The later stages on SD1.5 plan with GPU resources on sampling jobs and none on pruning."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "results/sd15/eval.nc", "results/sd15/attack/table.csv",
+         "results/sd15/detection.nc", "-n", "--profile", "workflow/profiles/slurm", "--configfile", "config/sd15.yaml"],
+        cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = planned_jobs(proc)
+    assert jobs["eval_sample_pruned"] == 10 and jobs["prune"] == 10 and jobs["eval_aggregate"] == 1
+    assert jobs["attack_generate_base"] == jobs["attack_generate_pruned"] == 63  # 500 prompts / 8 per chunk
+    blocks = proc.stdout.split("\n\n")
+    for rule in ("eval_sample_pruned", "attack_generate_base", "detection_scores"):
+        block = next(b for b in blocks if f"rule {rule}:" in b)
+        assert "gpu=1" in block, rule
+    assert "gpu=" not in next(b for b in blocks if "rule prune:" in b)
+
+
+def test_sd2_config_plans():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "results/iou.nc", "-n", "--configfile", "config/sd2.yaml"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert planned_jobs(proc)["masks"] > 0

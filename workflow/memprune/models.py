@@ -10,6 +10,16 @@ from .prompts import InputError
 
 log = logging.getLogger(__name__)
 
+# Stable Diffusion's UNet configs (diffusers' published config.json of each, the keys that matter): build the real
+# architectures without weights, e.g. on the meta device (layer discovery tests) or with random weights (costs).
+SD15_UNET_CONFIG = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8,
+)
+SD2_UNET_CONFIG = dict(SD15_UNET_CONFIG, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                use_linear_projection=True)
+
 _BLOCK_ORDER = {"conv_in": 0, "time_embedding": 0, "down_blocks": 1, "mid_block": 2, "up_blocks": 3}
 
 

@@ -1,0 +1,108 @@
+"""Which sparsity (and which layers) does pruning need on a model? A sweep around the paper's setting.
+
+For one subset's activations (default: the testbed's `mem_k10` subset 0), masks are computed at several
+sparsities (tau fixed), the union masks zero the ff.net.2 weights (all layers, or only the down / mid / up
+blocks), and the pruned model samples:
+* the memorized prompts NOT in the subset (copy rate: SSIM >= threshold to the own training image in most seeds),
+* the held-out scene prompts (prompt following: all four attributes read back).
+Prints one line per setting, with the density of the pruned weights; the unedited model comes first.
+
+    python benchmarks/prune_sparsity_sweep.py [--sparsities 0.01,0.05,0.1,0.2] [--seeds 0,1] [--steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "resources/testbed"))
+    ap.add_argument("--data", default="results/testbed/data", help="the testbed dataset (ground truth)")
+    ap.add_argument("--activations", default="results/testbed/activations/seed0_steps50_g2.0_paper")
+    ap.add_argument("--collection", default="mem_k10")
+    ap.add_argument("--subset", type=int, default=0)
+    ap.add_argument("--sparsities", default="0.01,0.05,0.1,0.2")
+    ap.add_argument("--layer-groups", default="all,down,mid,up", help="which blocks to prune at the largest sparsity")
+    ap.add_argument("--tau", type=int, default=10)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--threshold", type=float, default=0.4)
+    args = ap.parse_args()
+
+    import torch
+
+    from memprune.masks import compute_subset_masks, read_masks, unpack
+    from memprune.metrics import prompt_following, ssim_matrix
+    from memprune.models import ffn_layers, load_pipeline
+    from memprune.report import load_images
+    from memprune.sampling import SamplingConfig, generate
+    from memprune.store import open_zarr
+    from memprune.testbed import read_manifest
+
+    act_dir = Path(args.activations)
+    subset_store = act_dir / "subsets" / args.collection / f"{args.subset}.zarr"
+    subset_prompts = set(map(str, open_zarr(subset_store, load=False)["prompt"].values))
+    rows = read_manifest(Path(args.data) / "manifest.jsonl")
+    dup = [r for r in rows if r["group"] == "duplicated" and r["caption"] not in subset_prompts]
+    held = [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"]
+    own = load_images(Path(args.data), dup)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=64)
+    pipe = load_pipeline(args.model, "cpu", "float32")
+    layers = ffn_layers(pipe.unet)
+    original = {name: lin.weight.detach().clone() for name, lin in layers}
+
+    def evaluate(label: str, masks: dict[str, np.ndarray] | None) -> None:
+        t0 = time.time()
+        n_zero = n_all = 0
+        with torch.no_grad():
+            for name, lin in layers:
+                w = original[name].clone()
+                if masks is not None and name in masks:
+                    w[torch.from_numpy(masks[name])] = 0.0
+                    n_zero += int(masks[name].sum())
+                n_all += w.numel()
+                lin.weight.copy_(w)
+        imgs = generate(pipe, [r["caption"] for r in dup for _ in seeds], [s for _ in dup for s in seeds], cfg)
+        sims = np.stack([np.diag(ssim_matrix(imgs[i :: len(seeds)], own)) for i in range(len(seeds))], axis=1)
+        copied = ((sims >= args.threshold).mean(axis=1) > 0.5).mean()
+        scenes = generate(pipe, [r["caption"] for r in held for _ in seeds], [s for _ in held for s in seeds], cfg)
+        follows = prompt_following(scenes, [r for r in held for _ in seeds]).mean()
+        print(json.dumps({"setting": label, "pruned_fraction_of_ffn2": round(n_zero / n_all, 4),
+                          "copy_rate": round(float(copied), 3), "mean_ssim": round(float(sims.mean()), 3),
+                          "prompt_following": round(float(follows), 3), "seconds": round(time.time() - t0)}),
+              flush=True)
+
+    evaluate("unedited", None)
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        unions = {}
+        for sp in sparsities:
+            out = Path(tmp) / f"sp{sp}.zarr"
+            compute_subset_masks(args.model, subset_store, act_dir / "null.zarr", sp, args.tau, "paper", out)
+            names, in_features, _, union, _ = read_masks(out)
+            unions[sp] = {n: unpack(union[n], in_features[n]) for n in names}
+            evaluate(f"sparsity {sp}, tau {args.tau}, all layers", unions[sp])
+        top = unions[max(sparsities)]
+        for group in args.layer_groups.split(","):
+            if group == "all":
+                continue
+            prefix = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}[group]
+            evaluate(f"sparsity {max(sparsities)}, tau {args.tau}, {group} blocks only",
+                     {n: m for n, m in top.items() if n.startswith(prefix)})
+
+
+if __name__ == "__main__":
+    main()
