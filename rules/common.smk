@@ -162,7 +162,9 @@ def all_targets():
 def sampling_args():
     return (f"--steps {S['steps']} --guidance {S['guidance']} --batch-size {S['batch_size']} "
             f"--device {MODEL['device']} --dtype {MODEL['dtype']}"
-            + (f" --scheduler {MODEL['scheduler']}" if MODEL.get("scheduler") else ""))
+            + (f" --scheduler {MODEL['scheduler']}" if MODEL.get("scheduler") else "")
+            + (f" --height {S['height']}" if S.get("height") else "")
+            + (f" --width {S['width']}" if S.get("width") else ""))
 
 
 def prompts_digest(prompts):
