@@ -8,6 +8,7 @@ heavy-tailed), weights Gaussian. Prints the wall-clock time of each stage and th
 """
 
 import argparse
+import multiprocessing as mp
 import time
 
 import numpy as np
@@ -20,6 +21,16 @@ from memprune.scores import memorized_mask, memorized_masks_packed, union_over_t
 SD15 = [(320, 1280)] * 2 + [(640, 2560)] * 2 + [(1280, 5120)] * 2 + [(1280, 5120)] + [(1280, 5120)] * 3 + [(640, 2560)] * 3 + [(320, 1280)] * 3
 
 
+_LAYER = {}  # the current layer's weight and null sums, inherited by the forked workers
+
+
+def _subset_masks(args):
+    mem, n_prompts, sparsity, tau = args
+    torch.set_num_threads(1)
+    masks = memorized_masks_packed(_LAYER["w"], mem, _LAYER["null"], n_prompts, sparsity)
+    return masks, union_over_timesteps_packed(masks, tau)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subsets", type=int, default=10)
@@ -27,24 +38,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=51)
     ap.add_argument("--sparsity", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=2, help="subsets computed in parallel, as `snakemake --cores 2` runs mask jobs")
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     torch.set_num_threads(args.threads)  # as the masks rule: one thread per job, Snakemake runs subsets in parallel
-    print(f"torch threads: {torch.get_num_threads()}")
+    print(f"torch threads per job: {torch.get_num_threads()}, parallel mask jobs: {args.jobs}; density/IOU in one process "
+          "(as the analysis job)")
     t_masks = t_overlap = 0.0
     total_weights = sum(o * i for o, i in SD15)
     for li, (out_f, in_f) in enumerate(SD15):
         w = torch.randn(out_f, in_f, generator=g) * 0.02
         feature_scale = torch.exp(torch.randn(in_f, generator=g))
         null = feature_scale * torch.exp(0.3 * torch.randn(args.steps, in_f, generator=g))
-        packed, unions = [], []
+        mems = [args.prompts * feature_scale * torch.exp(0.5 * torch.randn(args.steps, in_f, generator=g))
+                for _ in range(args.subsets)]
+        _LAYER.update(w=w, null=null)
         t0 = time.perf_counter()
-        for s in range(args.subsets):
-            mem = args.prompts * feature_scale * torch.exp(0.5 * torch.randn(args.steps, in_f, generator=g))
-            masks = memorized_masks_packed(w, mem, null, args.prompts, args.sparsity)
-            packed.append(masks)
-            unions.append(union_over_timesteps_packed(masks, 10))
+        with mp.get_context("fork").Pool(args.jobs) as pool:
+            results = pool.map(_subset_masks, [(m, args.prompts, args.sparsity, 10) for m in mems])
+        packed = [r[0] for r in results]
+        unions = [r[1] for r in results]
         t1 = time.perf_counter()
         dens = [density(p, out_f * in_f) for p in packed]
         mean_iou = mean_over_pairs(pairwise_iou(packed))

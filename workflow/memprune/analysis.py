@@ -14,7 +14,7 @@ import numpy as np
 
 from .masks import read_masks
 from .overlap import density as packed_density
-from .overlap import mean_over_pairs, pairwise_iou
+from .overlap import mean_over_pairs, pairwise_iou, popcount
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def random_like_packed(packed: np.ndarray, in_features: int, rng: np.random.Gene
     lead = packed.shape[:-2]
     out_dim, n_bytes = packed.shape[-2:]
     n = out_dim * in_features
-    counts = np.bitwise_count(packed).sum(axis=(-2, -1)).reshape(-1)
+    counts = popcount(packed, axis=(-2, -1)).reshape(-1)
     result = np.zeros((counts.size, out_dim * n_bytes), dtype=np.uint8)
     for idx, count in enumerate(counts):
         pos = rng.choice(n, size=int(count), replace=False)

@@ -68,6 +68,9 @@ def memorized_masks_over_time(weight: torch.Tensor, memorized_sumsq: torch.Tenso
     return torch.from_numpy(np.unpackbits(packed, axis=-1, count=weight.shape[1]).astype(bool))
 
 
+N_CAND_PER_K = 8  # candidates ranked per row, in units of k: a bound check failed on ~0 rows per step at 8k
+
+
 def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, null_sumsq: torch.Tensor,
                            n_prompts: int, sparsity: float) -> np.ndarray:
     """Equation 6 at every timestep, bit-packed: (step, in) sums -> uint8 (step, out, ceil(in / 8)), the
@@ -92,7 +95,7 @@ def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, 
         for t in range(steps):
             packed[t] = np.packbits(((a_all[t] > b_all[t]).unsqueeze(0) & (abs_w > 0)).numpy(), axis=-1)
         return packed
-    n_cand = min(n, max(8 * k, 256))
+    n_cand = min(n, max(N_CAND_PER_K * k, 256))
     upper, cand = torch.topk(abs_w * a_all.amax(dim=0), n_cand, dim=1, sorted=True)  # (out, P)
     w_cand = abs_w.gather(1, cand)
     # every column outside a row's candidates scores at most this, at any step
@@ -100,18 +103,22 @@ def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, 
     rows_all = torch.arange(out)
     for t in range(steps):
         a, b = a_all[t], b_all[t]
+        # S_mem > S_null  <=>  |W_ij| (a_j - b_j) > 0: a column condition on the nonzero weights
+        beats_null = a > b
         top_vals, top_pos = torch.topk(w_cand * a[cand], k + 1, dim=1, sorted=True)
         kth = top_vals[:, k - 1]
         exact = (outside < kth) & (top_vals[:, k] < kth)
-        sel_rows = rows_all[exact].unsqueeze(1).expand(-1, k).reshape(-1)
-        sel_cols = cand[exact].gather(1, top_pos[exact, :k]).reshape(-1)
+        pos = top_pos[exact, :k]
+        sel_cols = cand[exact].gather(1, pos).reshape(-1)
+        keep = beats_null[sel_cols] & (w_cand[exact].gather(1, pos).reshape(-1) > 0)
+        sel_rows = rows_all[exact].repeat_interleave(k)[keep]
+        sel_cols = sel_cols[keep]
         redo = (~exact).nonzero().squeeze(1)
         if redo.numel():  # rank those rows in full, with top_k_per_row's tie rule
-            r, c = top_k_per_row(abs_w[redo] * a, k).nonzero(as_tuple=True)
+            w_redo = abs_w[redo]
+            r, c = (top_k_per_row(w_redo * a, k) & beats_null.unsqueeze(0) & (w_redo > 0)).nonzero(as_tuple=True)
             sel_rows, sel_cols = torch.cat([sel_rows, redo[r]]), torch.cat([sel_cols, c])
-        # S_mem > S_null  <=>  |W_ij| (a_j - b_j) > 0: a column condition on the nonzero weights
-        keep = (a[sel_cols] > b[sel_cols]) & (abs_w[sel_rows, sel_cols] > 0)
-        sel_rows, sel_cols = sel_rows[keep].numpy(), sel_cols[keep].numpy()
+        sel_rows, sel_cols = sel_rows.numpy(), sel_cols.numpy()
         bits = (np.uint8(128) >> (sel_cols & 7).astype(np.uint8)).astype(np.uint8)
         np.bitwise_or.at(packed[t], (sel_rows, sel_cols >> 3), bits)
     return packed
