@@ -46,7 +46,8 @@ def main() -> None:
     from memprune.masks import compute_subset_masks, read_masks, unpack
     from memprune.metrics import prompt_following, ssim_matrix
     from memprune.models import ffn_layers, load_pipeline
-    from memprune.report import load_images
+    from memprune.prune import prune_weights
+    from memprune.report import copy_rate, load_images
     from memprune.sampling import SamplingConfig, generate
     from memprune.store import open_zarr
     from memprune.testbed import read_manifest
@@ -66,18 +67,15 @@ def main() -> None:
 
     def evaluate(label: str, masks: dict[str, np.ndarray] | None) -> None:
         t0 = time.time()
-        n_zero = n_all = 0
+        pruned, zeroed = prune_weights(original, masks or {})
+        n_zero = sum(zeroed.values())
+        n_all = sum(w.numel() for w in original.values())
         with torch.no_grad():
             for name, lin in layers:
-                w = original[name].clone()
-                if masks is not None and name in masks:
-                    w[torch.from_numpy(masks[name])] = 0.0
-                    n_zero += int(masks[name].sum())
-                n_all += w.numel()
-                lin.weight.copy_(w)
+                lin.weight.copy_(pruned.get(name, original[name]))
         imgs = generate(pipe, [r["caption"] for r in dup for _ in seeds], [s for _ in dup for s in seeds], cfg)
         sims = np.stack([np.diag(ssim_matrix(imgs[i :: len(seeds)], own)) for i in range(len(seeds))], axis=1)
-        copied = ((sims >= args.threshold).mean(axis=1) > 0.5).mean()
+        copied = copy_rate(sims, args.threshold)[1]
         scenes = generate(pipe, [r["caption"] for r in held for _ in seeds], [s for _ in held for s in seeds], cfg)
         follows = prompt_following(scenes, [r for r in held for _ in seeds]).mean()
         print(json.dumps({"setting": label, "pruned_fraction_of_ffn2": round(n_zero / n_all, 4),

@@ -330,8 +330,10 @@ def benchmark_seconds(parts: list) -> tuple[float, list[str]]:
 def copy_rate(similarity: np.ndarray, threshold: float) -> np.ndarray:
     """(..., prompt, seed) -> (...) the fraction of prompts (NaN prompts skipped) that copy: most seeds at or
     above the threshold (as `report.copy_rate`)."""
+    from .metrics import copied_in_most_seeds
+
     valid = ~np.isnan(similarity).all(axis=-1)
-    copied = (np.nan_to_num(similarity, nan=-np.inf) >= threshold).mean(axis=-1) > 0.5
+    copied = copied_in_most_seeds(similarity, threshold)
     n = valid.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, (copied & valid).sum(axis=-1) / n, np.nan)
@@ -374,7 +376,7 @@ def aggregate(args) -> None:
     import xarray as xr
 
     from . import __version__
-    from .metrics import frechet_distance
+    from .metrics import copied_in_most_seeds, frechet_distance
     from .store import atomic_file, write_netcdf
 
     scores = {}
@@ -433,7 +435,7 @@ def aggregate(args) -> None:
             ds = source(v, lb)
             sim = per["copy_similarity"][vi, si][mem]
             rate_valid = ~np.isnan(sim).all(-1)
-            copied[vi, si, mem] = np.where(rate_valid, ((np.nan_to_num(sim, nan=-np.inf) >= thr).mean(-1) > 0.5), np.nan)
+            copied[vi, si, mem] = np.where(rate_valid, copied_in_most_seeds(sim, thr), np.nan)
             summary["copy_rate"][vi, si] = copy_rate(sim, thr)
             summary["mean_copy_similarity"][vi, si] = np.nanmean(sim) if rate_valid.any() else np.nan
             summary["clip_score_memorized"][vi, si] = np.nanmean(per["clip_score"][vi, si][mem]) if mem.any() else np.nan

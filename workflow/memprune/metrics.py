@@ -52,6 +52,12 @@ def ssim_matrix(generated: np.ndarray, references: np.ndarray) -> np.ndarray:
     return out
 
 
+def copied_in_most_seeds(similarity: np.ndarray, threshold: float) -> np.ndarray:
+    """(..., seed) copy similarities -> (...) bool: the prompt copies when more than half of its seeds reach
+    the threshold (NaN, a seed not generated, never counts as reaching it)."""
+    return (similarity >= threshold).mean(axis=-1) > 0.5
+
+
 def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = 4) -> np.ndarray:
     """Carlini et al.'s tiled distance: images split into grid x grid tiles, distance = the maximum over
     tiles of the per-tile L2 (pixels in [0, 1], normalised by tile size). (N, H, W, C) x (M, H, W, C) -> (N, M).

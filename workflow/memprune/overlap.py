@@ -27,8 +27,12 @@ def density(packed: np.ndarray, n_elements: int) -> np.ndarray:
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IOU over the last two axes of two packed masks; 1 where both are empty (identical masks)."""
-    inter = popcount(a & b, axis=(-2, -1))
-    union = popcount(a | b, axis=(-2, -1))
+    return _iou_of_counts(intersection_counts(a, b), popcount(a, axis=(-2, -1)), popcount(b, axis=(-2, -1)))
+
+
+def _iou_of_counts(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray) -> np.ndarray:
+    """|A & B| / |A | B| with |A | B| = |A| + |B| - |A & B|; 1 where both are empty."""
+    union = size_a + size_b - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
@@ -42,9 +46,7 @@ def pairwise_iou(masks: list[np.ndarray]) -> np.ndarray:
     out = np.ones((n, n, *lead))
     for i in range(n):
         for j in range(i + 1, n):
-            inter = intersection_counts(masks[i], masks[j])
-            union = sizes[i] + sizes[j] - inter
-            out[i, j] = out[j, i] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+            out[i, j] = out[j, i] = _iou_of_counts(intersection_counts(masks[i], masks[j]), sizes[i], sizes[j])
     return out
 
 

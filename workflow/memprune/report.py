@@ -34,7 +34,9 @@ def load_images(data_dir: Path, rows: list[dict]) -> np.ndarray:
 
 def copy_rate(ssim: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
     """(prompt, seed) similarities -> per-prompt copy flag (most seeds above threshold), and its mean."""
-    copied = (ssim >= threshold).mean(axis=1) > 0.5
+    from .metrics import copied_in_most_seeds
+
+    copied = copied_in_most_seeds(ssim, threshold)
     return copied, float(copied.mean()) if copied.size else float("nan")
 
 

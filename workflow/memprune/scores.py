@@ -124,11 +124,6 @@ def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, 
     return packed
 
 
-def top_k_bound(score: torch.Tensor, k: int) -> torch.Tensor:
-    """(out,) the k-th largest value of each row (of a column subset: a lower bound for the full row)."""
-    return torch.topk(score, min(k, score.shape[1]), dim=1, sorted=False).values.amin(dim=1)
-
-
 def union_over_timesteps(masks: torch.Tensor, tau: int) -> torch.Tensor:
     """Equation 7: (step, out, in) -> (out, in), the union over the first `tau` denoising steps."""
     return masks[:tau].any(dim=0)
