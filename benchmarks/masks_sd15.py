@@ -2,33 +2,48 @@
 
 Synthetic numbers with SD1.5's shapes: 16 ff.net.2 layers (out x in = 320x1280 ... 1280x5120), 51 UNet calls
 (PNDM, 50 steps), 10 subsets x 10 prompts. Activation norms are log-normal per feature (GEGLU outputs are
-heavy-tailed), weights Gaussian. Prints the wall-clock time of each stage and the total.
+heavy-tailed), weights Gaussian. Prints the wall-clock time of each stage and the total, then the time to
+write and read one subset's mask store (not in the total).
 
     python benchmarks/masks_sd15.py [--subsets 10] [--steps 51]
 """
 
 import argparse
+import mmap
 import multiprocessing as mp
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 
-from memprune.analysis import random_like_packed
-from memprune.overlap import density, mean_over_pairs, pairwise_iou
+from memprune.analysis import layer_overlap
+from memprune.masks import read_masks
+from memprune.overlap import mean_over_pairs
+from memprune.store import write_zarr
 from memprune.scores import memorized_mask, memorized_masks_packed, union_over_timesteps_packed
 
 SD15 = [(320, 1280)] * 2 + [(640, 2560)] * 2 + [(1280, 5120)] * 2 + [(1280, 5120)] + [(1280, 5120)] * 3 + [(640, 2560)] * 3 + [(320, 1280)] * 3
 
 
-_LAYER = {}  # the current layer's weight and null sums, inherited by the forked workers
+_LAYER = {}  # layer index -> (weight, null sums, subsets' sums, shared mask buffers), inherited by forked workers
+
+
+def _shared(shape) -> np.ndarray:
+    """A uint8 array in anonymous shared memory: forked workers write masks into it, nothing is pickled back
+    (as in the pipeline, where each mask job writes its own store)."""
+    return np.frombuffer(mmap.mmap(-1, max(1, int(np.prod(shape)))), dtype=np.uint8).reshape(shape)
 
 
 def _subset_masks(args):
-    mem, n_prompts, sparsity, tau = args
+    li, si, n_prompts, sparsity, tau = args
     torch.set_num_threads(1)
-    masks = memorized_masks_packed(_LAYER["w"], mem, _LAYER["null"], n_prompts, sparsity)
-    return masks, union_over_timesteps_packed(masks, tau)
+    w, null, mems, masks, unions = _LAYER[li]
+    memorized_masks_packed(w, mems[si], null, n_prompts, sparsity, buffer=masks[si])
+    unions[si] = union_over_timesteps_packed(masks[si], tau)
 
 
 def main() -> None:
@@ -43,33 +58,45 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     torch.set_num_threads(args.threads)  # as the masks rule: one thread per job, Snakemake runs subsets in parallel
-    print(f"torch threads per job: {torch.get_num_threads()}, parallel mask jobs: {args.jobs}; density/IOU in one process "
-          "(as the analysis job)")
+    print(f"torch threads per job: {torch.get_num_threads()}, parallel mask jobs: {args.jobs}; density/IOU/random control "
+          f"in {args.jobs} threads (as the analysis job)")
     t_masks = t_overlap = 0.0
     total_weights = sum(o * i for o, i in SD15)
-    for li, (out_f, in_f) in enumerate(SD15):
-        w = torch.randn(out_f, in_f, generator=g) * 0.02
-        feature_scale = torch.exp(torch.randn(in_f, generator=g))
-        null = feature_scale * torch.exp(0.3 * torch.randn(args.steps, in_f, generator=g))
-        mems = [args.prompts * feature_scale * torch.exp(0.5 * torch.randn(args.steps, in_f, generator=g))
-                for _ in range(args.subsets)]
-        _LAYER.update(w=w, null=null)
+    # Layers go in groups of `--jobs`: the masks of a group in `--jobs` processes (as mask jobs), then its density,
+    # IOU and random control by `analysis.layer_overlap` in `--jobs` threads (as the analysis job). Grouping
+    # only bounds memory; each stage's time is what the pipeline's stage would take.
+    first_subset = {}
+    for g0 in range(0, len(SD15), args.jobs):
+        group = list(range(g0, min(g0 + args.jobs, len(SD15))))
+        _LAYER.clear()
+        mems = {}
+        for li in group:
+            out_f, in_f = SD15[li]
+            w = torch.randn(out_f, in_f, generator=g) * 0.02
+            feature_scale = torch.exp(torch.randn(in_f, generator=g))
+            null = feature_scale * torch.exp(0.3 * torch.randn(args.steps, in_f, generator=g))
+            mems[li] = [args.prompts * feature_scale * torch.exp(0.5 * torch.randn(args.steps, in_f, generator=g))
+                        for _ in range(args.subsets)]
+            _LAYER[li] = (w, null, mems[li], _shared((args.subsets, args.steps, out_f, in_f // 8)),
+                          _shared((args.subsets, out_f, in_f // 8)))
         t0 = time.perf_counter()
         with mp.get_context("fork").Pool(args.jobs) as pool:
-            results = pool.map(_subset_masks, [(m, args.prompts, args.sparsity, 10) for m in mems])
-        packed = [r[0] for r in results]
-        unions = [r[1] for r in results]
+            pool.map(_subset_masks, [(li, si, args.prompts, args.sparsity, 10) for li in group
+                                     for si in range(args.subsets)])
         t1 = time.perf_counter()
-        dens = [density(p, out_f * in_f) for p in packed]
-        mean_iou = mean_over_pairs(pairwise_iou(packed))
-        rand = [random_like_packed(p, in_f, rng) for p in packed]
-        rand_iou = mean_over_pairs(pairwise_iou(rand))
-        mean_over_pairs(pairwise_iou(unions))
+        with ThreadPoolExecutor(args.jobs) as pool:
+            overlaps = list(pool.map(
+                lambda li: layer_overlap(list(_LAYER[li][3]), list(_LAYER[li][4]), SD15[li][1],
+                                         np.random.default_rng([0, li])), group))
         t2 = time.perf_counter()
         t_masks += t1 - t0
         t_overlap += t2 - t1
-        print(f"layer {li:2d} {out_f}x{in_f}: masks {t1 - t0:6.2f}s, density/IOU/random {t2 - t1:6.2f}s, "
-              f"density {np.mean(dens):.4f}, IOU {mean_iou.mean():.3f} (random {rand_iou.mean():.4f})", flush=True)
+        for li in group:  # subset 0's masks, to time the mask store below
+            first_subset[li] = (np.array(_LAYER[li][3][0]), np.array(_LAYER[li][4][0]))
+        for li, (dens, _, pair, _) in zip(group, overlaps):
+            print(f"layer {li:2d} {SD15[li][0]}x{SD15[li][1]}: density {np.mean(dens):.4f}, "
+                  f"IOU {mean_over_pairs(pair[0]).mean():.3f} (random {mean_over_pairs(pair[1]).mean():.4f})")
+        print(f"layers {group}: masks {t1 - t0:6.2f}s, density/IOU/random {t2 - t1:6.2f}s", flush=True)
     # The readable per-step rule (a full top-k of every row at every step) on one 1280x5120 layer, same run:
     out_f, in_f = 1280, 5120
     w = torch.randn(out_f, in_f, generator=g) * 0.02
@@ -88,6 +115,22 @@ def main() -> None:
     print(f"SD1.5 shapes: {len(SD15)} layers, {total_weights / 1e6:.1f}M weights, {args.steps} steps, "
           f"{args.subsets} subsets x {args.prompts} prompts")
     print(f"masks: {t_masks:.1f}s  density+IOU(+random control): {t_overlap:.1f}s  total: {t_masks + t_overlap:.1f}s")
+    # Not in the total: the pipeline also stores each subset's masks (zarr, written by its mask job) and the
+    # analysis job reads them back. Timed here on subset 0's real masks, the way the rules do it.
+    with tempfile.TemporaryDirectory() as tmp:
+        data = {}
+        for li, (masks, union) in first_subset.items():
+            data[f"l{li}"] = (("step", f"l{li}.out", f"l{li}.in_packed"), masks)
+            data[f"l{li}.union"] = ((f"l{li}.out", f"l{li}.in_packed"), union)
+        ds = xr.Dataset(data, coords={"step": np.arange(args.steps), "t": ("step", np.arange(args.steps))},
+                        attrs={"layers": [f"l{li}" for li in first_subset], "in_features": [i for _, i in SD15]})
+        t0 = time.perf_counter()
+        write_zarr(ds, Path(tmp) / "masks.zarr")
+        t1 = time.perf_counter()
+        read_masks(Path(tmp) / "masks.zarr")
+        t2 = time.perf_counter()
+    print(f"mask store of one subset ({sum(m.nbytes for m, _ in first_subset.values()) / 1e6:.0f} MB packed): "
+          f"write {t1 - t0:.1f}s (in its mask job), read {t2 - t1:.1f}s (in the analysis job)")
 
 
 if __name__ == "__main__":

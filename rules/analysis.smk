@@ -16,11 +16,12 @@ rule analysis:
         collections=json.dumps({c: {"control": bool(spec.get("control", False)), "masks": collection_masks(c)}
                                 for c, spec in config["collections"].items()}),
         seed=config["analysis"]["random_control_seed"],
+    threads: 4  # layers in parallel; Snakemake caps it at --cores
     log:
         f"logs/{MODEL['name']}/analysis.log",
     benchmark:
         f"benchmarks/{MODEL['name']}/analysis.tsv"
     shell:
-        "python -m memprune --log {log} analyze --collections-json {params.collections:q} --seed {params.seed} "
+        "python -m memprune --log {log} analyze --collections-json {params.collections:q} --seed {params.seed} --jobs {threads} "
         "--density {output.density} --iou {output.iou} --fig-density {output.fig_density} "
         "--fig-iou {output.fig_iou} 2>> {log}"

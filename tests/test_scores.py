@@ -139,3 +139,18 @@ def test_packed_union_equals_the_boolean_union():
     for tau in (1, 3, 5):
         union = np.unpackbits(union_over_timesteps_packed(packed, tau), axis=-1, count=203).astype(bool)
         assert np.array_equal(union, union_over_timesteps(masks, tau).numpy())
+
+
+def test_packed_masks_into_a_given_buffer():
+    from memprune.scores import memorized_masks_packed
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(12, 64, generator=g)
+    mem = torch.exp(torch.randn(3, 64, generator=g))
+    null = torch.exp(torch.randn(3, 64, generator=g)) * 0.5
+    expected = memorized_masks_packed(w, mem, null, 3, 0.1)
+    buffer = np.full((3, 12, 8), 0xFF, dtype=np.uint8)  # stale contents are overwritten
+    assert memorized_masks_packed(w, mem, null, 3, 0.1, buffer=buffer) is buffer
+    assert np.array_equal(buffer, expected)
+    with pytest.raises(ValueError, match="buffer"):
+        memorized_masks_packed(w, mem, null, 3, 0.1, buffer=np.zeros((3, 12, 7), dtype=np.uint8))

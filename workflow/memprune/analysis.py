@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -37,8 +38,22 @@ def random_like_packed(packed: np.ndarray, in_features: int, rng: np.random.Gene
     return result.reshape(*lead, out_dim, n_bytes)
 
 
-def analyze(collections: dict, seed: int, density_path, iou_path, fig_density_path, fig_iou_path) -> None:
-    """`collections`: {name: {"control": bool, "masks": [mask store per subset]}}."""
+def layer_overlap(found: list[np.ndarray], found_union: list[np.ndarray], in_features: int,
+                  rng: np.random.Generator):
+    """One layer of one collection: per-subset packed masks (step, out, in/8) and their tau-unions ->
+    densities per subset (step,) and of the unions, and pairwise IOU matrices (n, n, step) and (n, n) of the
+    found masks and of random masks with the same number of set bits per step (the control)."""
+    size = found[0].shape[-2] * in_features
+    rand = [random_like_packed(m, in_features, rng) for m in found]
+    rand_u = [random_like_packed(m[None], in_features, rng)[0] for m in found_union]
+    return ([packed_density(m, size) for m in found], [packed_density(m, size) for m in found_union],
+            [pairwise_iou(found), pairwise_iou(rand)], [pairwise_iou(found_union), pairwise_iou(rand_u)])
+
+
+def analyze(collections: dict, seed: int, density_path, iou_path, fig_density_path, fig_iou_path,
+            jobs: int = 1) -> None:
+    """`collections`: {name: {"control": bool, "masks": [mask store per subset]}}. Layers are analysed by
+    `jobs` threads; the output does not depend on `jobs`."""
     import xarray as xr
 
     from . import __version__
@@ -46,7 +61,6 @@ def analyze(collections: dict, seed: int, density_path, iou_path, fig_density_pa
 
     names = list(collections)
     n_max = max(len(c["masks"]) for c in collections.values())
-    rng = np.random.default_rng(seed)
     first = read_masks(collections[names[0]]["masks"][0])
     layers, in_features, _, _, ds0 = first
     steps, t = ds0["step"].values, ds0["t"].values
@@ -59,8 +73,9 @@ def analyze(collections: dict, seed: int, density_path, iou_path, fig_density_pa
     sizes, attrs = [], {}
     for ci, name in enumerate(names):
         per_subset, union_subset, n_prompts = [], [], []
-        for path in collections[name]["masks"]:
-            lay, inf, per_step, union, ds = read_masks(path)
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # zarr decompression releases the GIL
+            stores = list(pool.map(read_masks, collections[name]["masks"]))
+        for path, (lay, inf, per_step, union, ds) in zip(collections[name]["masks"], stores):
             if lay != layers or not np.array_equal(ds["t"].values, t):
                 raise ValueError(f"{path}: layers or timesteps differ from {collections[names[0]]['masks'][0]}")
             per_subset.append(per_step)
@@ -69,19 +84,21 @@ def analyze(collections: dict, seed: int, density_path, iou_path, fig_density_pa
             attrs = {k: ds.attrs[k] for k in ("sparsity", "tau", "variant", "model", "base_weights_sha256")}
         sizes.append(n_prompts[0] if len(set(n_prompts)) == 1 else -1)
         n = len(per_subset)
-        for li, layer in enumerate(layers):
-            size = per_subset[0][layer].shape[-2] * in_features[layer]
-            for si in range(n):
-                dens[ci, si, li] = packed_density(per_subset[si][layer], size)
-                dens_union[ci, si, li] = packed_density(union_subset[si][layer], size)
-            found = [per_subset[si][layer] for si in range(n)]
-            found_u = [union_subset[si][layer] for si in range(n)]
-            rand = [random_like_packed(m, in_features[layer], rng) for m in found]
-            rand_u = [random_like_packed(m[None], in_features[layer], rng)[0] for m in found_u]
-            iou[ci, 0, :n, :n, li] = pairwise_iou(found)
-            iou[ci, 1, :n, :n, li] = pairwise_iou(rand)
-            iou_union[ci, 0, :n, :n, li] = pairwise_iou(found_u)
-            iou_union[ci, 1, :n, :n, li] = pairwise_iou(rand_u)
+
+        def one_layer(li: int, layer: str, ci: int = ci, per_subset=per_subset, union_subset=union_subset, n=n):
+            # one generator per (collection, layer): the random control does not depend on the job count
+            return li, layer_overlap([per_subset[si][layer] for si in range(n)],
+                                     [union_subset[si][layer] for si in range(n)], in_features[layer],
+                                     np.random.default_rng([seed, ci, li]))
+
+        # numpy's bitwise ops and popcounts release the GIL: threads share the masks without copies
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for li, (d, du, pair, pair_u) in pool.map(lambda a: one_layer(*a), enumerate(layers)):
+                dens[ci, :n, li] = np.stack(d)
+                dens_union[ci, :n, li] = du
+                for m in range(2):
+                    iou[ci, m, :n, :n, li] = pair[m]
+                    iou_union[ci, m, :n, :n, li] = pair_u[m]
         log.info("%s: %d subsets, mean density %.4f", name, n, np.nanmean(dens[ci]))
 
     mean_iou = np.stack([
@@ -204,8 +221,11 @@ def plot_iou(ds, path) -> None:
 
 
 def _short(layer: str) -> str:
-    """'up_blocks.1.attentions.2.transformer_blocks.0.ff.net.2' -> 'up1.a2' (and '.t<k>' for k > 0)."""
+    """'up_blocks.1.attentions.2.transformer_blocks.0.ff.net.2' -> 'up1.a2' (and '.t<k>' for k > 0); a name
+    outside diffusers' UNet layout is kept as it is."""
     parts = layer.split(".")
+    if len(parts) < 4 or "attentions" not in parts[1:4]:
+        return layer
     if parts[0] == "mid_block":
         label = f"mid.a{parts[2]}"
         rest = parts[3:]

@@ -121,7 +121,8 @@ def cmd_masks(args) -> None:
 def cmd_analyze(args) -> None:
     from .analysis import analyze
 
-    analyze(json.loads(args.collections_json), args.seed, args.density, args.iou, args.fig_density, args.fig_iou)
+    analyze(json.loads(args.collections_json), args.seed, args.density, args.iou, args.fig_density, args.fig_iou,
+            jobs=args.jobs)
 
 
 def cmd_sample(args) -> None:
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--density", required=True)
     p.add_argument("--iou", required=True)
     p.add_argument("--fig-density", required=True)
+    p.add_argument("--jobs", type=int, default=1, help="layers analysed in parallel (threads)")
     p.add_argument("--fig-iou", required=True)
     p.set_defaults(func=cmd_analyze)
 

@@ -72,7 +72,7 @@ N_CAND_PER_K = 8  # candidates ranked per row, in units of k: a bound check fail
 
 
 def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, null_sumsq: torch.Tensor,
-                           n_prompts: int, sparsity: float) -> np.ndarray:
+                           n_prompts: int, sparsity: float, buffer: np.ndarray | None = None) -> np.ndarray:
     """Equation 6 at every timestep, bit-packed: (step, in) sums -> uint8 (step, out, ceil(in / 8)), the
     layout of `numpy.packbits(masks, axis=-1)`.
 
@@ -80,13 +80,21 @@ def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, 
     at every step: score_ij(t) = |W_ij| a_j(t) <= |W_ij| max_t a_j(t), so each row's P columns of largest
     |W_ij| max_t a_j hold its top-k at step t whenever the P-th of those upper bounds is below the row's
     k-th largest score among them. Rows where that check fails (or the k-th score is tied) are ranked in full.
-    Masks are ~1% dense, so they are written straight into packed bits.
+    Masks are ~1% dense, so they are written straight into packed bits: into `buffer` when given (a uint8
+    array of that shape, e.g. in shared memory; overwritten and returned).
     """
     abs_w = weight.abs()
     out, n = abs_w.shape
     k = k_per_row(sparsity, n)
     steps = memorized_sumsq.shape[0]
-    packed = np.zeros((steps, out, (n + 7) // 8), dtype=np.uint8)
+    shape = (steps, out, (n + 7) // 8)
+    if buffer is None:
+        packed = np.zeros(shape, dtype=np.uint8)
+    elif buffer.shape != shape or buffer.dtype != np.uint8:
+        raise ValueError(f"buffer: expected uint8 {shape}, got {buffer.dtype} {buffer.shape}")
+    else:
+        packed = buffer
+        packed[...] = 0
     if k <= 0:
         return packed
     a_all = memorized_sumsq.sqrt()
