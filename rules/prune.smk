@@ -2,15 +2,6 @@
 # weights zeroed. A checkpoint holds only the edited weights (safetensors) and a manifest naming its base by
 # content hash; `memprune.prune.load_pruned_pipeline(dir)` rebuilds the pipeline.
 
-
-def pruned_checkpoint(collection, subset):
-    return f"{MODEL_RESULTS}/pruned/{MASK_TAG}/{collection}/{subset}"
-
-
-def pruned_checkpoints(collection):
-    return [pruned_checkpoint(collection, i) for i in range(len(SUBSETS[collection]))]
-
-
 rule prune:
     conda:
         "../envs/memprune.yaml"
