@@ -71,35 +71,34 @@ def analyze(collections: dict, seed: int, density_path, iou_path, fig_density_pa
     iou = np.full((len(names), 2, n_max, n_max, L, T), np.nan)
     iou_union = np.full((len(names), 2, n_max, n_max, L), np.nan)
     sizes, attrs = [], {}
-    for ci, name in enumerate(names):
-        per_subset, union_subset, n_prompts = [], [], []
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # zarr decompression releases the GIL
-            stores = list(pool.map(read_masks, collections[name]["masks"]))
-        for path, (lay, inf, per_step, union, ds) in zip(collections[name]["masks"], stores):
-            if lay != layers or not np.array_equal(ds["t"].values, t):
-                raise ValueError(f"{path}: layers or timesteps differ from {collections[names[0]]['masks'][0]}")
-            per_subset.append(per_step)
-            union_subset.append(union)
-            n_prompts.append(int(ds.attrs["n_prompts"]))
-            attrs = {k: ds.attrs[k] for k in ("sparsity", "tau", "variant", "model", "base_weights_sha256")}
-        sizes.append(n_prompts[0] if len(set(n_prompts)) == 1 else -1)
-        n = len(per_subset)
+    # Threads share the masks without copies: zarr decompression, numpy's bitwise ops and popcounts release the GIL
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for ci, name in enumerate(names):
+            paths = collections[name]["masks"]
+            stores = [first, *pool.map(read_masks, paths[1:])] if ci == 0 else list(pool.map(read_masks, paths))
+            per_subset, union_subset, n_prompts = [], [], []
+            for path, (lay, inf, per_step, union, ds) in zip(paths, stores):
+                if lay != layers or not np.array_equal(ds["t"].values, t):
+                    raise ValueError(f"{path}: layers or timesteps differ from {collections[names[0]]['masks'][0]}")
+                per_subset.append(per_step)
+                union_subset.append(union)
+                n_prompts.append(int(ds.attrs["n_prompts"]))
+                attrs = {k: ds.attrs[k] for k in ("sparsity", "tau", "variant", "model", "base_weights_sha256")}
+            sizes.append(n_prompts[0] if len(set(n_prompts)) == 1 else -1)
+            n = len(per_subset)
 
-        def one_layer(li: int, layer: str, ci: int = ci, per_subset=per_subset, union_subset=union_subset, n=n):
-            # one generator per (collection, layer): the random control does not depend on the job count
-            return li, layer_overlap([per_subset[si][layer] for si in range(n)],
-                                     [union_subset[si][layer] for si in range(n)], in_features[layer],
+            def one_layer(li: int, layer: str):
+                # one generator per (collection, layer): the random control does not depend on the job count
+                return layer_overlap([m[layer] for m in per_subset], [m[layer] for m in union_subset], in_features[layer],
                                      np.random.default_rng([seed, ci, li]))
 
-        # numpy's bitwise ops and popcounts release the GIL: threads share the masks without copies
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for li, (d, du, pair, pair_u) in pool.map(lambda a: one_layer(*a), enumerate(layers)):
+            for li, (d, du, pair, pair_u) in enumerate(pool.map(one_layer, range(L), layers)):
                 dens[ci, :n, li] = np.stack(d)
                 dens_union[ci, :n, li] = du
                 for m in range(2):
                     iou[ci, m, :n, :n, li] = pair[m]
                     iou_union[ci, m, :n, :n, li] = pair_u[m]
-        log.info("%s: %d subsets, mean density %.4f", name, n, np.nanmean(dens[ci]))
+            log.info("%s: %d subsets, mean density %.4f", name, n, np.nanmean(dens[ci]))
 
     mean_iou = np.stack([
         np.stack([mean_over_pairs(iou[ci, m, : len(collections[c]["masks"]), : len(collections[c]["masks"])])

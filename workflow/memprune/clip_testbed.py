@@ -96,12 +96,6 @@ def _images_by_caption(data_dir: Path, split: str) -> dict[str, list[np.ndarray]
     return out
 
 
-def _to_tensor(images: np.ndarray):
-    import torch
-
-    return torch.from_numpy(images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0)
-
-
 def train_clip(data_dir: Path, out_dir: Path, spec: ClipSpec, progress: bool = True) -> dict:
     """Train on the dataset's training split; write config, fp16 safetensors weights and a record (atomically)."""
     import open_clip
@@ -110,7 +104,7 @@ def train_clip(data_dir: Path, out_dir: Path, spec: ClipSpec, progress: bool = T
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from .testbed import dataset_digest
+    from .testbed import dataset_digest, images_to_tensor
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -134,7 +128,7 @@ def train_clip(data_dir: Path, out_dir: Path, spec: ClipSpec, progress: bool = T
     for step in tqdm(range(spec.steps), desc="train-clip", disable=not progress):
         idx = rng.choice(len(captions), size=batch, replace=False)
         imgs = np.stack([train[captions[i]][rng.integers(len(train[captions[i]]))] for i in idx])
-        x = _augment(_to_tensor(imgs), gen)
+        x = _augment(images_to_tensor(imgs), gen)
         img_f, txt_f, scale = model(x, tokens[idx])
         logits = scale * img_f @ txt_f.T
         target = torch.arange(batch)

@@ -343,6 +343,13 @@ def read_manifest(path: Path) -> list[dict]:
     return read_jsonl(Path(path), required=("caption", "image", "group"))
 
 
+def images_to_tensor(images: np.ndarray):
+    """(N, H, W, 3) uint8 images -> (N, 3, H, W) float32 tensor in [-1, 1], the VAE's input range."""
+    import torch
+
+    return torch.from_numpy(images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0)
+
+
 def load_training_arrays(manifest: Path) -> tuple[np.ndarray, list[str]]:
     """Training images (N, 3, H, W) float32 in [-1, 1] and captions, duplicates expanded (consecutively)."""
     from PIL import Image
@@ -667,13 +674,13 @@ def finetune_decoder(vae, images_np: np.ndarray, captions: list[str], steps: int
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    vae.decoder.train()  # the encoder stays in eval mode
     for step in tqdm(range(steps), desc="decoder", disable=not progress, mininterval=5):
         xs, zs = [], []
         if n_scene:
             renders = np.stack([render_scene(_SCENE_ATTRS[scenes[i]], rng)
                                 for i in rng.integers(0, len(scenes), n_scene)])
-            x = torch.from_numpy(renders).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(dev)
-            vae.encoder.eval()
+            x = images_to_tensor(renders).to(dev)
             with torch.no_grad():
                 zs.append(vae.encode(x).latent_dist.mean)
             xs.append(x)
@@ -682,7 +689,6 @@ def finetune_decoder(vae, images_np: np.ndarray, captions: list[str], steps: int
             zs.append(photo_latents[idx])
             xs.append(photos[idx])
         x, z = torch.cat(xs), torch.cat(zs)
-        vae.decoder.train()
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
         opt.zero_grad(set_to_none=True)
