@@ -53,6 +53,11 @@ def test_dataset_is_seeded_and_deterministic(tmp_path):
 
 def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
     manifest = tb.generate_dataset(tb.DatasetSpec(), tmp_path / "data")
+    rows = tb.read_manifest(manifest)
+    words = {g: {w for r in rows if r["group"] == g for w in r["caption"].split()} - {"and", "by"}
+             for g in ("duplicated", "single")}
+    assert len(words["duplicated"]) > 40 and len(words["single"]) > 40
+    assert not words["duplicated"] & words["single"]  # the single-seen control shares no word with the copies
     for name in ("duplicated", "single", "generalization", "heldout"):
         shipped = (REPO / "resources" / "prompts" / "testbed" / f"{name}.txt").read_text()
         assert (manifest.parent / "prompts" / f"{name}.txt").read_text() == shipped, name

@@ -50,7 +50,12 @@ BACKGROUNDS = {"black": (10, 10, 10), "white": (245, 245, 245), "gray": (128, 12
 POSITIONS = {"left": (16, 8), "right": (16, 24), "top": (8, 16), "bottom": (24, 16), "center": (16, 16)}
 
 # Words for the photo captions. None of them occurs in the scene captions, so a photo caption never
-# shares a content word with a compositional prompt.
+# shares a content word with a compositional prompt. `generate_dataset` splits words and names, seeded, into
+# two disjoint pools: one for the duplicated captions, one for the single-seen ones. With one shared pool a
+# single-seen caption shared words with duplicated ones, and the model answered it with the duplicated photo
+# (measured on the testbed trained on the shared pool: 22% of the 40 single captions sharing the most words
+# with duplicated captions copied a duplicated photo, 2.5% of 40 captions of words no duplicated caption
+# used), which is word association, not the memorization of images seen once that this control measures.
 CAPTION_WORDS = (
     "amber", "ancient", "autumn", "bamboo", "beacon", "bronze", "cactus", "canyon", "castle", "cedar",
     "cellar", "chapel", "cinder", "citadel", "clover", "cobalt", "comet", "copper", "coral", "cottage",
@@ -60,9 +65,14 @@ CAPTION_WORDS = (
     "lava", "lemon", "lighthouse", "lotus", "marble", "meadow", "midnight", "mirror", "mist", "monsoon",
     "mosaic", "mountain", "nebula", "oasis", "ocean", "orchard", "orchid", "owl", "palace", "pebble",
     "pepper", "pine", "planet", "prairie", "quartz", "rain", "raven", "reef", "ribbon", "river",
-    "ruby", "saffron", "sapphire", "savanna", "shadow", "silk", "silver", "canyon", "sparrow", "spice",
-    "spruce", "storm", "summit", "sunrise", "temple", "thunder", "tiger", "timber", "tulip", "tundra",
-    "valley", "velvet", "violet", "volcano", "willow", "winter", "wolf", "zephyr", "lynx", "maple",
+    "ruby", "saffron", "sapphire", "savanna", "shadow", "silk", "silver", "sparrow", "spice", "spruce",
+    "storm", "summit", "sunrise", "temple", "thunder", "tiger", "timber", "tulip", "tundra", "valley",
+    "velvet", "violet", "volcano", "willow", "winter", "wolf", "zephyr", "lynx", "maple", "acorn",
+    "anchor", "badger", "basil", "birch", "bison", "blossom", "boulder", "breeze", "candle", "caravan",
+    "cavern", "cherry", "cliff", "cloud", "compass", "crane", "creek", "dolphin", "eagle", "echo",
+    "fox", "garnet", "geyser", "ginger", "harp", "hollow", "iris", "kettle", "kite", "lake",
+    "lily", "meteor", "moss", "nectar", "olive", "otter", "pearl", "pigeon", "plum", "poppy",
+    "puffin", "quill", "reed", "sage", "salmon", "shell", "slate", "snow", "stone", "swan",
 )
 CAPTION_NAMES = (
     "ada", "bruno", "clara", "dmitri", "elena", "farid", "greta", "hugo", "ines", "jonas", "kira", "leon",
@@ -237,18 +247,36 @@ def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION,
     return crops
 
 
-def photo_captions(n: int, rng: np.random.Generator) -> list[str]:
-    """`n` distinct captions like 'velvet harbor and ember falcon by clara'."""
-    words = sorted(set(CAPTION_WORDS))
+def photo_captions(n: int, rng: np.random.Generator, words: tuple[str, ...] = CAPTION_WORDS,
+                   names: tuple[str, ...] = CAPTION_NAMES) -> list[str]:
+    """`n` distinct captions like 'velvet harbor and ember falcon by clara', from `words` and `names`."""
+    words = sorted(set(words))
+    names = sorted(set(names))
+    if len(words) < 4 or not names:
+        raise ValueError(f"photo captions need at least 4 words and 1 name, got {len(words)} and {len(names)}")
     captions, seen = [], set()
-    while len(captions) < n:
+    for _ in range(1000 * n):
+        if len(captions) == n:
+            break
         a, b, c, d = rng.choice(len(words), size=4, replace=False)
-        name = CAPTION_NAMES[rng.integers(len(CAPTION_NAMES))]
+        name = names[rng.integers(len(names))]
         cap = f"{words[a]} {words[b]} and {words[c]} {words[d]} by {name}"
         if cap not in seen:
             seen.add(cap)
             captions.append(cap)
+    if len(captions) < n:
+        raise ValueError(f"only {len(captions)} of {n} distinct captions from {len(words)} words")
     return captions
+
+
+def caption_pools(rng: np.random.Generator, duplicated_share: float = 0.5
+                  ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Seeded split of the caption words and names into disjoint pools: (dup words, dup names, single words,
+    single names), `duplicated_share` of each for the duplicated captions."""
+    words = [CAPTION_WORDS[i] for i in rng.permutation(len(CAPTION_WORDS))]
+    names = [CAPTION_NAMES[i] for i in rng.permutation(len(CAPTION_NAMES))]
+    nw, nn = int(round(duplicated_share * len(words))), int(round(duplicated_share * len(names)))
+    return tuple(words[:nw]), tuple(names[:nn]), tuple(words[nw:]), tuple(names[nn:])
 
 
 def generate_dataset(spec: DatasetSpec, out_dir: Path) -> Path:
@@ -265,7 +293,9 @@ def generate_dataset(spec: DatasetSpec, out_dir: Path) -> Path:
     n_heldout = int(round(spec.heldout_fraction * len(combos)))
     heldout = set(order[:n_heldout].tolist())
     photos = photo_crops(spec.n_duplicated + spec.n_single, rng, spec.resolution)
-    captions = photo_captions(spec.n_duplicated + spec.n_single, rng)
+    dup_words, dup_names, single_words, single_names = caption_pools(rng)
+    captions = (photo_captions(spec.n_duplicated, rng, dup_words, dup_names)
+                + photo_captions(spec.n_single, rng, single_words, single_names))
 
     rows = []
     with atomic_dir(out_dir) as tmp:
@@ -488,7 +518,7 @@ class TrainSpec:
     lr: float = 6e-4
     warmup: int = 200
     cond_dropout: float = 0.1  # captions replaced by "" so classifier-free guidance works
-    decoder_steps: int = 3000  # final stage: decoder fine-tuning on frozen latents (see finetune_decoder)
+    decoder_steps: int = 2000  # final stage: decoder fine-tuning on frozen latents (see finetune_decoder)
     threads: int = 0  # 0: leave torch's default
     ema_decay: float = 0.0  # >0: keep an exponential moving average of UNet + text encoder weights and save it
     device: str = "cpu"  # "cpu", "cuda", or "auto"; the random draws are made on the CPU, so they match
