@@ -58,6 +58,12 @@ def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
              for g in ("duplicated", "single")}
     assert len(words["duplicated"]) > 40 and len(words["single"]) > 40
     assert not words["duplicated"] & words["single"]  # the single-seen control shares no word with the copies
+    # the shipped model and CLIP were trained on exactly this dataset (else report and evaluation refuse them)
+    digest = tb.dataset_digest(manifest.parent)
+    for info in ("testbed/memprune_train.json", "testbed_clip/memprune_clip.json"):
+        path = REPO / "resources" / info
+        if path.exists():
+            assert json.loads(path.read_text())["dataset_sha256"] == digest, info
     for name in ("duplicated", "single", "generalization", "heldout"):
         shipped = (REPO / "resources" / "prompts" / "testbed" / f"{name}.txt").read_text()
         assert (manifest.parent / "prompts" / f"{name}.txt").read_text() == shipped, name
