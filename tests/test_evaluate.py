@@ -53,18 +53,17 @@ def test_ground_truth_directory_layout_and_clear_error(tmp_path):
 def test_clip_trained_on_other_testbed_data_is_refused(tmp_path):
     import json
 
-    from memprune.evaluate import check_clip_trained_on
-    from memprune.testbed import DatasetSpec, dataset_digest, generate_dataset
+    from memprune.testbed import DatasetSpec, check_trained_on, dataset_digest, generate_dataset
 
     data = generate_dataset(DatasetSpec(seed=1, n_duplicated=2, duplication=2, n_single=2, renders_per_scene=1),
                             tmp_path / "data").parent
     clip = tmp_path / "clip"
     clip.mkdir()
     (clip / "memprune_clip.json").write_text(json.dumps({"dataset_sha256": dataset_digest(data)}))
-    check_clip_trained_on(clip, data)  # the same data: accepted
+    check_trained_on(clip, data, "memprune_clip.json")  # the same data: accepted
     (clip / "memprune_clip.json").write_text(json.dumps({"dataset_sha256": "0" * 64}))
     with pytest.raises(InputError, match=r"clip: trained on another testbed dataset .*memprune_clip\.json"):
-        check_clip_trained_on(clip, data)
+        check_trained_on(clip, data, "memprune_clip.json")
 
 
 def _write_ground_truth(root, n):

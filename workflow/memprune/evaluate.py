@@ -250,22 +250,6 @@ def _features(args):
     return clip, clip.image_embeddings, "clip_image_embedding"
 
 
-def check_clip_trained_on(clip_dir: Path, data_dir: Path) -> None:
-    """A testbed CLIP (memprune train-clip) scores captions it was trained on: refuse other testbed data."""
-    import json
-
-    from .prompts import InputError
-    from .testbed import dataset_digest
-
-    info = Path(clip_dir) / "memprune_clip.json"
-    if not info.exists() or not (Path(data_dir) / "manifest.jsonl").exists():
-        return
-    expected = json.loads(info.read_text()).get("dataset_sha256")
-    if expected and expected != dataset_digest(data_dir):
-        raise InputError(f"{clip_dir}: trained on another testbed dataset than {data_dir} (dataset_sha256 "
-                         f"{expected[:12]}... in {info}); retrain it (rule train_clip) or regenerate the data")
-
-
 def _device(device: str) -> str:
     from .models import resolve_device
 
@@ -279,13 +263,14 @@ def score_variant(args) -> None:
     from . import __version__
     from .metrics import CopySimilarity, attribute_matches
     from .store import write_netcdf
+    from .testbed import check_trained_on
 
     samples = Samples(args.samples)
     prompts, seeds, groups, timing = samples.prompts, samples.seeds, samples.groups, samples.timing
     n_p, n_s = len(prompts), len(seeds)
     gt = GroundTruth(args.data, args.ground_truth, args.memorized)
-    if args.data and args.clip_weights:
-        check_clip_trained_on(Path(args.clip_weights), Path(args.data))
+    if args.data and args.clip_weights:  # a testbed CLIP scores only the captions it was trained on
+        check_trained_on(Path(args.clip_weights), Path(args.data), "memprune_clip.json")
     copier = CopySimilarity(args.sscd, _device(args.device))
     clip, featurize, feature_space = _features(args)
     copy_sim = np.full((n_p, n_s), np.nan)

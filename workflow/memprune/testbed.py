@@ -352,18 +352,20 @@ def dataset_digest(data_dir: Path) -> str:
     return h.hexdigest()
 
 
-def check_trained_on(model_dir: Path, data_dir: Path) -> None:
-    """Refuse to measure a testbed against data other than what it was trained on."""
+def check_trained_on(model_dir: Path, data_dir: Path, info_name: str = "memprune_train.json") -> None:
+    """Refuse to measure with a testbed model (or, `info_name="memprune_clip.json"`, a testbed CLIP) against data
+    other than what it was trained on: the `dataset_sha256` of its record must match `data_dir`."""
     from .prompts import InputError
 
-    info_path = Path(model_dir) / "memprune_train.json"
+    info_path = Path(model_dir) / info_name
     if not info_path.exists():
         return
     expected = json.loads(info_path.read_text()).get("dataset_sha256")
     if expected and expected != dataset_digest(data_dir):
         raise InputError(
-            f"{data_dir}: not the dataset {model_dir} was trained on (dataset_sha256 {expected[:12]}... in "
-            f"{info_path}); regenerate it with the same testbed.dataset config or retrain"
+            f"{model_dir}: trained on another testbed dataset than {data_dir}, so not the dataset to measure it "
+            f"on (dataset_sha256 {expected[:12]}... in {info_path}); regenerate the data with the same "
+            f"testbed.dataset config or retrain"
         )
 
 
