@@ -1,0 +1,116 @@
+"""Where does a model keep its copies? Zero whole groups of UNet weights and measure what is left.
+
+The method prunes a subset of the ff.net.2 weights. Zeroing *every* ff.net.2 weight is therefore the most any
+ff.net.2 mask can do, whatever the sparsity, tau or prompt subset: if the copies survive that, no mask of the
+method removes them on this model. Other groups (cross-attention values / outputs, self-attention outputs) are
+zeroed for comparison. Biases are left alone, as pruning leaves them.
+
+For each setting, on the testbed (ground truth: the dataset manifest):
+* copy rate of the duplicated prompts (SSIM >= threshold to the own training photo in most of `--seeds`);
+* prompt following on the held-out scene prompts (all four attributes read back);
+* for the settings in `--attack`, the extraction attack (Carlini et al.) on the duplicated prompts:
+  `--attack-samples` seeds per prompt, tiled distance / clique as configured in config.yaml's `attack`.
+
+    python benchmarks/weight_group_ablation.py [--seeds 0,1,2,3] [--attack none,ffn2_all] [--attack-samples 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+# setting -> predicate on a UNet parameter name (True: zero it)
+GROUPS = {
+    "none": lambda n: False,
+    "ffn2_all": lambda n: n.endswith("ff.net.2.weight"),
+    "ffn2_down": lambda n: n.endswith("ff.net.2.weight") and n.startswith("down_blocks"),
+    "ffn2_mid": lambda n: n.endswith("ff.net.2.weight") and n.startswith("mid_block"),
+    "ffn2_up": lambda n: n.endswith("ff.net.2.weight") and n.startswith("up_blocks"),
+    "ffn_all": lambda n: ".ff.net." in n and n.endswith(".weight"),
+    "attn2_to_v": lambda n: n.endswith("attn2.to_v.weight"),
+    "attn1_to_out": lambda n: n.endswith("attn1.to_out.0.weight"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "resources/testbed"))
+    ap.add_argument("--data", default="results/testbed/data", help="the testbed dataset (ground truth)")
+    ap.add_argument("--settings", default=",".join(GROUPS), help=f"of {', '.join(GROUPS)}")
+    ap.add_argument("--seeds", default="0,1,2,3")
+    ap.add_argument("--pf-seeds", default="0,1", help="seeds of the held-out scene prompts")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--threshold", type=float, default=0.4)
+    ap.add_argument("--attack", default="none,ffn2_all", help="settings attacked ('' for none)")
+    ap.add_argument("--attack-samples", type=int, default=50)
+    args = ap.parse_args()
+
+    import torch
+    import yaml
+
+    from memprune.attack import generate_candidates, identify
+    from memprune.metrics import prompt_following, ssim_matrix
+    from memprune.models import load_pipeline
+    from memprune.report import copy_rate, load_images
+    from memprune.sampling import SamplingConfig, generate
+    from memprune.testbed import read_manifest
+
+    settings = [s for s in args.settings.split(",") if s]
+    unknown = [s for s in settings + [a for a in args.attack.split(",") if a] if s not in GROUPS]
+    if unknown:
+        sys.exit(f"unknown setting(s) {unknown}; known: {list(GROUPS)}")
+    attack_cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["attack"]
+    data = Path(args.data)
+    rows = read_manifest(data / "manifest.jsonl")
+    dup = [r for r in rows if r["group"] == "duplicated"]
+    held = [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"]
+    own = load_images(data, dup)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    pf_seeds = [int(s) for s in args.pf_seeds.split(",")]
+    cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=100)
+    pipe = load_pipeline(args.model, "cpu", "float32")
+    params = dict(pipe.unet.named_parameters())
+    original = {n: p.detach().clone() for n, p in params.items()}
+    print(json.dumps({"model": args.model, "duplicated": len(dup), "heldout_scenes": len(held), "seeds": seeds,
+                      "steps": args.steps, "guidance": args.guidance}), flush=True)
+
+    for setting in settings:
+        t0 = time.time()
+        zero = GROUPS[setting]
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(original[n])
+                if zero(n):
+                    p.zero_()
+        n_zero = sum(original[n].numel() for n in params if zero(n))
+        imgs = generate(pipe, [r["caption"] for r in dup for _ in seeds], [s for _ in dup for s in seeds], cfg)
+        sims = np.stack([np.diag(ssim_matrix(imgs[i :: len(seeds)], own)) for i in range(len(seeds))], axis=1)
+        scenes = generate(pipe, [r["caption"] for r in held for _ in pf_seeds], [s for _ in held for s in pf_seeds], cfg)
+        line = {"setting": setting, "zeroed_weights": n_zero,
+                "zeroed_share_of_unet": round(n_zero / sum(p.numel() for p in original.values()), 4),
+                "copy_rate": round(copy_rate(sims, args.threshold)[1], 3), "mean_ssim": round(float(sims.mean()), 3),
+                "prompt_following": round(float(prompt_following(scenes, [r for r in held for _ in pf_seeds]).mean()), 3)}
+        if setting in args.attack.split(","):
+            acfg = SamplingConfig(steps=attack_cfg["steps"], guidance=attack_cfg["guidance"],
+                                  batch_size=attack_cfg["batch_size"])
+            got = generate_candidates(pipe, [r["caption"] for r in dup], list(range(args.attack_samples)), acfg,
+                                      attack_cfg["tile_grid"], references=[own[i : i + 1] for i in range(len(dup))])
+            res = identify(got["distance"], got["ssim_truth"], attack_cfg["distance_threshold"],
+                           attack_cfg["min_clique"], attack_cfg["copy_threshold"])
+            line["attack_identified"] = f"{int(res['identified'].sum())}/{len(dup)}"
+            line["attack_actually_memorized"] = f"{int(res['actually_memorized'].sum())}/{len(dup)}"
+        line["seconds"] = round(time.time() - t0)
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
