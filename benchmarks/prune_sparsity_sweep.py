@@ -44,10 +44,10 @@ def main() -> None:
     import torch
 
     from memprune.masks import compute_subset_masks, read_masks, unpack
-    from memprune.metrics import prompt_following, ssim_matrix
+    from memprune.metrics import prompt_following
     from memprune.models import ffn_layers, load_pipeline
     from memprune.prune import prune_weights
-    from memprune.report import copy_rate, load_images
+    from memprune.report import copy_rate, load_images, own_photo_ssim
     from memprune.sampling import SamplingConfig, generate
     from memprune.store import open_zarr
     from memprune.testbed import read_manifest
@@ -74,7 +74,7 @@ def main() -> None:
             for name, lin in layers:
                 lin.weight.copy_(pruned.get(name, original[name]))
         imgs = generate(pipe, [r["caption"] for r in dup for _ in seeds], [s for _ in dup for s in seeds], cfg)
-        sims = np.stack([np.diag(ssim_matrix(imgs[i :: len(seeds)], own)) for i in range(len(seeds))], axis=1)
+        sims = own_photo_ssim(imgs, own)
         copied = copy_rate(sims, args.threshold)[1]
         scenes = generate(pipe, [r["caption"] for r in held for _ in seeds], [s for _ in held for s in seeds], cfg)
         follows = prompt_following(scenes, [r for r in held for _ in seeds]).mean()

@@ -58,9 +58,9 @@ def main() -> None:
     import yaml
 
     from memprune.attack import generate_candidates, identify
-    from memprune.metrics import prompt_following, ssim_matrix
+    from memprune.metrics import prompt_following
     from memprune.models import load_pipeline
-    from memprune.report import copy_rate, load_images
+    from memprune.report import copy_rate, load_images, own_photo_ssim
     from memprune.sampling import SamplingConfig, generate
     from memprune.testbed import read_manifest
 
@@ -93,7 +93,7 @@ def main() -> None:
                     p.zero_()
         n_zero = sum(original[n].numel() for n in params if zero(n))
         imgs = generate(pipe, [r["caption"] for r in dup for _ in seeds], [s for _ in dup for s in seeds], cfg)
-        sims = np.stack([np.diag(ssim_matrix(imgs[i :: len(seeds)], own)) for i in range(len(seeds))], axis=1)
+        sims = own_photo_ssim(imgs, own)
         scenes = generate(pipe, [r["caption"] for r in held for _ in pf_seeds], [s for _ in held for s in pf_seeds], cfg)
         line = {"setting": setting, "zeroed_weights": n_zero,
                 "zeroed_share_of_unet": round(n_zero / sum(p.numel() for p in original.values()), 4),

@@ -40,10 +40,9 @@ def main() -> None:
 
     import yaml
 
-    from memprune.metrics import ssim_matrix
     from memprune.models import load_pipeline
     from memprune.prompts import read_prompts
-    from memprune.report import copy_rate, load_images
+    from memprune.report import copy_rate, load_images, own_photo_ssim
     from memprune.sampling import SamplingConfig, generate, wen_mitigated_embeddings
     from memprune.testbed import read_manifest
 
@@ -79,7 +78,7 @@ def main() -> None:
         embeds, info = wen_mitigated_embeddings(pipe, flat_p, flat_s, cfg, lr=wen["lr"], max_iters=wen["max_iters"],
                                                 target_loss=tl)
         imgs = generate(pipe, flat_p, flat_s, cfg, prompt_embeds=embeds)
-        sims = np.stack([np.diag(ssim_matrix(imgs[i :: len(copy_seeds)], own)) for i in range(len(copy_seeds))], axis=1)
+        sims = own_photo_ssim(imgs, own)
         print(json.dumps({"target_loss": target, "copy_rate": round(copy_rate(sims, args.threshold)[1], 3),
                           "mean_ssim": round(float(sims.mean()), 3),
                           "mean_adamw_steps": round(float(info["iterations"].mean()), 2),

@@ -152,3 +152,21 @@ def test_report_refuses_data_the_model_was_not_trained_on(tmp_path, tiny_model):
     other = tb.generate_dataset(tb.DatasetSpec(**{**SMALL.__dict__, "seed": 9}), tmp_path / "other").parent
     with pytest.raises(InputError, match="not the dataset"):
         tb.check_trained_on(model, other)
+
+
+def test_own_photo_ssim_pairs_each_prompt_seeds_with_its_own_photo():
+    from memprune.metrics import ssim_matrix
+    from memprune.report import own_photo_ssim
+
+    rng = np.random.default_rng(0)
+    own = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    noise = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    # prompt-major, 2 seeds: seed 0 is the prompt's own photo, seed 1 is noise
+    images = np.stack([own[0], noise[0], own[1], noise[1], own[2], noise[2]])
+    sims = own_photo_ssim(images, own)
+    assert sims.shape == (3, 2)
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-6)
+    assert (sims[:, 1] < 0.2).all()
+    np.testing.assert_allclose(sims[:, 1], np.diag(ssim_matrix(noise, own)), atol=1e-6)
+    with pytest.raises(ValueError, match="7 images do not split into 3 prompts"):
+        own_photo_ssim(images[:1].repeat(7, 0), own)

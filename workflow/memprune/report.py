@@ -40,6 +40,18 @@ def copy_rate(ssim: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
     return copied, float(copied.mean()) if copied.size else float("nan")
 
 
+def own_photo_ssim(images: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """SSIM of generations to their prompt's own training photo: images (P * S, H, W, 3), prompt-major (the
+    S seeds of prompt i are images[i * S : (i + 1) * S]), own (P, H, W, 3) -> (P, S)."""
+    from .metrics import ssim_matrix
+
+    n_p = len(own)
+    if n_p == 0 or len(images) % n_p:
+        raise ValueError(f"{len(images)} images do not split into {n_p} prompts x seeds")
+    per = images.reshape(n_p, len(images) // n_p, *images.shape[1:])
+    return np.stack([ssim_matrix(per[i], own[i : i + 1])[:, 0] for i in range(n_p)])
+
+
 def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: list[int], guidances: list[float],
                    threshold: float = 0.5, steps: int = 50, batch_size: int = 128, max_single: int | None = None,
                    device: str = "auto", dtype: str = "auto") -> dict:
