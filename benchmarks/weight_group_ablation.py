@@ -1,8 +1,8 @@
 """Where does a model keep its copies? Zero whole groups of UNet weights and measure what is left.
 
-The method prunes a subset of the ff.net.2 weights. Zeroing *every* ff.net.2 weight is therefore the most any
-ff.net.2 mask can do, whatever the sparsity, tau or prompt subset: if the copies survive that, no mask of the
-method removes them on this model. Other groups (cross-attention values / outputs, self-attention outputs) are
+The method prunes a subset of the ff.net.2 weights. Zeroing *every* ff.net.2 weight is therefore the largest
+edit any of its masks can make, whatever the sparsity, tau or prompt subset: copies that survive it are not held
+by the ff.net.2 weights alone. Other groups (cross-attention values / outputs, self-attention outputs) are
 zeroed for comparison. Biases are left alone, as pruning leaves them.
 
 For each setting, on the testbed (ground truth: the dataset manifest):
