@@ -244,3 +244,24 @@ def test_attack_and_closed_loop_run(tiny_model, tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, "-n", table))
     assert "attack_generate_base" not in jobs and "attack_generate_pruned" not in jobs
     assert jobs.get("attack_analyze") == 2
+
+
+def test_attack_refuses_ground_truth_from_another_testbed_dataset(tmp_path):
+    """A testbed model trained on other photos than `data_dir` would get a wrong "actually memorized" column:
+    the attack stops before sampling, naming the model's training record."""
+    import json
+
+    from memprune.attack import attack_chunk
+    from memprune.prompts import InputError
+    from memprune.sampling import SamplingConfig
+    from memprune.testbed import DatasetSpec, generate_dataset
+
+    data = generate_dataset(DatasetSpec(seed=1, n_duplicated=2, duplication=2, n_single=2, renders_per_scene=1),
+                            tmp_path / "data").parent
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "memprune_train.json").write_text(json.dumps({"dataset_sha256": "0" * 64}))
+    out = tmp_path / "chunk.nc"
+    with pytest.raises(InputError, match=r"model: trained on another testbed dataset .*memprune_train\.json"):
+        attack_chunk(str(model), ["a prompt"], "memorized", [0], SamplingConfig(steps=2), out, data_dir=data)
+    assert not out.exists()

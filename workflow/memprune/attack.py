@@ -137,8 +137,10 @@ def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], c
 
     from . import __version__
     from .models import load_pipeline
-    from .store import write_netcdf
+    from .testbed import check_trained_on
 
+    if data_dir is not None:  # "actually memorized" needs the photos the model was trained on (testbed models)
+        check_trained_on(Path(model), Path(data_dir))
     if pruned:
         from .prune import load_pruned_pipeline
 

@@ -364,8 +364,9 @@ def check_trained_on(model_dir: Path, data_dir: Path, info_name: str = "memprune
     if expected and expected != dataset_digest(data_dir):
         raise InputError(
             f"{model_dir}: trained on another testbed dataset than {data_dir}, so not the dataset to measure it "
-            f"on (dataset_sha256 {expected[:12]}... in {info_path}); regenerate the data with the same "
-            f"testbed.dataset config or retrain"
+            f"on (dataset_sha256 {expected[:12]}... in {info_path}); regenerate the data with the model's "
+            f"testbed.dataset config (delete it first if it came from an older memprune: Snakemake reruns the "
+            f"dataset job when its config changes, not when the generator's code did) or retrain"
         )
 
 
