@@ -50,13 +50,12 @@ def main() -> None:
     from memprune.report import copy_rate, load_images, own_photo_ssim
     from memprune.sampling import SamplingConfig, generate
     from memprune.store import open_zarr
-    from memprune.testbed import check_trained_on, read_manifest
+    from memprune.testbed import read_ground_truth
 
     act_dir = Path(args.activations)
     subset_store = act_dir / "subsets" / args.collection / f"{args.subset}.zarr"
     subset_prompts = set(map(str, open_zarr(subset_store, load=False)["prompt"].values))
-    check_trained_on(Path(args.model), Path(args.data))  # ground truth = the model's own training photos
-    rows = read_manifest(Path(args.data) / "manifest.jsonl")
+    rows = read_ground_truth(Path(args.model), Path(args.data))
     dup = [r for r in rows if r["group"] == "duplicated" and r["caption"] not in subset_prompts]
     held = [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"]
     own = load_images(Path(args.data), dup)

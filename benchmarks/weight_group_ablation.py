@@ -62,7 +62,7 @@ def main() -> None:
     from memprune.models import load_pipeline
     from memprune.report import copy_rate, load_images, own_photo_ssim
     from memprune.sampling import SamplingConfig, generate
-    from memprune.testbed import check_trained_on, read_manifest
+    from memprune.testbed import read_ground_truth
 
     settings = [s for s in args.settings.split(",") if s]
     unknown = [s for s in settings + [a for a in args.attack.split(",") if a] if s not in GROUPS]
@@ -70,8 +70,7 @@ def main() -> None:
         sys.exit(f"unknown setting(s) {unknown}; known: {list(GROUPS)}")
     attack_cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["attack"]
     data = Path(args.data)
-    check_trained_on(Path(args.model), Path(args.data))  # ground truth = the model's own training photos
-    rows = read_manifest(data / "manifest.jsonl")
+    rows = read_ground_truth(Path(args.model), data)
     dup = [r for r in rows if r["group"] == "duplicated"]
     held = [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"]
     own = load_images(data, dup)

@@ -44,12 +44,11 @@ def main() -> None:
     from memprune.prompts import read_prompts
     from memprune.report import copy_rate, load_images, own_photo_ssim
     from memprune.sampling import SamplingConfig, generate, wen_mitigated_embeddings
-    from memprune.testbed import check_trained_on, read_manifest
+    from memprune.testbed import read_ground_truth
 
     wen = yaml.safe_load((ROOT / "config.yaml").read_text())["mitigation"]["wen"]
     data = Path(args.data)
-    check_trained_on(Path(args.model), Path(args.data))  # ground truth = the model's own training photos
-    dup = [r for r in read_manifest(data / "manifest.jsonl") if r["group"] == "duplicated"]
+    dup = [r for r in read_ground_truth(Path(args.model), data) if r["group"] == "duplicated"]
     own = load_images(data, dup)
     mem = [r["caption"] for r in dup]
     non = read_prompts(Path(args.nonmemorized))

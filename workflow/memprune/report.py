@@ -62,10 +62,9 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
     from .models import load_pipeline
     from .sampling import SamplingConfig, generate
     from .store import write_netcdf
-    from .testbed import check_trained_on, read_manifest, render_scene
+    from .testbed import read_ground_truth, render_scene
 
-    check_trained_on(model, data_dir)
-    rows = read_manifest(data_dir / "manifest.jsonl")
+    rows = read_ground_truth(model, data_dir)
     groups = {
         "duplicated": [r for r in rows if r["group"] == "duplicated"],
         "single": [r for r in rows if r["group"] == "single"][:max_single],

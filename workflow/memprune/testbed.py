@@ -376,6 +376,13 @@ def read_manifest(path: Path) -> list[dict]:
     return read_jsonl(Path(path), required=("caption", "image", "group"))
 
 
+def read_ground_truth(model_dir: Path, data_dir: Path) -> list[dict]:
+    """The manifest rows of `data_dir` as the ground truth of `model_dir`: refused (`check_trained_on`) when the
+    model is a testbed trained on another dataset, whose photos would score its copies wrongly."""
+    check_trained_on(model_dir, data_dir)
+    return read_manifest(Path(data_dir) / "manifest.jsonl")
+
+
 def images_to_tensor(images: np.ndarray):
     """(N, H, W, 3) uint8 images -> (N, 3, H, W) float32 tensor in [-1, 1], the VAE's input range."""
     import torch
