@@ -16,7 +16,8 @@ if not workflow.overwrite_configfiles:
 
 
 # Jobs run `python -m memprune <step>` from this checkout, in whatever environment runs them (the local one,
-# or envs/memprune.yaml with --sdm conda), installed or not.
+# or envs/memprune.yaml with --sdm conda), installed or not. (`snakemake --lint` notes PYTHONPATH as "used but not
+# asserted with envvars": it is set here for the jobs, never required from the user, so envvars does not apply.)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (os.path.join(workflow.basedir, "workflow"), os.environ.get("PYTHONPATH")) if p
 )
@@ -29,7 +30,6 @@ include: "rules/common.smk"
 include: "rules/testbed.smk"
 include: "rules/activations.smk"
 include: "rules/masks.smk"
-include: "rules/prune.smk"
 include: "rules/evaluate.smk"
 include: "rules/analysis.smk"
 include: "rules/attack.smk"
@@ -37,5 +37,5 @@ include: "rules/attack.smk"
 
 rule all:
     input:
-        all_targets(),
+        PLAN.targets(),
     default_target: True

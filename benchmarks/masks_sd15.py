@@ -21,10 +21,11 @@ import torch
 import xarray as xr
 
 from memprune.analysis import layer_overlap
-from memprune.masks import read_masks
+from memprune.masks import MaskSet, read_mask_set, write_mask_set
 from memprune.overlap import mean_over_pairs
 from memprune.store import write_zarr
-from memprune.scores import memorized_mask, memorized_masks_packed, union_over_timesteps_packed
+from memprune.scores import memorized_mask
+from memprune.scores_packed import memorized_masks_packed, union_over_timesteps_packed
 
 SD15 = [(320, 1280)] * 2 + [(640, 2560)] * 2 + [(1280, 5120)] * 2 + [(1280, 5120)] + [(1280, 5120)] * 3 + [(640, 2560)] * 3 + [(320, 1280)] * 3
 
@@ -118,16 +119,15 @@ def main() -> None:
     # Not in the total: the pipeline also stores each subset's masks (zarr, written by its mask job) and the
     # analysis job reads them back. Timed here on subset 0's real masks, the way the rules do it.
     with tempfile.TemporaryDirectory() as tmp:
-        data = {}
-        for li, (masks, union) in first_subset.items():
-            data[f"l{li}"] = (("step", f"l{li}.out", f"l{li}.in_packed"), masks)
-            data[f"l{li}.union"] = ((f"l{li}.out", f"l{li}.in_packed"), union)
-        ds = xr.Dataset(data, coords={"step": np.arange(args.steps), "t": ("step", np.arange(args.steps))},
-                        attrs={"layers": [f"l{li}" for li in first_subset], "in_features": [i for _, i in SD15]})
+        names = [f"l{li}" for li in first_subset]
+        ms = MaskSet(layers=names, kinds={n: "weight" for n in names}, grid={f"l{li}": SD15[li] for li in first_subset},
+                     union={f"l{li}": u for li, (_, u) in first_subset.items()},
+                     per_step={f"l{li}": m for li, (m, _) in first_subset.items()},
+                     steps=np.arange(args.steps), t=np.arange(args.steps), attrs={"method": "wanda"})
         t0 = time.perf_counter()
-        write_zarr(ds, Path(tmp) / "masks.zarr")
+        write_mask_set(ms, Path(tmp) / "masks.zarr")
         t1 = time.perf_counter()
-        read_masks(Path(tmp) / "masks.zarr")
+        read_mask_set(Path(tmp) / "masks.zarr")
         t2 = time.perf_counter()
     print(f"mask store of one subset ({sum(m.nbytes for m, _ in first_subset.values()) / 1e6:.0f} MB packed): "
           f"write {t1 - t0:.1f}s (in its mask job), read {t2 - t1:.1f}s (in the analysis job)")

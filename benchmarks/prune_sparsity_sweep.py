@@ -43,14 +43,16 @@ def main() -> None:
 
     import torch
 
-    from memprune.masks import compute_subset_masks, read_masks, unpack
-    from memprune.metrics import prompt_following
+    from memprune.edits import LayerMask, apply
+    from memprune.locate import locate_collection
+    from memprune.masks import read_mask_set
+    from memprune.metrics import copy_rate
     from memprune.models import ffn_layers, load_pipeline
-    from memprune.prune import prune_weights
-    from memprune.report import copy_rate, load_images, own_photo_ssim
     from memprune.sampling import SamplingConfig, generate
     from memprune.store import open_zarr
-    from memprune.testbed import read_ground_truth
+    from memprune.testbed.dataset import load_images, read_ground_truth
+    from memprune.testbed.report import own_photo_ssim
+    from memprune.testbed.scenes import prompt_following
 
     act_dir = Path(args.activations)
     subset_store = act_dir / "subsets" / args.collection / f"{args.subset}.zarr"
@@ -65,17 +67,16 @@ def main() -> None:
     layers = ffn_layers(pipe.unet)
     original = {name: lin.weight.detach().clone() for name, lin in layers}
 
-    def evaluate(label: str, masks: dict[str, np.ndarray] | None) -> None:
+    def evaluate(label: str, masks: dict[str, LayerMask] | None) -> None:
         t0 = time.time()
-        pruned, zeroed = prune_weights(original, masks or {})
-        n_zero = sum(zeroed.values())
-        n_all = sum(w.numel() for w in original.values())
         with torch.no_grad():
             for name, lin in layers:
-                lin.weight.copy_(pruned.get(name, original[name]))
+                lin.weight.copy_(original[name])
+        n_zero = sum(apply(pipe.unet, masks or {}).values())  # the common edit path, as the pruned checkpoints
+        n_all = sum(w.numel() for w in original.values())
         imgs = generate(pipe, [r["caption"] for r in dup for _ in seeds], [s for _ in dup for s in seeds], cfg)
         sims = own_photo_ssim(imgs, own)
-        copied = copy_rate(sims, args.threshold)[1]
+        copied = copy_rate(sims, args.threshold)
         scenes = generate(pipe, [r["caption"] for r in held for _ in seeds], [s for _ in held for s in seeds], cfg)
         follows = prompt_following(scenes, [r for r in held for _ in seeds]).mean()
         print(json.dumps({"setting": label, "pruned_fraction_of_ffn2": round(n_zero / n_all, 4),
@@ -87,11 +88,13 @@ def main() -> None:
     sparsities = [float(s) for s in args.sparsities.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         unions = {}
+        (Path(tmp) / "subset").mkdir()
+        (Path(tmp) / "subset" / "0.zarr").symlink_to(subset_store.resolve())
         for sp in sparsities:
-            out = Path(tmp) / f"sp{sp}.zarr"
-            compute_subset_masks(args.model, subset_store, act_dir / "null.zarr", sp, args.tau, "paper", out)
-            names, in_features, _, union, _ = read_masks(out)
-            unions[sp] = {n: unpack(union[n], in_features[n]) for n in names}
+            out = Path(tmp) / f"sp{sp}"
+            locate_collection("wanda", {"sparsity": sp, "tau": args.tau}, args.model, args.collection, 1, out,
+                              subsets_dir=str(Path(tmp) / "subset"), null=str(act_dir / "null.zarr"))
+            unions[sp] = read_mask_set(out / "0.zarr").layer_masks()
             evaluate(f"sparsity {sp}, tau {args.tau}, all layers", unions[sp])
         top = unions[max(sparsities)]
         for group in args.layer_groups.split(","):

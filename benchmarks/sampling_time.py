@@ -16,14 +16,14 @@ import yaml
 
 from memprune.models import load_pipeline
 from memprune.prompts import read_prompts
-from memprune.prune import load_pruned_pipeline
+from memprune.edits import load_edited_pipeline
 from memprune.sampling import SamplingConfig, generate, wen_mitigated_embeddings
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resources/testbed")
-    ap.add_argument("--checkpoint", required=True, help="a pruned checkpoint directory (memprune prune)")
+    ap.add_argument("--checkpoint", required=True, help="a pruned checkpoint directory (memprune prune: an edit checkpoint)")
     ap.add_argument("--prompt-file", default="resources/prompts/testbed/duplicated.txt")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--steps", type=int, default=50)
@@ -38,7 +38,7 @@ def main() -> None:
     seeds = list(range(len(prompts)))
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=len(prompts))
     pipes = {"none": load_pipeline(args.model, args.device, "auto"),
-             "pruned": load_pruned_pipeline(args.checkpoint, base=args.model, device=args.device)}
+             "pruned": load_edited_pipeline(args.checkpoint, base=args.model, device=args.device)}
 
     def run(variant: str) -> float:
         t = time.perf_counter()

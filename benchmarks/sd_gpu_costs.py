@@ -40,7 +40,7 @@ def build(kind: str, device: str, dtype):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from memprune.models import SD2_UNET_CONFIG, SD15_UNET_CONFIG
-    from memprune.testbed import build_tokenizer
+    from memprune.testbed.model import build_tokenizer
 
     tok = build_tokenizer(ROOT / "resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz", 77)
     with torch.device(device):

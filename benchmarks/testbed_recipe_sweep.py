@@ -47,9 +47,8 @@ def vae_readback(model_dir: Path, data_dir: Path, device: str) -> dict:
     import torch
     from diffusers import AutoencoderKL
 
-    from memprune.metrics import attribute_matches
-    from memprune.report import load_images
-    from memprune.testbed import read_manifest
+    from memprune.testbed.dataset import load_images, read_manifest
+    from memprune.testbed.scenes import attribute_matches
 
     vae = AutoencoderKL.from_pretrained(model_dir / "vae").to(device).eval()
     rows = read_manifest(data_dir / "manifest.jsonl")
@@ -66,8 +65,10 @@ def vae_readback(model_dir: Path, data_dir: Path, device: str) -> dict:
 
 
 def run_variant(name: str, work: Path, device: str, unet_steps: int | None, threads: int) -> dict:
-    from memprune.report import testbed_report
-    from memprune.testbed import DatasetSpec, ModelSpec, TrainSpec, generate_dataset, train_testbed
+    from memprune.testbed.dataset import DatasetSpec, generate_dataset
+    from memprune.testbed.model import ModelSpec
+    from memprune.testbed.report import testbed_report
+    from memprune.testbed.train import TrainSpec, train_testbed
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     data_o, train_o, model_o = VARIANTS[name]
@@ -126,7 +127,7 @@ def cpu_step_seconds(names: list[str], steps: int) -> dict:
     """Seconds per UNet training step on this machine's CPU (batch 64), per variant's model size."""
     import torch
 
-    from memprune.testbed import ModelSpec, build_text_encoder, build_tokenizer, build_unet
+    from memprune.testbed.model import ModelSpec, build_text_encoder, build_tokenizer, build_unet
 
     tok = build_tokenizer(ROOT / "resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz", 20)
     out = {}

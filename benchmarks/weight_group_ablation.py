@@ -57,12 +57,13 @@ def main() -> None:
     import torch
     import yaml
 
-    from memprune.attack import generate_candidates, identify
-    from memprune.metrics import prompt_following
+    from memprune.attacks.extraction import generate_candidates, identify
+    from memprune.metrics import copy_rate
     from memprune.models import load_pipeline
-    from memprune.report import copy_rate, load_images, own_photo_ssim
     from memprune.sampling import SamplingConfig, generate
-    from memprune.testbed import read_ground_truth
+    from memprune.testbed.dataset import load_images, read_ground_truth
+    from memprune.testbed.report import own_photo_ssim
+    from memprune.testbed.scenes import prompt_following
 
     settings = [s for s in args.settings.split(",") if s]
     unknown = [s for s in settings + [a for a in args.attack.split(",") if a] if s not in GROUPS]
@@ -97,7 +98,7 @@ def main() -> None:
         scenes = generate(pipe, [r["caption"] for r in held for _ in pf_seeds], [s for _ in held for s in pf_seeds], cfg)
         line = {"setting": setting, "zeroed_weights": n_zero,
                 "zeroed_share_of_unet": round(n_zero / sum(p.numel() for p in original.values()), 4),
-                "copy_rate": round(copy_rate(sims, args.threshold)[1], 3), "mean_ssim": round(float(sims.mean()), 3),
+                "copy_rate": round(float(copy_rate(sims, args.threshold)), 3), "mean_ssim": round(float(sims.mean()), 3),
                 "prompt_following": round(float(prompt_following(scenes, [r for r in held for _ in pf_seeds]).mean()), 3)}
         if setting in args.attack.split(","):
             acfg = SamplingConfig(steps=attack_cfg["steps"], guidance=attack_cfg["guidance"],

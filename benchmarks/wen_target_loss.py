@@ -40,11 +40,12 @@ def main() -> None:
 
     import yaml
 
+    from memprune.metrics import copy_rate
     from memprune.models import load_pipeline
     from memprune.prompts import read_prompts
-    from memprune.report import copy_rate, load_images, own_photo_ssim
     from memprune.sampling import SamplingConfig, generate, wen_mitigated_embeddings
-    from memprune.testbed import read_ground_truth
+    from memprune.testbed.dataset import load_images, read_ground_truth
+    from memprune.testbed.report import own_photo_ssim
 
     wen = yaml.safe_load((ROOT / "config.yaml").read_text())["mitigation"]["wen"]
     data = Path(args.data)
@@ -79,7 +80,7 @@ def main() -> None:
                                                 target_loss=tl)
         imgs = generate(pipe, flat_p, flat_s, cfg, prompt_embeds=embeds)
         sims = own_photo_ssim(imgs, own)
-        print(json.dumps({"target_loss": target, "copy_rate": round(copy_rate(sims, args.threshold)[1], 3),
+        print(json.dumps({"target_loss": target, "copy_rate": round(float(copy_rate(sims, args.threshold)), 3),
                           "mean_ssim": round(float(sims.mean()), 3),
                           "mean_adamw_steps": round(float(info["iterations"].mean()), 2),
                           "seconds": round(time.time() - t0)}), flush=True)

@@ -1,67 +1,62 @@
 # Activation capture: one sampling run per distinct prompt (in chunks of a prompt set) plus one null-prompt
-# run; per-subset stores are gathered from the chunks, so a new subset or collection of seen prompts
-# schedules no sampling job.
+# run, storing only what the localizers read; then each collection's subsets gathered from the chunks, so a new
+# subset or collection of seen prompts schedules no sampling job.
+
+
 rule capture_chunk:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
         model_input(),
     output:
-        directory(f"{ACT_DIR}/{{pset}}/chunk{{chunk}}.zarr"),
+        directory(PLAN.chunk_store("{pset}", "{chunk}")),
     params:
-        model=MODEL_DIR,
-        prompts_file=lambda wc: PROMPT_FILES[wc.pset],
-        start=lambda wc: int(wc.chunk) * CHUNK,
-        stop=lambda wc: (int(wc.chunk) + 1) * CHUNK,
-        digest=lambda wc: prompts_digest(chunk_prompts(wc.pset, wc.chunk)),
-        sampling=sampling_args(),
-        seed=S["seed"],
-        variant=A_CFG["variant"],
+        prompts_file=lambda wc: PLAN.sets[wc.pset].file,
+        start=lambda wc: int(wc.chunk) * PLAN.chunk_size(),
+        stop=lambda wc: (int(wc.chunk) + 1) * PLAN.chunk_size(),
+        digest=lambda wc: prompts_digest(PLAN.chunk_prompts(wc.pset, int(wc.chunk))),  # reruns when prompts change
     resources:
         gpu=1,
     log:
-        f"logs/{MODEL['name']}/capture/{ACT_TAG}/{{pset}}_chunk{{chunk}}.log",
+        PLAN.log(f"capture/{PLAN.act_tag}", "{pset}_chunk{chunk}"),
     benchmark:
-        f"benchmarks/{MODEL['name']}/capture/{ACT_TAG}/{{pset}}_chunk{{chunk}}.tsv"
+        PLAN.capture_bench("{pset}", "{chunk}")
     shell:
-        "python -m memprune --log {log} capture --model {params.model} --prompts-file {params.prompts_file} "
-        "--start {params.start} --stop {params.stop} --seed {params.seed} --variant {params.variant} "
-        "{params.sampling} --out {output} 2>> {log}"
+        memprune("capture", f"--model {PLAN.model_dir} --prompts-file {{params.prompts_file}} --start {{params.start}} "
+                 f"--stop {{params.stop}} --seed {config['sampling']['seed']} --variant {config['activations']['variant']} "
+                 f"{PLAN.sampling_args()} --out {{output}}")
 
 
 rule capture_null:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
         model_input(),
     output:
-        directory(f"{ACT_DIR}/null.zarr"),
-    params:
-        model=MODEL_DIR,
-        sampling=sampling_args(),
-        seed=S["seed"],
-        variant=A_CFG["variant"],
+        directory(f"{PLAN.act_dir}/null.zarr"),
     resources:
         gpu=1,
     log:
-        f"logs/{MODEL['name']}/capture/{ACT_TAG}/null.log",
+        PLAN.log(f"capture/{PLAN.act_tag}", "null"),
     benchmark:
-        f"benchmarks/{MODEL['name']}/capture/{ACT_TAG}/null.tsv"
+        PLAN.capture_bench(None)
     shell:
-        "python -m memprune --log {log} capture --model {params.model} --null --seed {params.seed} --variant {params.variant} "
-        "{params.sampling} --out {output} 2>> {log}"
+        memprune("capture", f"--model {PLAN.model_dir} --null --seed {config['sampling']['seed']} "
+                 f"--variant {config['activations']['variant']} {PLAN.sampling_args()} --out {{output}}")
 
 
-rule subset_activations:
+rule gather_subsets:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
-        subset_chunks,
+        collection_chunks,
     output:
-        directory(f"{ACT_DIR}/subsets/{{collection}}/{{subset}}.zarr"),
+        directory(PLAN.gathered("{collection}")),
     params:
-        prompts=lambda wc: json.dumps(subset_prompts(wc.collection, wc.subset)),
+        prompts_file=lambda wc: PLAN.sets[PLAN.collections[wc.collection].set].file,
+        subsets=lambda wc: PLAN.subsets_json(wc.collection),
     log:
-        f"logs/{MODEL['name']}/subsets/{ACT_TAG}/{{collection}}_{{subset}}.log",
+        PLAN.log(f"subsets/{PLAN.act_tag}", "{collection}"),
     shell:
-        "python -m memprune --log {log} gather --chunks {input} --prompts-json {params.prompts:q} --out {output} 2>> {log}"
+        memprune("gather", "--chunks {input} --prompts-file {params.prompts_file} --subsets-json {params.subsets:q} "
+                 "--out {output}")

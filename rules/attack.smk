@@ -1,97 +1,77 @@
-# Extraction attack (Carlini et al. 2023; the paper's section 5.4, Table 1) on the unedited model and on pruned
-# models, and memorization detection (Wen et al. 2024) with its closed loop: a prompt set given as
-# {detect_from, top_k} (rules/common.smk) is the top-k scored prompts of a pool, written by the checkpoint
-# `detected_prompts`, and localization, pruning, evaluation and the attack run on it.
+# Extraction attack (Carlini et al. 2023; the paper's section 5.4, Table 1) on every model the plan compares
+# (the registry's variants: unedited, pruned by a localizer, Wen, ...), and memorization detection (Wen et al.
+# 2024) with its closed loop: a prompt set given as {detect_from, top_k} is the top-k scored prompts of a pool,
+# written by the checkpoint `detected_prompts`, and localization, pruning, evaluation and the attack run on it.
 #
-# Attack: generation + tiled distances per (variant, prompt set, chunk of prompts) are cached under
-# attack/cache/<ATTACK_TAG>/ (pruned variants also under their MASK_TAG); the thresholds only touch the cheap
-# per-variant analysis, so changing them regenerates nothing.
+# Attack: generation + tiled distances per (model, prompt set, chunk of prompts) are cached under
+# attack/cache/<attack tag>/<model path>/; the thresholds only touch the cheap per-model analysis.
+ATTACK_MODELS = ATTACK.by_path()
 
-rule attack_generate_base:
+
+rule attack_generate:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
+        unpack(checkpoint_input(ATTACK_MODELS, "attackmodel")),
         model=model_input(),
-        data=[TESTBED_DATA] if TESTBED_DATA else [],
+        data=[ATTACK.data] if ATTACK.data else [],
     output:
-        f"{ATTACK_CACHE}/none/{{pset}}_chunk{{chunk}}.nc",
+        f"{ATTACK.dir}/cache/{ATTACK.tag}/{{attackmodel}}/{{pset}}_chunk{{chunk}}.nc",
+    wildcard_constraints:
+        attackmodel=_alternatives(ATTACK_MODELS),
     params:
-        pruned="",
-        **_attack_generate_params(),
+        variant=lambda wc, input: PLAN.variant_args(ATTACK_MODELS[wc.attackmodel], input.get("checkpoint")),
+        prompts_file=lambda wc: PLAN.sets[wc.pset].file,
+        range=lambda wc: "--start {} --stop {}".format(*ATTACK.chunk_range(int(wc.chunk))),
+        digest=lambda wc: prompts_digest(PLAN.prompts(wc.pset)[slice(*ATTACK.chunk_range(int(wc.chunk)))]),
     threads: 2
     resources:
         gpu=1,
     log:
-        f"logs/{MODEL['name']}/attack/{ATTACK_TAG}/none_{{pset}}_chunk{{chunk}}.log",
+        PLAN.log(f"attack/{ATTACK.tag}", "{attackmodel}/{pset}_chunk{chunk}"),
     benchmark:
-        f"benchmarks/{MODEL['name']}/attack/{ATTACK_TAG}/none_{{pset}}_chunk{{chunk}}.tsv"
+        PLAN.bench(f"attack/{ATTACK.tag}", "{attackmodel}/{pset}_chunk{chunk}")
     shell:
-        ATTACK_GENERATE_SHELL
-
-
-rule attack_generate_pruned:
-    conda:
-        "../envs/memprune.yaml"
-    input:
-        model=model_input(),
-        data=[TESTBED_DATA] if TESTBED_DATA else [],
-        checkpoint=lambda wc: pruned_checkpoint(wc.collection, wc.subset),
-    output:
-        f"{ATTACK_CACHE}/{MASK_TAG}/{{collection}}/{{subset}}/{{pset}}_chunk{{chunk}}.nc",
-    params:
-        pruned=lambda wc, input: f"--pruned {input.checkpoint}",
-        **_attack_generate_params(),
-    threads: 2
-    resources:
-        gpu=1,
-    log:
-        f"logs/{MODEL['name']}/attack/{ATTACK_TAG}/{MASK_TAG}_{{collection}}_{{subset}}_{{pset}}_chunk{{chunk}}.log",
-    benchmark:
-        f"benchmarks/{MODEL['name']}/attack/{ATTACK_TAG}/{MASK_TAG}_{{collection}}_{{subset}}_{{pset}}_chunk{{chunk}}.tsv"
-    shell:
-        ATTACK_GENERATE_SHELL
+        memprune("attack-generate", f"{{params.variant}} --model {PLAN.model_dir} --prompts-file {{params.prompts_file}} "
+                 f"{{params.range}} --group {{wildcards.pset}} --n-samples {ATTACK.cfg['n_samples']} --seed {ATTACK.cfg['seed']} "
+                 f"--tile-grid {ATTACK.cfg['tile_grid']} {optional('data', ATTACK.data)} "
+                 f"{PLAN.sampling_args(ATTACK.cfg, size=False)} --out {{output}}")
 
 
 rule attack_analyze:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
-        lambda wc: attack_chunks(wc.variant),
+        lambda wc: ATTACK.chunks(ATTACK_MODELS[wc.attackmodel]),
     output:
-        f"{ATTACK_DIR}/{{variant}}.nc",
+        f"{ATTACK.dir}/{{attackmodel}}.nc",
     wildcard_constraints:
-        variant=r"none|pruned_[A-Za-z0-9_-]+_\d+",
+        attackmodel=_alternatives(ATTACK_MODELS),
     params:
-        threshold=ATK["distance_threshold"],
-        min_clique=ATK["min_clique"],
-        copy_threshold=ATK["copy_threshold"],
-        tag=ATTACK_TAG,
-        mask_tag=lambda wc: "" if wc.variant == "none" else MASK_TAG,
+        id=lambda wc: ATTACK_MODELS[wc.attackmodel].id,
     log:
-        f"logs/{MODEL['name']}/attack/analyze_{{variant}}.log",
+        PLAN.log("attack/analyze", "{attackmodel}"),
     shell:
-        "python -m memprune --log {log} attack-analyze --chunks {input} --variant {wildcards.variant} "
-        "--threshold {params.threshold} --min-clique {params.min_clique} --copy-threshold {params.copy_threshold} "
-        "--out {output} 2>> {log}"
+        memprune("attack-analyze", f"--chunks {{input}} --variant {{params.id:q}} --threshold {ATTACK.cfg['distance_threshold']} "
+                 f"--min-clique {ATTACK.cfg['min_clique']} --copy-threshold {ATTACK.cfg['copy_threshold']} --out {{output}}")
 
 
 rule attack_table:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
-        variants=[f"{ATTACK_DIR}/{v}.nc" for v in attack_variants()],
-        chunks=[attack_chunks(v)[0] for v in attack_variants()] if ATTACK_SETS else [],
+        variants=[ATTACK.result(m) for m in ATTACK.models],
+        chunks=[ATTACK.chunks(m)[0] for m in ATTACK.models] if ATTACK.sets else [],
     output:
-        table=report(f"{ATTACK_DIR}/table.csv", category="Extraction attack", caption="../report/attack_table.rst"),
-        figure=report(f"{MODEL_RESULTS}/figures/attack.png", category="Extraction attack", caption="../report/attack_fig.rst"),
+        table=report(ATTACK.targets()[0], category="Extraction attack", caption="../report/attack_table.rst"),
+        figure=report(ATTACK.targets()[1], category="Extraction attack", caption="../report/attack_fig.rst"),
     params:
-        chunks=json.dumps({v: attack_chunks(v)[:1] for v in attack_variants()} if ATTACK_SETS else {}),
-        data=f"--data {TESTBED_DATA}" if TESTBED_DATA else "",
+        chunks=json.dumps({m.id: ATTACK.chunks(m)[:1] for m in ATTACK.models} if ATTACK.sets else {}),
     log:
-        f"logs/{MODEL['name']}/attack/table.log",
+        PLAN.log("attack", "table"),
     shell:
-        "python -m memprune --log {log} attack-table --variants {input.variants} --out {output.table} "
-        "--figure {output.figure} --chunks-json {params.chunks:q} {params.data} 2>> {log}"
+        memprune("attack-table", "--variants {input.variants} --out {output.table} --figure {output.figure} "
+                 f"--chunks-json {{params.chunks:q}} {optional('data', ATTACK.data)}")
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -99,57 +79,51 @@ rule attack_table:
 
 rule detection_scores:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
         model_input(),
     output:
-        f"{DET_DIR}/scores/{{pset}}.nc",
+        DETECT.scores("{pset}"),
     params:
-        model=MODEL_DIR,
-        prompts_file=lambda wc: PROMPT_FILES[wc.pset],
-        digest=lambda wc: prompts_digest(PROMPTS[wc.pset]),
-        args=(f"--n-seeds {DET['n_seeds']} --seed {DET['seed']} --steps {DET['steps']} --score-steps {DET['score_steps']} "
-              f"--guidance {DET['guidance']} --batch-size {DET['batch_size']} --device {MODEL['device']} --dtype {MODEL['dtype']}"
-              + (f" --scheduler {MODEL['scheduler']}" if MODEL.get("scheduler") else "")),
+        prompts_file=lambda wc: PLAN.sets[wc.pset].file,
+        digest=lambda wc: prompts_digest(PLAN.prompts(wc.pset)),
     threads: 2
     resources:
         gpu=1,
     log:
-        f"logs/{MODEL['name']}/detection/{DET_TAG}/{{pset}}.log",
+        PLAN.log(f"detection/{PLAN.det_tag}", "{pset}"),
     benchmark:
-        f"benchmarks/{MODEL['name']}/detection/{DET_TAG}/{{pset}}.tsv"
+        PLAN.bench(f"detection/{PLAN.det_tag}", "{pset}")
     shell:
-        "python -m memprune --log {log} detect-scores --model {params.model} --prompts-file {params.prompts_file} "
-        "--name {wildcards.pset} {params.args} --out {output} 2>> {log}"
+        memprune("detect-scores", f"--model {PLAN.model_dir} --prompts-file {{params.prompts_file}} --name {{wildcards.pset}} "
+                 f"{DETECT.args()} --out {{output}}")
 
 
 rule detection_report:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
-        [f"{DET_DIR}/scores/{p}.nc" for p in DET_SETS],
+        [DETECT.scores(p) for p in DETECT.sets],
     output:
-        nc=report(f"{MODEL_RESULTS}/detection.nc", category="Detection", caption="../report/detection.rst"),
-        csv=report(f"{MODEL_RESULTS}/detection.csv", category="Detection", caption="../report/detection.rst"),
-    params:
-        positive=",".join(DET_POSITIVE),
+        nc=report(DETECT.targets()[0], category="Detection", caption="../report/detection.rst"),
+        csv=report(DETECT.targets()[1], category="Detection", caption="../report/detection.rst"),
     log:
-        f"logs/{MODEL['name']}/detection/report.log",
+        PLAN.log("detection", "report"),
     shell:
-        "python -m memprune --log {log} detection-report --scores {input} --positive {params.positive} "
-        "--out {output.nc} --csv {output.csv} 2>> {log}"
+        memprune("detection-report", f"--scores {{input}} --positive {','.join(DETECT.positive)} --out {{output.nc}} "
+                 "--csv {output.csv}")
 
 
 checkpoint detected_prompts:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
-        lambda wc: [f"{DET_DIR}/scores/{p}.nc" for p in DETECTED_SETS[wc.pset]["detect_from"]],
+        lambda wc: [DETECT.scores(p) for p in PLAN.sets[wc.pset].detect_from],
     output:
-        f"{DET_DIR}/detected/{{pset}}.txt",
+        f"{DETECT.dir}/detected/{{pset}}.txt",
     params:
-        top_k=lambda wc: DETECTED_SETS[wc.pset]["top_k"],
+        top_k=lambda wc: PLAN.sets[wc.pset].size,
     log:
-        f"logs/{MODEL['name']}/detection/{DET_TAG}/detected_{{pset}}.log",
+        PLAN.log(f"detection/{PLAN.det_tag}", "detected_{pset}"),
     shell:
-        "python -m memprune --log {log} detect-top-k --scores {input} --top-k {params.top_k} --out {output} 2>> {log}"
+        memprune("detect-top-k", "--scores {input} --top-k {params.top_k} --out {output}")

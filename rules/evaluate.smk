@@ -1,139 +1,98 @@
-# Evaluation (the paper's section 5.2, Figures 3 and 4): the unedited model, one pruned model per subset of the
-# evaluated collections, and Wen et al.'s inference-time mitigation, each sampled on the test prompts x seeds
-# in its own job, scored in its own job, then aggregated with the fair split (a pruned model is tested on the
-# memorized prompts outside its subset). Outputs: results/<model>/eval.nc, eval_summary.csv, figures/eval_*.png.
+# Evaluation (the paper's section 5.2, Figures 3 and 4): every compared model of the plan (the registry's
+# variants: the unedited model, pruned models of each evaluated localizer and subset, Wen et al.'s mitigation,
+# ...) is sampled on the test prompts x seeds in its own job, scored in its own job, then aggregated with the fair
+# split (a pruned model is tested on the memorized prompts outside its subset).
+EVAL_MODELS = EVAL.by_path()
 
-rule eval_sample_baseline:
+
+rule eval_sample:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
-        model_input(),
-    output:
-        directory(f"{EVAL_DIR}/samples/{{variant}}"),
-    wildcard_constraints:
-        variant="none|wen",
-    params:
-        variant=lambda wc: wc.variant,
-        model=MODEL_DIR,
-        checkpoint="",
-        sampling=sampling_args(),
-        seeds=",".join(map(str, EV["seeds"])),
-        prompts=eval_prompt_args(),
-        wen=lambda wc: WEN_ARGS if wc.variant == "wen" else "",
-    threads: 2
-    resources:
-        gpu=1,
-    log:
-        f"logs/{MODEL['name']}/eval/sample_{{variant}}.log",
-    benchmark:
-        f"benchmarks/{MODEL['name']}/eval/sample_{{variant}}.tsv"
-    shell:
-        EVAL_SAMPLE_SHELL
-
-
-rule eval_sample_pruned:
-    conda:
-        "../envs/memprune.yaml"
-    input:
+        unpack(checkpoint_input(EVAL_MODELS, "evalmodel")),
         model=model_input(),
-        checkpoint=lambda wc: pruned_checkpoint(wc.collection, wc.subset),
     output:
-        directory(f"{EVAL_DIR}/samples/pruned/{MASK_TAG}/{{collection}}/{{subset}}"),
+        directory(f"{EVAL.dir}/samples/{{evalmodel}}"),
+    wildcard_constraints:
+        evalmodel=_alternatives(EVAL_MODELS),
     params:
-        variant="pruned",
-        model=MODEL_DIR,
-        checkpoint=lambda wc, input: f"--checkpoint {input.checkpoint}",
-        sampling=sampling_args(),
-        seeds=",".join(map(str, EV["seeds"])),
-        prompts=eval_prompt_args(),
-        wen="",
+        variant=lambda wc, input: PLAN.variant_args(EVAL_MODELS[wc.evalmodel], input.get("checkpoint")),
     threads: 2
     resources:
         gpu=1,
     log:
-        f"logs/{MODEL['name']}/eval/sample_pruned_{MASK_TAG}_{{collection}}_{{subset}}.log",
+        PLAN.log("eval/sample", "{evalmodel}"),
     benchmark:
-        f"benchmarks/{MODEL['name']}/eval/sample_pruned_{MASK_TAG}_{{collection}}_{{subset}}.tsv"
+        PLAN.bench("eval/sample", "{evalmodel}")
     shell:
-        EVAL_SAMPLE_SHELL
+        memprune("eval-sample", f"{{params.variant}} --model {PLAN.model_dir} {PLAN.sampling_args()} "
+                 f"--seeds {','.join(map(str, EVAL.cfg['seeds']))} {EVAL.prompt_args()} --out {{output}}")
 
 
 rule eval_score:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
-        samples=f"{EVAL_DIR}/samples/{{variant}}",
-        **eval_metric_inputs(),
+        samples=f"{EVAL.dir}/samples/{{evalmodel}}",
+        **EVAL.metric_inputs(),
     output:
-        f"{EVAL_DIR}/scores/{{variant}}.nc",
+        f"{EVAL.dir}/scores/{{evalmodel}}.nc",
     wildcard_constraints:
-        variant=r"none|wen|pruned/[^/]+/[A-Za-z0-9_-]+/\d+",
-    params:
-        metrics=eval_metric_args(),
-        memorized=EVAL_MEMORIZED,
+        evalmodel=_alternatives(EVAL_MODELS),
     resources:
         gpu=1,
     log:
-        f"logs/{MODEL['name']}/eval/score/{{variant}}.log",
+        PLAN.log("eval/score", "{evalmodel}"),
     shell:
-        "python -m memprune --log {log} eval-score --samples {input.samples} --memorized {params.memorized} "
-        "{params.metrics} --out {output} 2>> {log}"
+        memprune("eval-score", f"--samples {{input.samples}} {optional('memorized', EVAL.memorized)} {EVAL.metric_args()} "
+                 "--out {output}")
 
 
 rule eval_aggregate:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
-        scores=[f"{EVAL_DIR}/scores/{p}.nc" for p in eval_variant_paths().values()],
-        **eval_metric_inputs(),
+        scores=[EVAL.scores(m) for m in EVAL.models],
+        **EVAL.metric_inputs(),
     output:
-        nc=report(f"{MODEL_RESULTS}/eval.nc", category="Evaluation", caption="../report/eval.rst"),
-        summary=report(f"{MODEL_RESULTS}/eval_summary.csv", category="Evaluation", caption="../report/eval.rst"),
-        scatter=report(f"{MODEL_RESULTS}/figures/eval_copy_vs_clip.png", category="Evaluation",
-                       caption="../report/eval_copy_vs_clip.rst"),
-        bars=report(f"{MODEL_RESULTS}/figures/eval_fid_time.png", category="Evaluation",
-                    caption="../report/eval_fid_time.rst"),
-        grid=report(f"{MODEL_RESULTS}/figures/eval_grid.png", category="Evaluation", caption="../report/eval_grid.rst"),
+        nc=report(EVAL.targets()[0], category="Evaluation", caption="../report/eval.rst"),
+        summary=report(EVAL.targets()[1], category="Evaluation", caption="../report/eval.rst"),
+        scatter=report(EVAL.targets()[2], category="Evaluation", caption="../report/eval_copy_vs_clip.rst"),
+        bars=report(EVAL.targets()[3], category="Evaluation", caption="../report/eval_fid_time.rst"),
+        grid=report(EVAL.targets()[4], category="Evaluation", caption="../report/eval_grid.rst"),
     params:
-        scores=" ".join(f"--score {lb}={EVAL_DIR}/scores/{p}.nc" for lb, p in eval_variant_paths().items()),
-        subsets=eval_subsets_json(),
-        costs=eval_mask_costs_json(),
+        models=EVAL.models_json(),
         note="for each pruned model: its share of the capture chunks holding its prompts, the null-prompt capture, "
-        "its masks job and its prune job (Snakemake benchmark s); files missing are listed in mask_benchmarks_missing",
-        threshold=EV["copy_threshold"],
-        fid=EV["fid_reference"],
-        refimages=repo_path(EV["reference_images"]) if EV.get("reference_images") else None,
-        memorized=EVAL_MEMORIZED,
-        nonmemorized=EVAL_NONMEMORIZED,
-        metrics=eval_metric_args(),
+        "its share of its collection's masks job and its prune job (Snakemake benchmark s); files missing are listed "
+        "in mask_benchmarks_missing",
+        options=" ".join(filter(None, [optional("reference-images", EVAL.cfg.get("reference_images") and PLAN.repo_path(EVAL.cfg["reference_images"])),
+                                       optional("nonmemorized", EVAL.nonmemorized)])),
     resources:
-        gpu=1 if EV["fid_reference"] == "images" else 0,
+        gpu=1 if EVAL.cfg["fid_reference"] == "images" else 0,
     log:
-        f"logs/{MODEL['name']}/eval/aggregate.log",
+        PLAN.log("eval", "aggregate"),
     benchmark:
-        f"benchmarks/{MODEL['name']}/eval/aggregate.tsv"
+        PLAN.bench("eval", "aggregate")
     shell:
-        "python -m memprune --log {log} eval-aggregate {params.scores} --subsets-json {params.subsets:q} "
-        "--mask-costs-json {params.costs:q} --mask-cost-note {params.note:q} --copy-threshold {params.threshold} "
-        "--fid-reference {params.fid} --reference-images {params.refimages} --memorized {params.memorized} "
-        "--nonmemorized {params.nonmemorized} {params.metrics} --out {output.nc} --summary {output.summary} "
-        "--fig-scatter {output.scatter} --fig-bars {output.bars} --fig-grid {output.grid} 2>> {log}"
+        memprune("eval-aggregate", f"--models-json {{params.models:q}} --mask-cost-note {{params.note:q}} "
+                 f"--copy-threshold {EVAL.cfg['copy_threshold']} --fid-reference {EVAL.cfg['fid_reference']} "
+                 f"{optional('memorized', EVAL.memorized)} {{params.options}} {EVAL.metric_args()} --out {{output.nc}} "
+                 "--summary {output.summary} --fig-scatter {output.scatter} --fig-bars {output.bars} --fig-grid {output.grid}")
 
 
 rule train_clip:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
     input:
         data="results/testbed/data",
     output:
         directory("results/testbed/clip"),
     params:
-        spec=json.dumps(EV["clip"]["train"]),
+        spec=json.dumps(EVAL.cfg["clip"]["train"]),
     threads: 1
     log:
         "logs/testbed/train_clip.log",
     benchmark:
         "benchmarks/testbed/train_clip.tsv"
     shell:
-        "python -m memprune --log {log} train-clip --data {input.data} --spec {params.spec:q} --out {output} "
-        "--no-progress 2>> {log}"
+        memprune("train-clip", "--data {input.data} --spec {params.spec:q} --out {output} --no-progress")

@@ -1,25 +1,42 @@
-# Memorized-neuron masks per subset (the paper's equations 4-7): per (layer, timestep) and their union over
-# the first tau timesteps.
+# Localization: every localizer of config `localizers` (workflow/memprune/localize/) on every subset of each
+# collection, one job per (method, collection) writing one mask store per subset; paths carry the method and its
+# parameters (masks/<method>/<tag>/<collection>/<i>.zarr). Pruned checkpoints (the common edit path,
+# memprune.edits) are made per subset when evaluation or the attack asks for them.
 
 
 rule masks:
     conda:
-        "../envs/memprune.yaml"
+        CONDA_ENV
+    input:
+        unpack(mask_inputs),
+        model=model_input(),
+    output:
+        directory(f"{PLAN.results}/masks/{{method}}/{{mtag}}/{{collection}}"),
+    params:
+        params=lambda wc: json.dumps(PLAN.methods[wc.method].params),
+        n=lambda wc: len(PLAN.collections[wc.collection].subsets),
+        inputs=lambda wc, input: " ".join(f"--{k} {v}" for k, v in input.items() if k != "model"),
+    log:
+        PLAN.log("masks/{method}/{mtag}", "{collection}"),
+    benchmark:
+        PLAN.bench("masks/{method}/{mtag}", "{collection}")
+    shell:
+        memprune("locate", f"--model {PLAN.model_dir} --method {{wildcards.method}} --params {{params.params:q}} "
+                 f"--collection {{wildcards.collection}} --n-subsets {{params.n}} {{params.inputs}} "
+                 f"--variant {config['activations']['variant']} --out {{output}}")
+
+
+rule prune:
+    conda:
+        CONDA_ENV
     input:
         model=model_input(),
-        subset=f"{ACT_DIR}/subsets/{{collection}}/{{subset}}.zarr",
-        null=f"{ACT_DIR}/null.zarr",
+        masks=f"{PLAN.results}/masks/{{method}}/{{mtag}}/{{collection}}",
     output:
-        directory(f"{MASK_DIR}/{{collection}}/{{subset}}.zarr"),
-    params:
-        model=MODEL_DIR,
-        sparsity=config["masks"]["sparsity"],
-        tau=config["masks"]["tau"],
-        variant=A_CFG["variant"],
+        directory(f"{PLAN.results}/pruned/{{method}}/{{mtag}}/{{collection}}/{{subset}}"),
     log:
-        f"logs/{MODEL['name']}/masks/{MASK_TAG}/{{collection}}_{{subset}}.log",
+        PLAN.log("prune/{method}/{mtag}", "{collection}_{subset}"),
     benchmark:
-        f"benchmarks/{MODEL['name']}/masks/{MASK_TAG}/{{collection}}_{{subset}}.tsv"
+        PLAN.bench("prune/{method}/{mtag}", "{collection}_{subset}")
     shell:
-        "python -m memprune --log {log} masks --model {params.model} --activations {input.subset} --null {input.null} "
-        "--sparsity {params.sparsity} --tau {params.tau} --variant {params.variant} --out {output} 2>> {log}"
+        memprune("prune", f"--model {PLAN.model_dir} --masks {{input.masks}}/{{wildcards.subset}}.zarr --out {{output}}")

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def tiny_spec():
-    from memprune.testbed import ModelSpec
+    from memprune.testbed.model import ModelSpec
 
     return ModelSpec(unet_channels=(16, 32), text_hidden=32, vae_channels=(16, 16, 16), max_length=20)
 
@@ -20,7 +20,7 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random testbed-structured StableDiffusionPipeline saved with save_pretrained (epsilon)."""
-    from memprune.testbed import save_untrained_pipeline
+    from memprune.testbed.model import save_untrained_pipeline
 
     return save_untrained_pipeline(tmp_path_factory.mktemp("models") / "tiny", BPE, tiny_spec())
 

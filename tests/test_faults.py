@@ -50,12 +50,17 @@ def _accepted_outputs(wd: Path) -> list[Path]:
     """Every zarr store or netCDF under results/ must open completely."""
     results = wd / "results"
     found = []
+    def temporary(path: Path) -> bool:  # a temporary sibling or inside one: never an output name
+        return any(part.startswith(".") for part in path.relative_to(results).parts)
+
     for store in results.rglob("*.zarr"):
-        if store.name.startswith("."):
-            continue  # temporary sibling: never an output name
-        xr.open_zarr(store, consolidated=False).load()
+        if temporary(store):
+            continue
+        xr.open_zarr(store).load()
         found.append(store)
     for nc in results.rglob("*.nc"):
+        if temporary(nc):
+            continue
         xr.open_dataset(nc, engine="h5netcdf").load()
         found.append(nc)
     return found

@@ -111,7 +111,7 @@ def test_clip_missing_weights_says_what_to_download(tmp_path):
 
 
 def test_random_clip_loads_through_local_dir(tmp_path):
-    from memprune.clip_testbed import ClipSpec, save_untrained_clip
+    from memprune.testbed.clip import ClipSpec, save_untrained_clip
 
     folder = save_untrained_clip(tmp_path / "clip", ClipSpec(vision_width=32, vision_layers=1, text_width=32, text_layers=1))
     scorer = ClipScorer.load(None, folder)  # a folder as weights: open_clip's local-dir path
@@ -126,7 +126,7 @@ def test_random_clip_loads_through_local_dir(tmp_path):
 def test_shipped_clip_prefers_the_own_caption():
     """Scenes (training and held-out combinations) score higher with their own caption than with another
     scene's caption, on average; held-out scenes are never seen by the CLIP."""
-    from memprune.testbed import render_scene, scene_caption, scene_combinations
+    from memprune.testbed.scenes import render_scene, scene_caption, scene_combinations
 
     scorer = ClipScorer.load(None, SHIPPED_CLIP)
     combos = scene_combinations()[::37][:10]

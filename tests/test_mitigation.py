@@ -99,7 +99,7 @@ def test_generation_with_the_embeddings_keeps_the_null_prompt_unconditional(tiny
 def test_works_for_v_prediction(tmp_path):
     from memprune.models import load_pipeline
     from memprune.sampling import wen_mitigated_embeddings
-    from memprune.testbed import save_untrained_pipeline
+    from memprune.testbed.model import save_untrained_pipeline
 
     model = save_untrained_pipeline(tmp_path / "v", BPE, tiny_spec(), prediction_type="v_prediction")
     pipe = load_pipeline(model, "cpu", "float32")
@@ -113,3 +113,46 @@ def test_bad_arguments():
 
     with pytest.raises(ValueError, match="seeds"):
         wen_mitigated_embeddings(None, ["a"], [0, 1], cfg())
+
+
+def test_wen_variant_through_eval_sample_records_its_optimisation(tiny_model, tiny_pipe, tmp_path):
+    """`eval-sample --variant wen`: the registry's Wen variant gives exactly the mitigated images, and timing.json
+    keeps Wen's entries (per-image info averaged over every image)."""
+    import json
+
+    from memprune.evaluate.sample import sample_variant
+    from memprune.sampling import generate, wen_mitigated_embeddings
+
+    (tmp_path / "mem.txt").write_text("".join(p + "\n" for p in PROMPTS[:2]))
+    params = {"lr": 0.05, "max_iters": 3, "target_loss": None}
+    sample_variant("wen", tiny_model, tmp_path / "out", tmp_path / "mem.txt", [0, 1], cfg(), params=params,
+                   device="cpu", dtype="float32")
+    flat_p, flat_s = [p for p in PROMPTS[:2] for _ in (0, 1)], [0, 1, 0, 1]
+    embeds, info = wen_mitigated_embeddings(tiny_pipe, flat_p, flat_s, cfg(), **params)
+    expected = generate(tiny_pipe, flat_p, flat_s, cfg(), prompt_embeds=embeds)
+    from PIL import Image
+
+    got = np.stack([np.asarray(Image.open(tmp_path / "out" / f"{i:05d}_s{s}.png")) for i, s in enumerate(flat_s)])
+    assert np.array_equal(got, expected)
+    timing = json.loads((tmp_path / "out" / "timing.json").read_text())
+    assert timing["variant"] == "wen" and 0 < timing["wen_seconds"] <= timing["seconds"]
+    assert (timing["wen_lr"], timing["wen_max_iters"], timing["wen_target_loss"]) == (0.05, 3, None)
+    assert timing["wen_mean_iterations"] == 3.0 and timing["wen_converged_fraction"] == 0.0
+    assert timing["wen_mean_initial_loss"] == pytest.approx(info["initial_loss"].mean())
+    assert timing["wen_mean_final_loss"] == pytest.approx(info["final_loss"].mean())
+
+
+def test_wen_info_of_timed_chunks_is_concatenated_and_its_seconds_summed():
+    from memprune.evaluate.sample import _combine_info
+
+    def chunk(iterations, converged, loss, seconds):
+        return {"iterations": np.array(iterations), "converged": np.array(converged), "initial_loss": np.array(loss),
+                "final_loss": np.array(loss) / 2, "wen_seconds": seconds, "wen_lr": 0.05, "wen_max_iters": 10,
+                "wen_target_loss": 0.9}
+
+    got = _combine_info("wen", [chunk([1, 2, 3], [True, False, True], [1.0, np.nan, 3.0], 2.0),
+                                chunk([6], [True], [8.0], 0.5)], [3, 1])
+    assert got == {"wen_seconds": 2.5, "wen_lr": 0.05, "wen_max_iters": 10, "wen_target_loss": 0.9,
+                   "wen_mean_iterations": 3.0, "wen_converged_fraction": 0.75, "wen_mean_initial_loss": 4.0,
+                   "wen_mean_final_loss": 2.0}
+    assert list(got)[:4] == ["wen_seconds", "wen_lr", "wen_max_iters", "wen_target_loss"]

@@ -45,21 +45,18 @@ def test_pairwise_iou_symmetric_and_one_on_identical(masks):
     assert np.allclose(pairwise_iou([packed[0], packed[0]])[0, 1], 1.0)
 
 
-def _mask_store(path, rng, layers=(("a", 6, 20), ("b", 4, 16)), steps=5):
-    import xarray as xr
+def _mask_store(path, rng, layers=(("a", 6, 20), ("b", 4, 16)), steps=5, with_steps=True):
+    from memprune.masks import MaskSet, write_mask_set
 
-    from memprune.store import write_zarr
-
-    data, in_features = {}, []
+    per_step, union = {}, {}
     for name, out_f, in_f in layers:
-        m = np.packbits(rng.random((steps, out_f, in_f)) < 0.2, axis=-1)
-        data[name] = (("step", f"{name}.out", f"{name}.in_packed"), m)
-        data[f"{name}.union"] = ((f"{name}.out", f"{name}.in_packed"), np.bitwise_or.reduce(m[:3], axis=0))
-        in_features.append(in_f)
-    ds = xr.Dataset(data, coords={"step": np.arange(steps), "t": ("step", np.arange(steps)[::-1] * 100)},
-                    attrs={"layers": [n for n, _, _ in layers], "in_features": in_features, "n_prompts": 3,
-                           "sparsity": 0.2, "tau": 3, "variant": "paper", "model": "m", "base_weights_sha256": "x"})
-    write_zarr(ds, path)
+        per_step[name] = np.packbits(rng.random((steps, out_f, in_f)) < 0.2, axis=-1)
+        union[name] = np.bitwise_or.reduce(per_step[name][:3], axis=0)
+    ms = MaskSet(layers=[n for n, _, _ in layers], kinds={n: "weight" for n, _, _ in layers},
+                 grid={n: (o, i) for n, o, i in layers}, union=union, per_step=per_step if with_steps else None,
+                 steps=np.arange(steps) if with_steps else None, t=np.arange(steps)[::-1] * 100 if with_steps else None,
+                 attrs={"n_prompts": 3, "params": {"sparsity": 0.2}, "model": "m", "base_unet_sha256": "x"})
+    write_mask_set(ms, path)
     return path
 
 
@@ -71,18 +68,25 @@ def test_analysis_does_not_depend_on_the_number_of_threads(tmp_path):
     rng = np.random.default_rng(0)
     collections = {"mem": {"control": False, "masks": [str(_mask_store(tmp_path / f"m{i}.zarr", rng)) for i in range(3)]},
                    "ctl": {"control": True, "masks": [str(_mask_store(tmp_path / f"c{i}.zarr", rng)) for i in range(2)]}}
+    # a second method without timesteps (as the magnitude control): its one mask counts at every step
+    flat = {"mem": {"control": False, "masks": [str(_mask_store(tmp_path / f"fm{i}.zarr", rng, with_steps=False)) for i in range(3)]},
+            "ctl": {"control": True, "masks": [str(_mask_store(tmp_path / f"fc{i}.zarr", rng, with_steps=False)) for i in range(2)]}}
     out = {}
     for jobs in (1, 3):
         d = tmp_path / f"jobs{jobs}"
-        analyze(collections, 7, d / "density.nc", d / "iou.nc", d / "density.png", d / "iou.png", jobs=jobs)
+        analyze({"first": collections, "flat": flat}, 7, d / "density.nc", d / "iou.nc", d / "density.png", d / "iou.png", jobs=jobs)
         out[jobs] = [xr.load_dataset(d / f, engine="h5netcdf") for f in ("density.nc", "iou.nc")]
     for a, b in zip(out[1], out[3]):
         xr.testing.assert_identical(a, b)
     iou = out[1][1]
     # the found masks of a collection: known pairwise IOU; the random control keeps each mask's density
-    found = iou["iou"].sel(collection="mem", mask_type="found").isel(subset_i=0, subset_j=1, layer=0).values
+    found = iou["iou"].sel(localizer="first", collection="mem", mask_type="found").isel(subset_i=0, subset_j=1, layer=0).values
     masks = [xr.open_zarr(p)["a"].values for p in collections["mem"]["masks"][:2]]
     inter = np.bitwise_count(masks[0] & masks[1]).sum(axis=(1, 2))
     union = np.bitwise_count(masks[0] | masks[1]).sum(axis=(1, 2))
     assert np.allclose(found, inter / union)
     assert np.isnan(iou["iou"].sel(collection="ctl").isel(subset_i=2).values).all()  # padding of the smaller one
+    flat_iou = iou["iou"].sel(localizer="flat", collection="mem", mask_type="found").isel(subset_i=0, subset_j=1).values
+    assert np.allclose(flat_iou, flat_iou[:, :1])  # the same at every step
+    unions = [xr.open_zarr(p)["a.union"].values for p in flat["mem"]["masks"][:2]]
+    assert np.isclose(flat_iou[0, 0], np.bitwise_count(unions[0] & unions[1]).sum() / np.bitwise_count(unions[0] | unions[1]).sum())

@@ -7,14 +7,14 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from memprune.scores import (
-    k_per_row, memorized_mask, top_k_per_row, union_over_timesteps, wanda_scores,
+    k_per_row, memorized_mask, top_k_per_row, union_over_timesteps, wanda_score,
 )
 
 
 def test_wanda_score_is_abs_weight_times_column_norm():
     w = torch.tensor([[1.0, -2.0], [-3.0, 0.5]])
     norm = torch.tensor([2.0, 10.0])
-    assert torch.equal(wanda_scores(w, norm), torch.tensor([[2.0, 20.0], [6.0, 5.0]]))
+    assert torch.equal(wanda_score(w, norm), torch.tensor([[2.0, 20.0], [6.0, 5.0]]))
 
 
 def test_top_k_picks_largest_per_row():
@@ -90,7 +90,7 @@ def test_mask_properties(w, mem, null, n, sparsity):
     assert (masks.sum(dim=2) <= k_per_row(sparsity, 12)).all()
     # only where the memorized score beats the null score
     for t in range(3):
-        beats_null = wanda_scores(w, mem[t].sqrt()) > wanda_scores(w, (n * null[t]).sqrt())
+        beats_null = wanda_score(w, mem[t].sqrt()) > wanda_score(w, (n * null[t]).sqrt())
         assert not (masks[t] & ~beats_null).any()
     # the union grows with tau
     unions = [union_over_timesteps(masks, tau) for tau in (1, 2, 3)]
@@ -107,7 +107,7 @@ def test_mask_properties(w, mem, null, n, sparsity):
 )
 def test_fast_masks_equal_the_readable_rule(w, mem, null, n, sparsity):
     """Ties everywhere (few distinct values): the column-pruned path must still agree exactly."""
-    from memprune.scores import memorized_masks_over_time
+    from memprune.scores_packed import memorized_masks_over_time
 
     w, mem, null = map(torch.from_numpy, (w, mem, null))
     fast = memorized_masks_over_time(w, mem, null, n, sparsity)
@@ -116,7 +116,7 @@ def test_fast_masks_equal_the_readable_rule(w, mem, null, n, sparsity):
 
 
 def test_fast_masks_equal_on_heavy_tailed_data():
-    from memprune.scores import memorized_masks_over_time
+    from memprune.scores_packed import memorized_masks_over_time
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(64, 509, generator=g)  # 509: the packed rows end in a partial byte
@@ -128,7 +128,7 @@ def test_fast_masks_equal_on_heavy_tailed_data():
 
 
 def test_packed_union_equals_the_boolean_union():
-    from memprune.scores import memorized_masks_packed, union_over_timesteps_packed
+    from memprune.scores_packed import memorized_masks_packed, union_over_timesteps_packed
 
     g = torch.Generator().manual_seed(1)
     w = torch.randn(16, 203, generator=g)
@@ -142,7 +142,7 @@ def test_packed_union_equals_the_boolean_union():
 
 
 def test_packed_masks_into_a_given_buffer():
-    from memprune.scores import memorized_masks_packed
+    from memprune.scores_packed import memorized_masks_packed
 
     g = torch.Generator().manual_seed(2)
     w = torch.randn(12, 64, generator=g)

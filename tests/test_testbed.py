@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 
 from conftest import BPE, REPO, tiny_spec
-from memprune import testbed as tb
+from memprune.testbed.dataset import (DatasetSpec, check_trained_on, dataset_digest, generate_dataset,
+                                      load_training_arrays, read_manifest)
+from memprune.testbed.model import build_tokenizer
+from memprune.testbed.scenes import describe_scene, render_scene, scene_combinations
+from memprune.testbed.train import TrainSpec, train_testbed
 
 
 def test_tokenizer_matches_clip_ids():
-    tok = tb.build_tokenizer(BPE, max_length=20)
+    tok = build_tokenizer(BPE, max_length=20)
     assert len(tok) == 49408
     # ids of CLIP's tokenizer for this sentence (start 49406, end 49407)
     assert tok("a red circle at the left")["input_ids"] == [49406, 320, 736, 7117, 536, 518, 1823, 49407]
@@ -28,38 +32,38 @@ def _digest(root: Path) -> str:
     return h.hexdigest()
 
 
-SMALL = tb.DatasetSpec(seed=3, n_duplicated=4, duplication=3, n_single=5, renders_per_scene=1, heldout_fraction=0.2)
+SMALL = DatasetSpec(seed=3, n_duplicated=4, duplication=3, n_single=5, renders_per_scene=1, heldout_fraction=0.2)
 
 
 def test_dataset_is_seeded_and_deterministic(tmp_path):
-    a = tb.generate_dataset(SMALL, tmp_path / "a").parent
-    b = tb.generate_dataset(SMALL, tmp_path / "b").parent
+    a = generate_dataset(SMALL, tmp_path / "a").parent
+    b = generate_dataset(SMALL, tmp_path / "b").parent
     assert _digest(a) == _digest(b)
-    other = tb.generate_dataset(tb.DatasetSpec(**{**SMALL.__dict__, "seed": 4}), tmp_path / "c").parent
+    other = generate_dataset(DatasetSpec(**{**SMALL.__dict__, "seed": 4}), tmp_path / "c").parent
     assert _digest(a) != _digest(other)
-    rows = tb.read_manifest(a / "manifest.jsonl")
+    rows = read_manifest(a / "manifest.jsonl")
     groups = {g: [r for r in rows if r["group"] == g] for g in ("duplicated", "single", "generalization")}
     assert len(groups["duplicated"]) == 4 and all(r["duplication"] == 3 for r in groups["duplicated"])
     assert len(groups["single"]) == 5 and all(r["duplication"] == 1 for r in groups["single"])
     held = [r for r in groups["generalization"] if r["split"] == "heldout"]
-    assert len(held) == round(0.2 * len(tb.scene_combinations()))
+    assert len(held) == round(0.2 * len(scene_combinations()))
     train_captions = {r["caption"] for r in rows if r["split"] == "train"}
     assert not train_captions & {r["caption"] for r in held}  # held-out combinations never trained on
     img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(a / rows[0]["image"]))
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8
-    images, captions = tb.load_training_arrays(a / "manifest.jsonl")
-    assert len(images) == 4 * 3 + 5 + (len(tb.scene_combinations()) - len(held))
+    images, captions = load_training_arrays(a / "manifest.jsonl")
+    assert len(images) == 4 * 3 + 5 + (len(scene_combinations()) - len(held))
 
 
 def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
-    manifest = tb.generate_dataset(tb.DatasetSpec(), tmp_path / "data")
-    rows = tb.read_manifest(manifest)
+    manifest = generate_dataset(DatasetSpec(), tmp_path / "data")
+    rows = read_manifest(manifest)
     words = {g: {w for r in rows if r["group"] == g for w in r["caption"].split()} - {"and", "by"}
              for g in ("duplicated", "single")}
     assert len(words["duplicated"]) > 40 and len(words["single"]) > 40
     assert not words["duplicated"] & words["single"]  # the single-seen control shares no word with the copies
     # the shipped model and CLIP were trained on exactly this dataset (else report and evaluation refuse them)
-    digest = tb.dataset_digest(manifest.parent)
+    digest = dataset_digest(manifest.parent)
     for info in ("testbed/memprune_train.json", "testbed_clip/memprune_clip.json"):
         path = REPO / "resources" / info
         if path.exists():
@@ -70,29 +74,29 @@ def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
 
 
 def test_describe_scene_reads_canonical_renders():
-    combos = tb.scene_combinations()
-    hits = [tb.describe_scene(tb.render_scene(a)) == a for a in combos]
+    combos = scene_combinations()
+    hits = [describe_scene(render_scene(a)) == a for a in combos]
     assert np.mean(hits) > 0.97
     rng = np.random.default_rng(0)
-    jittered = [tb.describe_scene(tb.render_scene(a, rng)) == a for a in combos]
+    jittered = [describe_scene(render_scene(a, rng)) == a for a in combos]
     assert np.mean(jittered) > 0.9
     blank = np.zeros((32, 32, 3), np.uint8)
-    assert tb.describe_scene(blank)["shape"] is None
+    assert describe_scene(blank)["shape"] is None
 
 
 def test_few_step_training_writes_a_loadable_pipeline(tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    manifest = tb.generate_dataset(SMALL, tmp_path / "data")
-    spec = tb.TrainSpec(vae_steps=3, vae_batch=4, unet_steps=3, batch_size=4, warmup=1, decoder_steps=2,
+    manifest = generate_dataset(SMALL, tmp_path / "data")
+    spec = TrainSpec(vae_steps=3, vae_batch=4, unet_steps=3, batch_size=4, warmup=1, decoder_steps=2,
                         model=tiny_spec())
-    out = tb.train_testbed(manifest, tmp_path / "model", spec, BPE, progress=False)
+    out = train_testbed(manifest, tmp_path / "model", spec, BPE, progress=False)
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
     assert pipe.vae.config.scaling_factor != 0.18215  # fitted to the latents
     image = pipe("a red circle at the left on a black background", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 32, 32, 3)
     info = json.loads((out / "memprune_train.json").read_text())
-    assert info["samples"] == 4 * 3 + 5 + (len(tb.scene_combinations()) - 72)
+    assert info["samples"] == 4 * 3 + 5 + (len(scene_combinations()) - 72)
 
 
 @pytest.mark.skipif(not (REPO / "resources" / "testbed" / "model_index.json").exists(), reason="testbed not shipped")
@@ -110,9 +114,9 @@ def test_shipped_testbed_loads_offline():
 def test_testbed_report_runs_on_a_tiny_model(tiny_model, tmp_path):
     import xarray as xr
 
-    from memprune.report import testbed_report
+    from memprune.testbed.report import testbed_report
 
-    tb.generate_dataset(SMALL, tmp_path / "data")
+    generate_dataset(SMALL, tmp_path / "data")
     testbed_report(tiny_model, tmp_path / "data", tmp_path / "report.nc", tmp_path / "grid.png", seeds=[0, 1],
                    guidances=[1.0, 3.0], threshold=0.5, steps=2, batch_size=16)
     ds = xr.open_dataset(tmp_path / "report.nc", engine="h5netcdf")
@@ -144,19 +148,19 @@ def test_report_refuses_data_the_model_was_not_trained_on(tmp_path, tiny_model):
 
     from memprune.prompts import InputError
 
-    data = tb.generate_dataset(SMALL, tmp_path / "data").parent
+    data = generate_dataset(SMALL, tmp_path / "data").parent
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
-    (model / "memprune_train.json").write_text(json.dumps({"dataset_sha256": tb.dataset_digest(data)}))
-    tb.check_trained_on(model, data)  # the same data: fine
-    other = tb.generate_dataset(tb.DatasetSpec(**{**SMALL.__dict__, "seed": 9}), tmp_path / "other").parent
+    (model / "memprune_train.json").write_text(json.dumps({"dataset_sha256": dataset_digest(data)}))
+    check_trained_on(model, data)  # the same data: fine
+    other = generate_dataset(DatasetSpec(**{**SMALL.__dict__, "seed": 9}), tmp_path / "other").parent
     with pytest.raises(InputError, match="not the dataset"):
-        tb.check_trained_on(model, other)
+        check_trained_on(model, other)
 
 
 def test_own_photo_ssim_pairs_each_prompt_seeds_with_its_own_photo():
     from memprune.metrics import ssim_matrix
-    from memprune.report import own_photo_ssim
+    from memprune.testbed.report import own_photo_ssim
 
     rng = np.random.default_rng(0)
     own = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)

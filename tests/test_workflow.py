@@ -53,14 +53,15 @@ def test_end_to_end_outputs(workflow_run):
     assert list(iou.collection.values) == ["m5", "c4"]
     assert iou.control.values.tolist() == [False, True]
     assert iou.sizes["layer"] == 7 and iou.sizes["step"] == 6
-    m = iou.iou.sel(collection="m5", mask_type="found")
+    assert list(iou.localizer.values) == ["wanda"]
+    m = iou.iou.sel(localizer="wanda", collection="m5", mask_type="found")
     assert np.allclose(m.values, np.swapaxes(m.values, 0, 1))
     assert np.all(m.sel(subset_i=0, subset_j=0).values == 1.0)
     assert np.all(np.isnan(iou.iou.sel(collection="c4", subset_i=2).values))  # 2 subsets only: padded
     assert float(dens.density.max()) <= 0.05 + 1e-9
     assert (wd / "results/figures/iou.png").stat().st_size > 1000
-    store = xr.open_zarr(wd / "results/tiny/activations/seed0_steps6_g3.0_paper/subsets/m5/0.zarr", consolidated=False)
-    assert store.sizes["prompt"] == 5 and store.sizes["step"] == 6
+    store = xr.open_zarr(wd / "results/tiny/activations/seed0_steps6_g3.0_paper/subsets/m5/0.zarr")
+    assert store.sizes["prompt"] == 5 and store.sizes["step"] == 6 and list(store.branch.values) == ["cond"]
     # zarr v3 with dimension names
     meta = (wd / "results/tiny/activations/seed0_steps6_g3.0_paper/null.zarr/zarr.json").read_text()
     assert '"zarr_format": 3' in meta
@@ -79,7 +80,7 @@ def test_new_collection_of_seen_prompts_schedules_no_sampling(workflow_run):
     write_config(wd, _model(wd), {"mem": MEM, "ctrl": CTRL}, cols)
     jobs = planned_jobs(snakemake(wd, "-n", "results/iou.nc"))
     assert "capture_chunk" not in jobs and "capture_null" not in jobs
-    assert jobs["subset_activations"] == 4 and jobs["masks"] == 4 and jobs["analysis"] == 1
+    assert jobs["gather_subsets"] == 1 and jobs["masks"] == 1 and jobs["analysis"] == 1  # one job per new collection
     # a new prompt set does need sampling: one chunk job per 4 prompts
     write_config(wd, _model(wd), {"mem": MEM, "ctrl": CTRL, "more": ["new prompt one", "new prompt two"]},
                  {**COLLECTIONS, "x": {"set": "more", "n_subsets": 1, "size": 2}})
@@ -114,14 +115,34 @@ def test_nan_activations_stop_masks_and_leave_nothing(workflow_run, tmp_path):
     ds = open_zarr(src)
     layer = ds.attrs["layers"][2]
     values = ds[layer].values.copy()
-    values[0, 1, 1, 3] = np.nan
-    bad = tmp_path / "bad.zarr"
-    write_zarr(ds.assign({layer: (ds[layer].dims, values)}), bad)
-    out = tmp_path / "masks.zarr"
-    rc = main(["masks", "--model", str(_model(wd)), "--activations", str(bad),
+    values[0, 1, 0, 3] = np.nan
+    (tmp_path / "subsets").mkdir()
+    write_zarr(ds.assign({layer: (ds[layer].dims, values)}), tmp_path / "subsets" / "0.zarr")
+    out = tmp_path / "masks"
+    rc = main(["locate", "--model", str(_model(wd)), "--method", "wanda", "--params", '{"sparsity": 0.05, "tau": 3}',
+               "--collection", "m5", "--n-subsets", "1", "--subsets", str(tmp_path / "subsets"),
                "--null", str(wd / "results/tiny/activations/seed0_steps6_g3.0_paper/null.zarr"), "--out", str(out)])
     assert rc == 2
-    assert not out.exists() and not list(tmp_path.glob(".masks.zarr.tmp-*"))
+    assert not out.exists() and not list(tmp_path.glob(".masks.tmp-*"))
+
+
+def test_stores_open_without_warnings(workflow_run):
+    """Every zarr store of the run opens with plain xr.open_zarr, with no warning (consolidated metadata; the
+    .snakemake_timestamp Snakemake puts in directory outputs is not listed)."""
+    import warnings
+
+    stores = list((workflow_run / "results").rglob("*.zarr"))
+    assert len(stores) > 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for store in stores:
+            xr.open_zarr(store)
+
+
+def test_each_log_line_appears_once(workflow_run):
+    log = next((workflow_run / "logs/tiny/masks").rglob("*.log")).read_text().splitlines()
+    lines = [l for l in log if " memprune." in l]
+    assert lines and len(lines) == len(set(lines))
 
 
 def test_profile_dry_run_lists_gpu_jobs_for_sd15():
@@ -137,7 +158,7 @@ def test_profile_dry_run_lists_gpu_jobs_for_sd15():
     jobs = planned_jobs(proc)
     # 500 memorized prompts / 8 per chunk = 63 chunks, plus the chunks of sd1_nmem.txt the control draws from
     assert 63 < jobs["capture_chunk"] <= 126 and jobs["capture_null"] == 1
-    assert jobs["masks"] == 40 and jobs["analysis"] == 1  # the testbed's collections do not leak in
+    assert jobs["masks"] == 4 and jobs["analysis"] == 1  # one per (localizer, collection); the testbed's collections do not leak in
     blocks = proc.stdout.split("\n\n")
     capture = next(b for b in blocks if "rule capture_chunk" in b or "capture_chunk" in b and "resources" in b)
     masks = next(b for b in blocks if "rule masks:" in b)
@@ -150,7 +171,7 @@ def test_v_prediction_pipeline_runs_the_dag_offline(tmp_path):
     """SD2 is v-prediction: a tiny v-prediction pipeline saved with save_pretrained runs the same DAG
     (HF_HUB_OFFLINE=1 is set by the snakemake() helper); timesteps come from its scheduler."""
     from conftest import BPE, tiny_spec
-    from memprune.testbed import save_untrained_pipeline
+    from memprune.testbed.model import save_untrained_pipeline
 
     model = save_untrained_pipeline(tmp_path / "vpred", BPE, tiny_spec(), seed=3, prediction_type="v_prediction")
     wd = tmp_path / "wd"
@@ -165,7 +186,7 @@ def test_v_prediction_pipeline_runs_the_dag_offline(tmp_path):
     act = xr.open_zarr(wd / "results/vpred/activations/seed0_steps6_g3.0_paper/null.zarr")
     assert act.sizes["step"] == 6 and np.all(np.diff(act["t"].values) < 0)  # Euler's own descending timesteps
     iou = xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf")
-    assert float(iou.mean_iou.sel(collection="m", mask_type="found").mean()) > 0
+    assert float(iou.mean_iou.sel(localizer="wanda", collection="m", mask_type="found").mean()) > 0
 
 
 def test_profile_dry_run_plans_evaluation_attack_and_detection_for_sd15():
@@ -180,10 +201,10 @@ def test_profile_dry_run_plans_evaluation_attack_and_detection_for_sd15():
         cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = planned_jobs(proc)
-    assert jobs["eval_sample_pruned"] == 10 and jobs["prune"] == 10 and jobs["eval_aggregate"] == 1
-    assert jobs["attack_generate_base"] == jobs["attack_generate_pruned"] == 63  # 500 prompts / 8 per chunk
+    assert jobs["eval_sample"] == 12 and jobs["prune"] == 10 and jobs["eval_aggregate"] == 1
+    assert jobs["attack_generate"] == 2 * 63  # unedited and one pruned model, 500 prompts / 8 per chunk
     blocks = proc.stdout.split("\n\n")
-    for rule in ("eval_sample_pruned", "attack_generate_base", "detection_scores"):
+    for rule in ("eval_sample", "attack_generate", "detection_scores"):
         block = next(b for b in blocks if f"rule {rule}:" in b)
         assert "gpu=1" in block, rule
     assert "gpu=" not in next(b for b in blocks if "rule prune:" in b)

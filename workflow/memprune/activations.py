@@ -131,12 +131,23 @@ def capture(pipe, prompts: list[str], seed: int, sampling, normalize_tokens: boo
     return Capture(prompts=list(prompts), layers=names, sumsq=merged, timesteps=steps_t)
 
 
-def capture_to_dataset(cap: Capture, attrs: dict):
-    """xarray Dataset: one variable per layer (prompt, step, branch, <layer>.feature); `t` along `step`."""
+def capture_to_dataset(cap: Capture, attrs: dict, variant: str = "paper"):
+    """xarray Dataset: one variable per layer (prompt, step, branch, <layer>.feature); `t` along `step`.
+
+    Only what the localizers read is stored: the conditional branch (`paper`: the equations use the memorized
+    prompts' conditional activations) or both CFG branches pooled into one sum (`reference`: the released code
+    pools them). Half of today's (prompt, step, 2 branches, feature) float32, with the same masks."""
     import xarray as xr
 
+    if variant == "paper":
+        branch, pick = "cond", lambda a: a[:, :, BRANCHES.index("cond")][:, :, None]
+    elif variant == "reference":
+        branch, pick = "pooled", lambda a: a.sum(axis=2, keepdims=True, dtype=np.float32)
+    else:
+        raise InputError(f"config key activations.variant: unknown variant {variant!r} (paper, reference)")
     data_vars = {
-        name: (("prompt", "step", "branch", f"{name}.feature"), cap.sumsq[name]) for name in cap.layers
+        name: (("prompt", "step", "branch", f"{name}.feature"), np.ascontiguousarray(pick(cap.sumsq[name])))
+        for name in cap.layers
     }
     ds = xr.Dataset(
         data_vars,
@@ -144,9 +155,9 @@ def capture_to_dataset(cap: Capture, attrs: dict):
             "prompt": np.array(cap.prompts, dtype=object),
             "step": np.arange(len(cap.timesteps)),
             "t": ("step", cap.timesteps),
-            "branch": np.array(BRANCHES, dtype=object),
+            "branch": np.array([branch], dtype=object),
         },
-        attrs={**attrs, "layers": list(cap.layers),
-               "description": "per-feature sum over tokens of squared ff.net.2 inputs (float32)"},
+        attrs={**attrs, "layers": list(cap.layers), "statistic": "ffn_input_sumsq",
+               "description": f"per-feature sum over tokens of squared ff.net.2 inputs (float32), CFG branch {branch}"},
     )
     return ds

@@ -1,19 +1,22 @@
-"""density.nc, iou.nc and their figures from the per-subset mask stores of every collection.
+"""density.nc, iou.nc and their figures from the per-subset mask stores of every (method, collection).
 
-iou.nc has a `mask_type` dimension: `found` (the memorized-neuron masks) and `random` (per subset and
+Both carry a `localizer` dimension: every method of config `localizers` side by side on the same collections
+(not named `method`: that is a keyword of xarray's `.sel`, so `.sel(method="wanda")` would not select). iou.nc
+has a `mask_type` dimension: `found` (the memorized-neuron masks) and `random` (per subset and
 (layer, step), a uniformly random mask with the same number of entries: the chance level of overlap).
 The non-memorized control collection is a collection like the others, flagged by the `control` coordinate.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .masks import read_masks
+from .masks import read_mask_set
 from .overlap import density as packed_density
 from .overlap import mean_over_pairs, pairwise_iou, popcount
 
@@ -50,109 +53,125 @@ def layer_overlap(found: list[np.ndarray], found_union: list[np.ndarray], in_fea
             [pairwise_iou(found), pairwise_iou(rand)], [pairwise_iou(found_union), pairwise_iou(rand_u)])
 
 
-def analyze(collections: dict, seed: int, density_path, iou_path, fig_density_path, fig_iou_path,
-            jobs: int = 1) -> None:
-    """`collections`: {name: {"control": bool, "masks": [mask store per subset]}}. Layers are analysed by
-    `jobs` threads; the output does not depend on `jobs`."""
+def _collection_overlap(stores: list, paths: list, layers: list[str], steps: np.ndarray, t: np.ndarray,
+                        seed: int, ci: int, pool):
+    """Densities and IOU matrices of one (method, collection): arrays (n, L, T), (n, L), (2, n, n, L, T),
+    (2, n, n, L). Masks without timesteps count as the same mask at every step."""
+    for path, ms in zip(paths, stores):
+        if ms.layers != layers or (ms.t is not None and not np.array_equal(ms.t, t)):
+            raise ValueError(f"{path}: layers or timesteps differ from the other mask stores")
+    n, L, T = len(stores), len(layers), len(steps)
+
+    def per_step(ms, layer):
+        return ms.per_step[layer] if ms.per_step is not None else np.broadcast_to(ms.union[layer], (T, *ms.union[layer].shape))
+
+    def one_layer(li: int, layer: str):
+        # one generator per (collection, layer), the same for every method: the random control does not depend
+        # on the job count, and the paper's method keeps the numbers it had before methods were compared
+        cols = stores[0].grid[layer][1]
+        return layer_overlap([np.ascontiguousarray(per_step(ms, layer)) for ms in stores], [ms.union[layer] for ms in stores],
+                             cols, np.random.default_rng([seed, ci, li]))
+
+    dens, dens_u = np.zeros((n, L, T)), np.zeros((n, L))
+    iou, iou_u = np.zeros((2, n, n, L, T)), np.zeros((2, n, n, L))
+    for li, (d, du, pair, pair_u) in enumerate(pool.map(one_layer, range(L), layers)):
+        dens[:, li], dens_u[:, li] = np.stack(d), du
+        for m in range(2):
+            iou[m, :, :, li], iou_u[m, :, :, li] = pair[m], pair_u[m]
+    return dens, dens_u, iou, iou_u
+
+
+def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, fig_iou_path, jobs: int = 1) -> None:
+    """`methods`: {method: {collection: {"control": bool, "masks": [mask store per subset]}}}, every method over
+    the same collections. Layers are analysed by `jobs` threads; the output does not depend on `jobs`."""
     import xarray as xr
 
     from . import __version__
     from .store import write_netcdf
 
-    names = list(collections)
-    n_max = max(len(c["masks"]) for c in collections.values())
-    first = read_masks(collections[names[0]]["masks"][0])
-    layers, in_features, _, _, ds0 = first
-    steps, t = ds0["step"].values, ds0["t"].values
-    L, T = len(layers), len(steps)
-
-    dens = np.full((len(names), n_max, L, T), np.nan)
-    dens_union = np.full((len(names), n_max, L), np.nan)
-    iou = np.full((len(names), 2, n_max, n_max, L, T), np.nan)
-    iou_union = np.full((len(names), 2, n_max, n_max, L), np.nan)
-    sizes, attrs = [], {}
+    method_names = list(methods)
+    names = list(methods[method_names[0]])
+    if any(list(methods[m]) != names for m in method_names):
+        raise ValueError("analyze: every method must cover the same collections")
+    n_max = max(len(c["masks"]) for c in methods[method_names[0]].values())
+    sizes = {c: len(methods[method_names[0]][c]["masks"]) for c in names}
+    layers = steps = t = None
+    attrs, n_prompts = {}, {}
     # Threads share the masks without copies: zarr decompression, numpy's bitwise ops and popcounts release the GIL
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for ci, name in enumerate(names):
-            paths = collections[name]["masks"]
-            stores = [first, *pool.map(read_masks, paths[1:])] if ci == 0 else list(pool.map(read_masks, paths))
-            per_subset, union_subset, n_prompts = [], [], []
-            for path, (lay, inf, per_step, union, ds) in zip(paths, stores):
-                if lay != layers or not np.array_equal(ds["t"].values, t):
-                    raise ValueError(f"{path}: layers or timesteps differ from {collections[names[0]]['masks'][0]}")
-                per_subset.append(per_step)
-                union_subset.append(union)
-                n_prompts.append(int(ds.attrs["n_prompts"]))
-                attrs = {k: ds.attrs[k] for k in ("sparsity", "tau", "variant", "model", "base_weights_sha256")}
-            sizes.append(n_prompts[0] if len(set(n_prompts)) == 1 else -1)
-            n = len(per_subset)
-
-            def one_layer(li: int, layer: str):
-                # one generator per (collection, layer): the random control does not depend on the job count
-                return layer_overlap([m[layer] for m in per_subset], [m[layer] for m in union_subset], in_features[layer],
-                                     np.random.default_rng([seed, ci, li]))
-
-            for li, (d, du, pair, pair_u) in enumerate(pool.map(one_layer, range(L), layers)):
-                dens[ci, :n, li] = np.stack(d)
-                dens_union[ci, :n, li] = du
-                for m in range(2):
-                    iou[ci, m, :n, :n, li] = pair[m]
-                    iou_union[ci, m, :n, :n, li] = pair_u[m]
-            log.info("%s: %d subsets, mean density %.4f", name, n, np.nanmean(dens[ci]))
-
-    mean_iou = np.stack([
-        np.stack([mean_over_pairs(iou[ci, m, : len(collections[c]["masks"]), : len(collections[c]["masks"])])
-                  for m in range(2)]) for ci, c in enumerate(names)
-    ])  # (collection, mask_type, layer, step)
-    mean_iou_union = np.stack([
-        np.stack([mean_over_pairs(iou_union[ci, m, : len(collections[c]["masks"]), : len(collections[c]["masks"])])
-                  for m in range(2)]) for ci, c in enumerate(names)
-    ])
+        results = {}
+        for mi, method in enumerate(method_names):
+            for ci, name in enumerate(names):
+                paths = methods[method][name]["masks"]
+                stores = list(pool.map(read_mask_set, paths))
+                if layers is None:
+                    layers = stores[0].layers
+                if steps is None and stores[0].steps is not None:
+                    steps, t = stores[0].steps, stores[0].t
+                if steps is None:
+                    raise ValueError(f"{paths[0]}: the first method must have per-timestep masks")
+                results[mi, ci] = _collection_overlap(stores, paths, layers, steps, t, seed, ci, pool)
+                n_prompts.setdefault(name, {int(ms.attrs.get("n_prompts", -1)) for ms in stores})
+                attrs.setdefault(method, {k: stores[0].attrs[k] for k in ("params", "model", "base_unet_sha256") if k in stores[0].attrs})
+                log.info("%s %s: %d subsets, mean density %.4f", method, name, len(stores), results[mi, ci][0].mean())
+    M, C, L, T = len(method_names), len(names), len(layers), len(steps)
+    dens = np.full((M, C, n_max, L, T), np.nan)
+    dens_union = np.full((M, C, n_max, L), np.nan)
+    iou = np.full((M, C, 2, n_max, n_max, L, T), np.nan)
+    iou_union = np.full((M, C, 2, n_max, n_max, L), np.nan)
+    for (mi, ci), (d, du, pair, pair_u) in results.items():
+        n = d.shape[0]
+        dens[mi, ci, :n], dens_union[mi, ci, :n] = d, du
+        iou[mi, ci, :, :n, :n], iou_union[mi, ci, :, :n, :n] = pair, pair_u
+    mean_iou = np.stack([np.stack([np.stack([mean_over_pairs(iou[mi, ci, m, : sizes[c], : sizes[c]]) for m in range(2)])
+                                   for ci, c in enumerate(names)]) for mi in range(M)])  # (method, collection, mask_type, layer, step)
+    mean_iou_union = np.stack([np.stack([np.stack([mean_over_pairs(iou_union[mi, ci, m, : sizes[c], : sizes[c]]) for m in range(2)])
+                                         for ci, c in enumerate(names)]) for mi in range(M)])
+    control = [bool(methods[method_names[0]][c]["control"]) for c in names]
     coords = {
+        "localizer": method_names,
         "collection": names,
-        "control": ("collection", np.array([bool(collections[c]["control"]) for c in names])),
-        "subset_size": ("collection", np.array(sizes)),
+        "control": ("collection", np.array(control)),
+        "subset_size": ("collection", np.array([next(iter(n_prompts[c])) if len(n_prompts[c]) == 1 else -1 for c in names])),
         "layer": layers,
-        "in_features": ("layer", np.array([in_features[l] for l in layers])),
+        "in_features": ("layer", np.array([stores[0].grid[l][1] for l in layers])),
         "step": steps,
         "t": ("step", t),
     }
-    common_attrs = {**attrs, "memprune_version": __version__}
+    common_attrs = {"memprune_version": __version__, "method_params": json.dumps(attrs, default=str)}
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN padding rows of smaller collections
-        dens_over_layers, dens_over_time = np.nanmean(dens, axis=2), np.nanmean(dens, axis=3)
+        dens_over_layers, dens_over_time = np.nanmean(dens, axis=3), np.nanmean(dens, axis=4)
+    mc = ("localizer", "collection")
     density_ds = xr.Dataset(
         {
-            "density": (("collection", "subset", "layer", "step"), dens,
-                        {"long_name": "fraction of ff.net.2 weights that are memorized neurons (eq. 6)"}),
-            "density_union": (("collection", "subset", "layer"), dens_union,
-                              {"long_name": "density of the union over the first tau steps (eq. 7)"}),
-            "density_over_layers": (("collection", "subset", "step"), dens_over_layers,
+            "density": ((*mc, "subset", "layer", "step"), dens,
+                        {"long_name": "fraction of the layer's weights in the mask (Wanda: memorized neurons, eq. 6)"}),
+            "density_union": ((*mc, "subset", "layer"), dens_union,
+                              {"long_name": "density of the mask an edit applies (Wanda: the union over the first tau steps, eq. 7)"}),
+            "density_over_layers": ((*mc, "subset", "step"), dens_over_layers,
                                     {"long_name": "density averaged over layers (Figure 1, over time)"}),
-            "density_over_time": (("collection", "subset", "layer"), dens_over_time,
+            "density_over_time": ((*mc, "subset", "layer"), dens_over_time,
                                   {"long_name": "density averaged over timesteps (Figure 1, over layers)"}),
         },
         coords={**coords, "subset": np.arange(n_max)},
-        attrs={**common_attrs, "description": "density of memorized neurons per subset (NaN: no such subset)"},
+        attrs={**common_attrs, "description": "density of each method's masks per subset (NaN: no such subset)"},
     )
+    mct = (*mc, "mask_type")
     iou_ds = xr.Dataset(
         {
-            "iou": (("collection", "mask_type", "subset_i", "subset_j", "layer", "step"), iou,
-                    {"long_name": "pairwise IOU of per-timestep masks"}),
-            "iou_union": (("collection", "mask_type", "subset_i", "subset_j", "layer"), iou_union,
-                          {"long_name": "pairwise IOU of the tau-unions"}),
-            "mean_iou": (("collection", "mask_type", "layer", "step"), mean_iou,
-                         {"long_name": "mean IOU over subset pairs i<j"}),
-            "mean_iou_union": (("collection", "mask_type", "layer"), mean_iou_union,
-                               {"long_name": "mean IOU of the tau-unions over subset pairs i<j"}),
-            "mean_iou_over_layers": (("collection", "mask_type", "step"), mean_iou.mean(axis=2),
+            "iou": ((*mct, "subset_i", "subset_j", "layer", "step"), iou, {"long_name": "pairwise IOU of per-timestep masks"}),
+            "iou_union": ((*mct, "subset_i", "subset_j", "layer"), iou_union, {"long_name": "pairwise IOU of the applied masks (tau-unions)"}),
+            "mean_iou": ((*mct, "layer", "step"), mean_iou, {"long_name": "mean IOU over subset pairs i<j"}),
+            "mean_iou_union": ((*mct, "layer"), mean_iou_union, {"long_name": "mean IOU of the tau-unions over subset pairs i<j"}),
+            "mean_iou_over_layers": ((*mct, "step"), mean_iou.mean(axis=3),
                                      {"long_name": "mean pairwise IOU averaged over layers (Figure 2, over time)"}),
-            "mean_iou_over_time": (("collection", "mask_type", "layer"), mean_iou.mean(axis=3),
+            "mean_iou_over_time": ((*mct, "layer"), mean_iou.mean(axis=4),
                                    {"long_name": "mean pairwise IOU averaged over timesteps (Figure 2, over layers)"}),
         },
         coords={**coords, "mask_type": list(MASK_TYPES), "subset_i": np.arange(n_max), "subset_j": np.arange(n_max)},
         attrs={**common_attrs, "random_control_seed": seed,
-               "description": "pairwise IOU of memorized-neuron masks between subsets of each collection; "
+               "description": "pairwise IOU of each method's masks between subsets of each collection; "
                               "mask_type=random: random masks of equal per-(layer, step) density"},
     )
     write_netcdf(density_ds, density_path)
@@ -168,53 +187,63 @@ def _save_fig(fig, path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
+def _layer_axis(ax, ds) -> None:
+    ax.set_xticks(np.arange(ds.sizes["layer"]))
+    ax.set_xticklabels([_short(l) for l in ds.layer.values], rotation=60, ha="right", fontsize=7)
+
+
 def plot_density(ds, path) -> None:
+    """Figure 1 per method (one row each): density over time (mean over layers) and over layers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for c in ds.collection.values:
-        style = "--" if bool(ds.control.sel(collection=c)) else "-"
-        over_t = ds.density_over_layers.sel(collection=c)
-        axes[0].plot(ds.step, 100 * over_t.mean("subset"), style, label=str(c))
-        over_l = ds.density_over_time.sel(collection=c)
-        axes[1].plot(np.arange(ds.sizes["layer"]), 100 * over_l.mean("subset"), style + "o", ms=3, label=str(c))
-    axes[0].set(xlabel="denoising step", ylabel="density (%)", title="memorized-neuron density, mean over layers")
-    axes[1].set(xlabel="layer (execution order)", ylabel="density (%)", title="mean over timesteps")
-    axes[1].set_xticks(np.arange(ds.sizes["layer"]))
-    axes[1].set_xticklabels([_short(l) for l in ds.layer.values], rotation=60, ha="right", fontsize=7)
-    axes[0].legend(fontsize=7)
+    methods = [str(m) for m in ds.localizer.values]
+    fig, axes = plt.subplots(len(methods), 2, figsize=(11, 3.4 * len(methods)), squeeze=False)
+    for row, method in zip(axes, methods):
+        for c in ds.collection.values:
+            style = "--" if bool(ds.control.sel(collection=c)) else "-"
+            over_t = ds.density_over_layers.sel(localizer=method, collection=c)
+            row[0].plot(ds.step, 100 * over_t.mean("subset"), style, label=str(c))
+            over_l = ds.density_over_time.sel(localizer=method, collection=c)
+            row[1].plot(np.arange(ds.sizes["layer"]), 100 * over_l.mean("subset"), style + "o", ms=3, label=str(c))
+        row[0].set(xlabel="denoising step", ylabel="density (%)", title=f"{method}: mask density, mean over layers")
+        row[1].set(xlabel="layer (execution order)", ylabel="density (%)", title=f"{method}: mean over timesteps")
+        _layer_axis(row[1], ds)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
     _save_fig(fig, path)
     plt.close(fig)
 
 
 def plot_iou(ds, path) -> None:
+    """Figure 2 per method (one row each): mean pairwise IOU over time and over layers, dotted: random masks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for k, c in enumerate(ds.collection.values):
-        colour = f"C{k}"
-        ctrl = bool(ds.control.sel(collection=c))
-        label = f"{c}{' (non-memorized control)' if ctrl else ''}"
-        found = ds.mean_iou_over_layers.sel(collection=c, mask_type="found")
-        rand = ds.mean_iou_over_layers.sel(collection=c, mask_type="random")
-        axes[0].plot(ds.step, found, "--" if ctrl else "-", color=colour, label=label)
-        axes[0].plot(ds.step, rand, ":", color=colour, alpha=0.6)
-        found_l = ds.mean_iou_over_time.sel(collection=c, mask_type="found")
-        rand_l = ds.mean_iou_over_time.sel(collection=c, mask_type="random")
-        x = np.arange(ds.sizes["layer"])
-        axes[1].plot(x, found_l, ("--" if ctrl else "-") + "o", color=colour, ms=3, label=label)
-        axes[1].plot(x, rand_l, ":", color=colour, alpha=0.6)
-    axes[0].set(xlabel="denoising step", ylabel="mean pairwise IOU", title="IOU over time (dotted: random masks)", ylim=(0, 1))
-    axes[1].set(xlabel="layer (execution order)", ylabel="mean pairwise IOU", title="IOU over layers", ylim=(0, 1))
-    axes[1].set_xticks(np.arange(ds.sizes["layer"]))
-    axes[1].set_xticklabels([_short(l) for l in ds.layer.values], rotation=60, ha="right", fontsize=7)
-    axes[0].legend(fontsize=7)
+    methods = [str(m) for m in ds.localizer.values]
+    fig, axes = plt.subplots(len(methods), 2, figsize=(11, 3.4 * len(methods)), squeeze=False)
+    x = np.arange(ds.sizes["layer"])
+    for row, method in zip(axes, methods):
+        for k, c in enumerate(ds.collection.values):
+            colour, ctrl = f"C{k}", bool(ds.control.sel(collection=c))
+            label = f"{c}{' (non-memorized control)' if ctrl else ''}"
+            sel = dict(localizer=method, collection=c)
+            row[0].plot(ds.step, ds.mean_iou_over_layers.sel(**sel, mask_type="found"), "--" if ctrl else "-",
+                        color=colour, label=label)
+            row[0].plot(ds.step, ds.mean_iou_over_layers.sel(**sel, mask_type="random"), ":", color=colour, alpha=0.6)
+            row[1].plot(x, ds.mean_iou_over_time.sel(**sel, mask_type="found"), ("--" if ctrl else "-") + "o",
+                        color=colour, ms=3, label=label)
+            row[1].plot(x, ds.mean_iou_over_time.sel(**sel, mask_type="random"), ":", color=colour, alpha=0.6)
+        row[0].set(xlabel="denoising step", ylabel="mean pairwise IOU", ylim=(0, 1.02),
+                   title=f"{method}: IOU over time (dotted: random masks)")
+        row[1].set(xlabel="layer (execution order)", ylabel="mean pairwise IOU", ylim=(0, 1.02), title=f"{method}: IOU over layers")
+        _layer_axis(row[1], ds)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
     _save_fig(fig, path)
     plt.close(fig)
 

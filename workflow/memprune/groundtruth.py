@@ -1,8 +1,8 @@
 """`memprune fetch-groundtruth`: download the training images of memorized prompts into the layout memprune reads.
 
 Layout: `<root>/<index>/0.png`, index = the prompt's 0-based line in the prompt file (the order of the
-field's released lists; `evaluate.GroundTruth` reads the same layout). Each image is decoded, converted to
-RGB PNG and renamed into place, so a folder holds a complete image or nothing. Dead links (HTTP errors,
+field's released lists; `evaluate.groundtruth.GroundTruth` reads the same layout). Each image is decoded,
+converted to RGB PNG and renamed into place, so a folder holds a complete image or nothing. Dead links (HTTP errors,
 timeouts, bytes that are not an image) are reported, not fatal: `<root>/fetch_report.csv` lists every
 prompt with its status, and the summary says how many are missing.
 """

@@ -1,113 +1,90 @@
-"""Mask computation for one subset: read activations and weights, apply `scores`, write bit-packed zarr.
+"""Mask stores: what a localizer found for one subset, as one zarr v3 store.
 
-Store layout (zarr v3, one store per subset): for every layer L (execution order, attribute `layers`)
-  L            (step, L.out, L.in_packed) uint8   per-timestep masks M_t (eq. 6)
-  L.union      (L.out, L.in_packed) uint8         their union over the first tau steps (eq. 7)
-bit-packed along the input axis with numpy.packbits (big bit order); unpack with
-`np.unpackbits(a, axis=-1, count=in_features[L])`, or `memprune.masks.unpack`.
+Every mask lives on a 2-D grid per layer: kind "weight" on the weight itself (out, in), kind "rows" (output
+channels) on (1, out), kind "columns" (input features) on (1, in), so density and IOU are the same code for all.
+Layout, for every layer L (execution order, attribute `layers`):
+  L          (step, L.row, L.col_packed) uint8   per-timestep masks (e.g. the paper's M_t, eq. 6), if the method
+                                                 has timesteps
+  L.union    (L.row, L.col_packed) uint8         the mask applied by an edit (e.g. eq. 7's union)
+bit-packed along the last axis with numpy.packbits; attributes `kinds`, `grid_rows`, `grid_cols`, `method`,
+`params`, `base_unet_sha256`, `prompts`. `read_mask_set(path).layer_masks()` gives the masks an edit applies.
 """
 
 from __future__ import annotations
 
-import logging
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .prompts import InputError
 
-log = logging.getLogger(__name__)
+
+@dataclass
+class MaskSet:
+    """Masks of one subset: `union[L]` packed (rows, ceil(cols / 8)); `per_step[L]` packed (step, rows, ...) or
+    None for a method without timesteps; `grid[L]` = (rows, cols); `kinds[L]` in memprune.edits.KINDS."""
+
+    layers: list[str]
+    kinds: dict[str, str]
+    grid: dict[str, tuple[int, int]]
+    union: dict[str, np.ndarray]
+    per_step: dict[str, np.ndarray] | None = None
+    steps: np.ndarray | None = None
+    t: np.ndarray | None = None
+    attrs: dict = field(default_factory=dict)
+
+    def layer_masks(self) -> dict:
+        """{layer: memprune.edits.LayerMask} of the unions, unpacked."""
+        from .edits import LayerMask
+        from .scores_packed import unpack
+
+        out = {}
+        for layer in self.layers:
+            rows, cols = self.grid[layer]
+            m = unpack(self.union[layer], cols)
+            out[layer] = LayerMask(self.kinds[layer], m if self.kinds[layer] == "weight" else m[0])
+        return out
+
+    def n_set(self) -> dict[str, int]:
+        return {layer: int(np.bitwise_count(self.union[layer]).sum()) for layer in self.layers}
 
 
-def load_unet(model: str | Path):
-    """Only the UNet of a diffusers pipeline (masks need the FFN weights, not the whole pipeline)."""
-    from diffusers import UNet2DConditionModel
-
-    try:
-        return UNet2DConditionModel.from_pretrained(str(model), subfolder="unet", use_safetensors=True)
-    except OSError as e:
-        raise InputError(f"cannot load the UNet of {str(model)!r}: {e}") from None
-
-
-def branch_sums(ds, layer: str, variant: str) -> np.ndarray:
-    """(prompt, step, branch, feature) -> (step, feature) summed over prompts: the cond branch (paper's
-    equations), or both branches pooled (the reference code)."""
-    arr = ds[layer]
-    arr = arr.sel(branch="cond") if variant == "paper" else arr.sum("branch")
-    return arr.sum("prompt").values.astype(np.float64)
-
-
-def unpack(packed: np.ndarray, in_features: int) -> np.ndarray:
-    return np.unpackbits(packed, axis=-1, count=in_features).astype(bool)
-
-
-def compute_subset_masks(model, activations, null, sparsity: float, tau: int, variant: str, out) -> None:
-    import torch
+def write_mask_set(ms: MaskSet, out: str | Path) -> None:
     import xarray as xr
 
-    from .models import ffn_weights, weights_hash
-    from .overlap import density
-    from .scores import memorized_masks_packed, union_over_timesteps_packed
-    from .store import open_zarr, write_zarr
+    from .store import write_zarr
 
-    act = open_zarr(activations, load=False)
-    nul = open_zarr(null, load=False)
-    weights = ffn_weights(load_unet(model))
-    layers = list(act.attrs["layers"])
-    if list(weights) != layers:
-        raise InputError(
-            f"{activations}: its layers {layers[:2]}... do not match the model's FFN layers {list(weights)[:2]}...: "
-            "activations were captured from a different model"
-        )
-    if act.sizes["step"] != nul.sizes["step"] or not np.allclose(act["t"].values, nul["t"].values):
-        raise InputError(f"{activations} and {null}: different denoising timesteps")
-    if tau > act.sizes["step"]:
-        raise InputError(f"config key masks.tau = {tau} exceeds the {act.sizes['step']} denoising steps")
-    n_prompts = act.sizes["prompt"]
-    data_vars, in_features = {}, {}
-    # One thread: the per-step ops are small, and OpenMP threads on a loaded machine made them ~20x slower
-    # (measured); parallelism comes from Snakemake running subsets as separate jobs.
-    torch.set_num_threads(1)
-    for layer in layers:
-        w = weights[layer]
-        mem = branch_sums(act, layer, variant)
-        nul_sum = branch_sums(nul, layer, variant)
-        for what, arr, path in (("activations", mem, activations), ("null activations", nul_sum, null)):
-            if not np.isfinite(arr).all():
-                raise InputError(f"{path}: NaN or inf in {what} of layer {layer}")
-        if mem.shape[1] != w.shape[1]:
-            raise InputError(f"{activations}: layer {layer} has {mem.shape[1]} features, the model's weight {w.shape[1]}")
-        masks = memorized_masks_packed(w, torch.from_numpy(mem).float(), torch.from_numpy(nul_sum).float(),
-                                       n_prompts, sparsity)
-        union = union_over_timesteps_packed(masks, tau)
-        dims = (f"{layer}.out", f"{layer}.in_packed")
-        data_vars[layer] = (("step", *dims), masks)
-        data_vars[f"{layer}.union"] = (dims, union)
-        in_features[layer] = int(w.shape[1])
-        per_step = density(masks, w.numel())
-        log.info("%s: density per step %.4f..%.4f, union %.4f", layer, per_step.min(), per_step.max(),
-                 float(density(union, w.numel())))
-    ds = xr.Dataset(
-        data_vars,
-        coords={"step": act["step"].values, "t": ("step", act["t"].values)},
-        attrs={
-            "layers": layers, "in_features": [in_features[layer] for layer in layers],
-            "sparsity": sparsity, "tau": tau, "variant": variant, "n_prompts": n_prompts,
-            "prompts": [str(p) for p in act["prompt"].values], "model": str(model),
-            "base_weights_sha256": weights_hash(weights),
-            "packing": "numpy.packbits along the last axis; np.unpackbits(a, axis=-1, count=in_features)",
-        },
-    )
-    write_zarr(ds, out)
+    data_vars = {}
+    for layer in ms.layers:
+        dims = (f"{layer}.row", f"{layer}.col_packed")
+        if ms.per_step is not None:
+            data_vars[layer] = (("step", *dims), ms.per_step[layer])
+        data_vars[f"{layer}.union"] = (dims, ms.union[layer])
+    coords = {} if ms.steps is None else {"step": ms.steps, "t": ("step", ms.t)}
+    attrs = {**{k: v for k, v in ms.attrs.items() if k != "params"}, "params": json.dumps(ms.attrs.get("params", {})),
+             "layers": list(ms.layers), "kinds": [ms.kinds[l] for l in ms.layers],
+             "grid_rows": [int(ms.grid[l][0]) for l in ms.layers], "grid_cols": [int(ms.grid[l][1]) for l in ms.layers],
+             "has_steps": int(ms.per_step is not None),
+             "packing": "numpy.packbits along the last axis; np.unpackbits(a, axis=-1, count=grid_cols)"}
+    write_zarr(xr.Dataset(data_vars, coords=coords, attrs=attrs), out)
 
 
-def read_masks(path) -> tuple[list[str], dict[str, int], dict[str, np.ndarray], dict[str, np.ndarray], object]:
-    """(layers, in_features, per-step packed masks, packed unions, dataset) of one subset's mask store."""
+def read_mask_set(path: str | Path) -> MaskSet:
     from .store import open_zarr
 
-    ds = open_zarr(path)
-    layers = list(ds.attrs["layers"])
-    in_features = dict(zip(layers, (int(x) for x in ds.attrs["in_features"])))
-    per_step = {layer: ds[layer].values for layer in layers}
-    union = {layer: ds[f"{layer}.union"].values for layer in layers}
-    return layers, in_features, per_step, union, ds
+    try:
+        ds = open_zarr(path)
+        layers = list(ds.attrs["layers"])
+        kinds = dict(zip(layers, ds.attrs["kinds"]))
+        grid = {l: (int(r), int(c)) for l, r, c in zip(layers, ds.attrs["grid_rows"], ds.attrs["grid_cols"])}
+        has_steps = bool(ds.attrs["has_steps"])
+    except (FileNotFoundError, KeyError) as e:
+        raise InputError(f"{path}: not a memprune mask store ({e})") from None
+    attrs = dict(ds.attrs)
+    attrs["params"] = json.loads(attrs.get("params", "{}"))
+    return MaskSet(
+        layers=layers, kinds=kinds, grid=grid, union={l: ds[f"{l}.union"].values for l in layers},
+        per_step={l: ds[l].values for l in layers} if has_steps else None,
+        steps=ds["step"].values if has_steps else None, t=ds["t"].values if has_steps else None, attrs=attrs)

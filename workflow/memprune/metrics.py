@@ -1,5 +1,5 @@
-"""Image metrics: copy similarity to training images, CLIP score, Frechet distance, tiled L2, prompt
-following on synthetic scenes.
+"""Image metrics: copy similarity to training images, copy rates, CLIP score, Frechet distance, tiled L2.
+(Prompt following on the testbed's synthetic scenes is `testbed.scenes.prompt_following`.)
 
 Copy similarity is SSCD (Pizzi et al. 2022, `sscd_disc_large`, the paper's metric) when its torchscript file
 is configured, otherwise SSIM (scikit-image, RGB, data range 255): the testbed's default, since SSCD weights
@@ -58,6 +58,16 @@ def copied_in_most_seeds(similarity: np.ndarray, threshold: float) -> np.ndarray
     return (similarity >= threshold).mean(axis=-1) > 0.5
 
 
+def copy_rate(similarity: np.ndarray, threshold: float) -> np.ndarray:
+    """(..., prompt, seed) -> (...) the fraction of prompts that copy (`copied_in_most_seeds`); prompts whose
+    seeds are all NaN (not generated) are skipped, and the rate is NaN when no prompt is left."""
+    valid = ~np.isnan(similarity).all(axis=-1)
+    copied = copied_in_most_seeds(similarity, threshold)
+    n = valid.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (copied & valid).sum(axis=-1) / n, np.nan)
+
+
 def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = 4) -> np.ndarray:
     """Carlini et al.'s tiled distance: images split into grid x grid tiles, distance = the maximum over
     tiles of the per-tile L2 (pixels in [0, 1], normalised by tile size). (N, H, W, C) x (M, H, W, C) -> (N, M).
@@ -73,25 +83,6 @@ def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = 4) -> np.ndarray:
     sq = (ta**2).sum(-1)[:, None, :] + (tb**2).sum(-1)[None, :, :] - 2 * np.einsum("ntd,mtd->nmt", ta, tb)
     per_tile = np.sqrt(np.maximum(sq, 0.0) / ta.shape[-1])
     return per_tile.max(-1)
-
-
-SCENE_ATTRIBUTES = ("shape", "colour", "position", "background")
-
-
-def attribute_matches(images: np.ndarray, attributes: list[dict]) -> np.ndarray:
-    """(N, 4) bool: each of shape, colour, position, background read back off the image matches the request."""
-    from .testbed import describe_scene
-
-    out = np.zeros((len(images), len(SCENE_ATTRIBUTES)), dtype=bool)
-    for i, (img, a) in enumerate(zip(images, attributes)):
-        seen = describe_scene(img)
-        out[i] = [seen[k] == a[k] for k in SCENE_ATTRIBUTES]
-    return out
-
-
-def prompt_following(images: np.ndarray, attributes: list[dict]) -> np.ndarray:
-    """(N,) bool: the scene read back off each image matches all four requested attributes."""
-    return attribute_matches(images, attributes).all(axis=1)
 
 
 # ---------------------------------------------------------------------------------------------- copy similarity

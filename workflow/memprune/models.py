@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -101,21 +100,3 @@ def ffn_layers(unet) -> list[tuple[str, "torch.nn.Linear"]]:
     # Python's sort is stable, so modules of one block keep their execution order.
     found.sort(key=lambda item: _BLOCK_ORDER.get(item[0].split(".")[0], 9))
     return found
-
-
-def weights_hash(tensors: dict) -> str:
-    """sha256 over the named tensors' bytes (sorted by name): identifies the base weights that masks refer to."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def ffn_weights(unet) -> dict:
-    """{layer name: float32 weight (out, in)} of the FFN second linears."""
-    return {name: lin.weight.detach().float().cpu() for name, lin in ffn_layers(unet)}

@@ -84,3 +84,16 @@ def read_prompts(path: Path, column: str = "caption", allow_duplicates: bool = F
         seen[p] = lineno
         out.append(p)
     return out
+
+
+def json_object(text: str) -> dict:
+    """A command-line JSON object argument (a rule's params), or an InputError quoting its start."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"bad JSON argument {text[:80]!r}: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"expected a JSON object, got {text[:80]!r}")
+    return value

@@ -15,9 +15,9 @@ from .store import atomic_dir
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    steps: int = 50
-    guidance: float = 2.0
-    batch_size: int = 32
+    steps: int = 50  # the schema's defaults (workflow/schemas/config.schema.yaml; tests/test_defaults.py)
+    guidance: float = 7.5
+    batch_size: int = 8
     height: int | None = None  # None: the model's default resolution
     width: int | None = None
 

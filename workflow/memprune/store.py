@@ -89,16 +89,32 @@ def atomic_write_text(target: Path | str, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_netcdf(ds, target: Path | str) -> None:
-    """Write an xarray Dataset as netCDF4 (h5netcdf backend), atomically."""
+def write_netcdf(ds, target: Path | str, encoding: dict | None = None) -> None:
+    """Write an xarray Dataset as netCDF4 (h5netcdf backend; `encoding` per variable, e.g. compression),
+    atomically."""
     with atomic_file(target) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf")
+        ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
+
+
+def open_netcdfs(paths: list[Path | str], drop: list[str] = ()):
+    """netCDF files (of one kind, e.g. chunks of prompts) loaded and concatenated along "prompt", without the
+    variables in `drop`."""
+    import xarray as xr
+
+    parts = [xr.open_dataset(p, engine="h5netcdf").drop_vars(list(drop)).load() for p in paths]
+    return xr.concat(parts, dim="prompt") if len(parts) > 1 else parts[0]
 
 
 def write_zarr(ds, target: Path | str) -> None:
-    """Write an xarray Dataset as a zarr v3 store (arrays carry `dimension_names`), atomically."""
-    with atomic_dir(target) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    """Write an xarray Dataset as a zarr v3 store (arrays carry `dimension_names`), atomically, with consolidated
+    metadata: `xr.open_zarr(path)` then opens it without listing the directory, so it neither warns about
+    non-consolidated metadata nor about files Snakemake puts in its outputs (`.snakemake_timestamp`)."""
+    import warnings
+
+    with atomic_dir(target) as tmp, warnings.catch_warnings():
+        # zarr 3 warns that consolidated metadata is not (yet) in the v3 spec; xarray and zarr-python read it
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
 
 
 def open_zarr(path: Path | str, load: bool = True):
@@ -107,5 +123,5 @@ def open_zarr(path: Path | str, load: bool = True):
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise FileNotFoundError(f"{path}: not a zarr v3 store (no zarr.json)")
-    ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
+    ds = xr.open_zarr(path, consolidated=True, zarr_format=3)
     return ds.load() if load else ds

@@ -11,7 +11,7 @@ Per guidance scale, over `seeds`:
   near-uniform images as similar (a dark scene and a dark crop of the Hubble deep field reach ~0.4), so a
   held-out generation counts only if it is closer to a photo than to the scene it was asked for;
 * held-out compositional prompts: prompt following = the four attributes read back off the image
-  (`testbed.describe_scene`) all match the prompt.
+  (`scenes.describe_scene`) all match the prompt.
 """
 
 from __future__ import annotations
@@ -21,29 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .dataset import load_images, read_ground_truth
+from .scenes import SCENE_ATTRIBUTES, attribute_matches, render_scene
+
 log = logging.getLogger(__name__)
-
-from .metrics import SCENE_ATTRIBUTES as ATTRIBUTES
-
-
-def load_images(data_dir: Path, rows: list[dict]) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.open(data_dir / r["image"]).convert("RGB")) for r in rows])
-
-
-def copy_rate(ssim: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
-    """(prompt, seed) similarities -> per-prompt copy flag (most seeds above threshold), and its mean."""
-    from .metrics import copied_in_most_seeds
-
-    copied = copied_in_most_seeds(ssim, threshold)
-    return copied, float(copied.mean()) if copied.size else float("nan")
 
 
 def own_photo_ssim(images: np.ndarray, own: np.ndarray) -> np.ndarray:
     """SSIM of generations to their prompt's own training photo: images (P * S, H, W, 3), prompt-major (the
     S seeds of prompt i are images[i * S : (i + 1) * S]), own (P, H, W, 3) -> (P, S)."""
-    from .metrics import ssim_matrix
+    from ..metrics import ssim_matrix
 
     n_p = len(own)
     if n_p == 0 or len(images) % n_p:
@@ -53,16 +40,15 @@ def own_photo_ssim(images: np.ndarray, own: np.ndarray) -> np.ndarray:
 
 
 def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: list[int], guidances: list[float],
-                   threshold: float = 0.5, steps: int = 50, batch_size: int = 128, max_single: int | None = None,
+                   threshold: float = 0.4, steps: int = 50, batch_size: int = 128, max_single: int | None = None,
                    device: str = "auto", dtype: str = "auto") -> dict:
     import xarray as xr
 
-    from . import __version__
-    from .metrics import attribute_matches, ssim_matrix
-    from .models import load_pipeline
-    from .sampling import SamplingConfig, generate
-    from .store import write_netcdf
-    from .testbed import read_ground_truth, render_scene
+    from .. import __version__
+    from ..metrics import copy_rate, ssim_matrix
+    from ..models import load_pipeline
+    from ..sampling import SamplingConfig, generate
+    from ..store import write_netcdf
 
     rows = read_ground_truth(model, data_dir)
     groups = {
@@ -114,14 +100,14 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
                                            "prompt_following", "dup_nn_recall",
                                            "heldout_copy_rate_ssim_only")}
     for gi in range(n_g):
-        summary["dup_copy_rate"][gi] = copy_rate(own[gi, is_dup], threshold)[1]
+        summary["dup_copy_rate"][gi] = copy_rate(own[gi, is_dup], threshold)
         summary["dup_mean_ssim"][gi] = float(own[gi, is_dup].mean())
-        summary["single_copy_rate"][gi] = copy_rate(nearest[gi, is_single], threshold)[1]
+        summary["single_copy_rate"][gi] = copy_rate(nearest[gi, is_single], threshold)
         held_copy = np.where(nearest[gi, is_held] > to_render[gi, is_held], nearest[gi, is_held], 0.0)
-        summary["heldout_copy_rate"][gi] = copy_rate(held_copy, threshold)[1]
-        summary["heldout_copy_rate_ssim_only"][gi] = copy_rate(nearest[gi, is_held], threshold)[1]
+        summary["heldout_copy_rate"][gi] = copy_rate(held_copy, threshold)
+        summary["heldout_copy_rate_ssim_only"][gi] = copy_rate(nearest[gi, is_held], threshold)
         summary["prompt_following"][gi] = float(follows[gi, is_held].mean())
-        for ai, key in enumerate(ATTRIBUTES):
+        for ai, key in enumerate(SCENE_ATTRIBUTES):
             summary.setdefault(f"{key}_accuracy", np.zeros(n_g))[gi] = float(attr_ok[gi, is_held, :, ai].mean())
         # nearest-neighbour recall: the nearest training photo is the prompt's own image
         summary["dup_nn_recall"][gi] = float((nearest_idx[gi, is_dup] == np.arange(n_dup)[:, None]).mean())
@@ -153,8 +139,7 @@ def _grid(images: np.ndarray, photos: np.ndarray, groups: dict, prompts: list[st
     held-out), then one column per seed."""
     from PIL import Image
 
-    from .store import atomic_file
-    from .testbed import render_scene
+    from ..store import atomic_file
 
     n_dup, n_single = len(groups["duplicated"]), len(groups["single"])
     picks = list(range(min(8, n_dup))) + list(range(n_dup, n_dup + min(4, n_single)))

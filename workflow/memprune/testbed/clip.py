@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import atomic_dir
+from ..store import atomic_dir
+from .dataset import dataset_digest, images_to_tensor, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,6 @@ def _augment(x, gen):
 def _images_by_caption(data_dir: Path, split: str) -> dict[str, list[np.ndarray]]:
     from PIL import Image
 
-    from .testbed import read_manifest
-
     out: dict[str, list[np.ndarray]] = {}
     for row in read_manifest(data_dir / "manifest.jsonl"):
         if row.get("split", "train") == split:
@@ -103,8 +102,6 @@ def train_clip(data_dir: Path, out_dir: Path, spec: ClipSpec, progress: bool = T
     import torch.nn.functional as F
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-
-    from .testbed import dataset_digest, images_to_tensor
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -166,8 +163,7 @@ def retrieval_accuracy(clip_dir: Path, data_dir: Path) -> dict:
     * heldout_among_scenes: the same against all scene captions (held out or not);
     * train_photos: each training photo against all photo captions; train_scenes: first render of each
       training scene against all scene captions."""
-    from .metrics import ClipScorer
-    from .testbed import read_manifest
+    from ..metrics import ClipScorer
 
     rows = read_manifest(Path(data_dir) / "manifest.jsonl")
     scorer = ClipScorer.load(f"local-dir:{clip_dir}", device="cpu")

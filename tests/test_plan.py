@@ -1,0 +1,95 @@
+"""The planning module on the shipped configs: every target the old planner (rules/common.smk before the
+redesign) produced is still produced, with the counts it had (per-subset gather and mask jobs became one job per
+(method, collection); eval/attack generation rules were merged across variants)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+from memprune.plan import Plan
+from memprune.plan_eval import Attack, Detection, Evaluation
+from memprune.subsets import draw_subsets
+
+
+def load(name: str) -> dict:
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load((REPO / name).read_text())
+    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))  # fills the schema's defaults
+    return cfg
+
+
+def capture_chunks(plan: Plan) -> set[str]:
+    return {c for name in plan.collections for c in plan.collection_chunks(name)}
+
+
+# (config, capture chunks, eval models, attack models x chunks per model, detection sets): the old planner's
+# dry run of results/iou.nc + eval.nc + attack/table.csv + detection.nc on each shipped config
+OLD = {
+    "config.yaml": (12, 12, (2, 10), 3),
+    "config/sd15.yaml": (116, 12, (2, 63), 2),
+    "config/sd2.yaml": (66, 12, (2, 28), 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLD))
+def test_shipped_configs_plan_what_the_old_planner_did(name):
+    n_chunks, n_eval, (n_attack, per_model), n_det = OLD[name]
+    cfg = load(name)
+    plan = Plan(cfg, REPO)
+    assert len(capture_chunks(plan)) == n_chunks
+    for cname, spec in cfg["collections"].items():
+        if "n_subsets" in spec:
+            size = plan.sets[spec["set"]].size
+            assert [list(s) for s in plan.collections[cname].subsets] == draw_subsets(
+                size, spec["n_subsets"], spec["size"], spec.get("seed", 0))
+    evaluation, attack, detection = Evaluation(plan), Attack(plan), Detection(plan)
+    assert len(evaluation.models) == n_eval and evaluation.models[0].id == "none"
+    assert len({m.path for m in evaluation.models}) == n_eval
+    assert len(attack.models) == n_attack and all(len(attack.chunks(m)) == per_model for m in attack.models)
+    assert len(detection.sets) == n_det
+    assert plan.targets()[:3] == ["results/iou.nc", "results/density.nc", "results/figures/iou.png"]
+    models = json.loads(evaluation.models_json())
+    pruned = [v for v in models.values() if v["variant"] == "pruned"]
+    assert len(pruned) == 10 and all(v["method"] == "wanda" and v["mask_costs"] for v in pruned)
+
+
+def test_default_paths_keep_the_parameters_tag():
+    plan = Plan(load("config.yaml"), REPO)
+    wanda = plan.methods["wanda"]
+    assert wanda.tag == "seed0_steps50_g2.0_paper_sp0.01_tau10"  # the old MASK_TAG, now under masks/wanda/
+    assert plan.mask_store("wanda", "mem_k10", 3) == f"results/testbed/masks/wanda/{wanda.tag}/mem_k10/3.zarr"
+    assert plan.pruned("wanda", "mem_k10", 3) == f"results/testbed/pruned/wanda/{wanda.tag}/mem_k10/3"
+
+
+def test_closed_loop_plan_waits_for_detection():
+    cfg = load("config/testbed_closed_loop.yaml")
+    asked = []
+    plan = Plan(cfg, REPO, resolve_detected=lambda name: asked.append(name) or [f"p{i}" for i in range(20)])
+    assert plan.sets["detected"].detected and plan.sets["detected"].size == 20
+    assert len(plan.collections["det_k10"].subsets) == 10 and not asked  # the subsets are drawn by size alone
+    assert plan.chunk_prompts("detected", 0)[:2] == ["p0", "p1"] and asked == ["detected"]
+    assert len(Evaluation(plan).models) == 22 and len(Attack(plan).models) == 3
+
+
+def test_method_reference_and_unknown_names_are_refused():
+    from memprune.prompts import InputError
+
+    cfg = load("config.yaml")
+    with pytest.raises(InputError, match="localizers: unknown|unknown localizer"):
+        Plan({**cfg, "localizers": {"wanda": {}, "nosuch": {}}}, REPO)
+    with pytest.raises(InputError, match="evaluate.methods"):
+        Evaluation(Plan({**cfg, "evaluate": {**cfg["evaluate"], "methods": ["nosuch"]}}, REPO))
+    with pytest.raises(InputError, match="attack.pruned.mem_k10"):
+        Attack(Plan({**cfg, "attack": {**cfg["attack"], "pruned": {"mem_k10": [99]}}}, REPO))
+
+
+def test_optional_arguments_are_omitted_not_printed_as_none():
+    plan = Plan(load("config.yaml"), REPO)
+    evaluation = Evaluation(plan)
+    for text in (evaluation.prompt_args(), evaluation.metric_args(), plan.sampling_args(), Detection(plan).args()):
+        assert "None" not in text and "null" not in text

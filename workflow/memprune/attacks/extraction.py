@@ -1,0 +1,271 @@
+"""Extraction attack (Carlini et al., USENIX Security 2023), as the paper's section 5.4 runs it:
+  1. generate N images per candidate prompt, each from its own seed, with one model variant (`memprune.variants`);
+  2. distance between two images = Carlini's tiled L2 (`metrics.tiled_l2`: each image cut into grid x grid
+     tiles, per-tile RMS difference of pixels in [0, 1], maximum over tiles);
+  3. graph of the N images, an edge where two images are closer than `distance_threshold`; the prompt is
+     "identified as memorized" when the graph's largest clique has at least `min_clique` images;
+  4. an identified prompt is "actually memorized" when the clique's images match the prompt's training image:
+     the median SSIM of the clique's images to it (max over the caption's training images, read through
+     `memprune.evaluate.groundtruth.GroundTruth`) reaches `copy_threshold`.
+Steps 1-2 (the costly part) are stored per chunk of prompts with the SSIM to the training images, so changing
+a threshold reruns only the cheap steps 3-4.
+
+Threshold on the testbed (32x32 images, grid 4 = 8x8-pixel tiles, pixels in [0, 1]): the paper's 50.0 is on
+its own scale (512 px SD images), not ours. Measured on the shipped testbed (12 seeds x 10 prompts per group,
+DDIM 10/20/50 steps, guidance 2): generations of a duplicated prompt lie 0.008-0.02 apart (10th-90th
+percentile of pairs), single-seen prompts' generations 0.14-0.58, and no two of the 250 distinct training
+photos are closer than 0.095 (1% of pairs below 0.15). The default 0.05 sits between the two: two images
+closer than that are near-copies of each other, and cannot be two different training photos.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def pairwise_tiled_distances(images: np.ndarray, grid: int = 4) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, N) float32 tiled L2 between every pair, symmetric, zero diagonal."""
+    from ..metrics import tiled_l2
+
+    d = tiled_l2(images, images, grid)
+    d = np.minimum(d, d.T)  # the |x|^2 + |y|^2 - 2xy expansion is symmetric up to rounding
+    np.fill_diagonal(d, 0.0)
+    return d.astype(np.float32)
+
+
+def largest_clique(distances: np.ndarray, threshold: float) -> list[int]:
+    """Indices (sorted) of a maximum clique of the graph joining images closer than `threshold`.
+
+    Exact (networkx's branch-and-bound `max_weight_clique` with unit weights); a single image when no two
+    images are close.
+    """
+    import networkx as nx
+
+    n = len(distances)
+    if n == 0:
+        return []
+    close = (distances < threshold) & ~np.eye(n, dtype=bool)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(zip(*np.nonzero(np.triu(close, 1))))
+    clique, _ = nx.max_weight_clique(graph, weight=None)
+    return sorted(int(i) for i in clique)
+
+
+def resolve_variant(variant, params: dict | None = None):
+    """(Variant, its parameters): `variant` a registry name or a `Variant`; `params` over its defaults."""
+    from .. import variants
+
+    v = variants.get(variant) if isinstance(variant, str) else variant
+    return v, {**v.default_params, **(params or {})}
+
+
+def generate_candidates(pipe, prompts: list[str], seeds: list[int], cfg, grid: int = 4,
+                        references: list[np.ndarray | None] | None = None, progress: bool = False,
+                        variant="none", params: dict | None = None) -> dict:
+    """Steps 1-2 of the attack for a chunk of prompts on a loaded `pipe`: every prompt x seed image, generated
+    the way `variant` (a registry name or a `Variant`; `params` over its defaults) generates, pairwise tiled
+    distances per prompt, and each image's SSIM to the prompt's training images (max over them; NaN without
+    references).
+
+    Returns {"images": (P, S, H, W, 3) uint8, "distance": (P, S, S) float32, "ssim_truth": (P, S) float32,
+    "info": what the variant recorded, per-image arrays as (P, S), scalars as they are}.
+    """
+    from ..metrics import ssim_matrix
+
+    v, params = resolve_variant(variant, params)
+    n_p, n_s = len(prompts), len(seeds)
+    flat_p = [p for p in prompts for _ in seeds]
+    flat_s = [s for _ in prompts for s in seeds]
+    images, info = v.generate(pipe, flat_p, flat_s, cfg, params, progress=progress)
+    images = images.reshape(n_p, n_s, *images.shape[1:])
+    info = {k: np.asarray(x).reshape(n_p, n_s) if np.ndim(x) == 1 and len(x) == n_p * n_s else x
+            for k, x in info.items()}
+    distance = np.stack([pairwise_tiled_distances(images[i], grid) for i in range(n_p)]) if n_p else np.zeros((0, n_s, n_s), np.float32)
+    ssim_truth = np.full((n_p, n_s), np.nan, dtype=np.float32)
+    for i, refs in enumerate(references or [None] * n_p):
+        if refs is not None and len(refs):
+            ssim_truth[i] = ssim_matrix(images[i], refs).max(axis=1)
+    return {"images": images, "distance": distance, "ssim_truth": ssim_truth, "info": info}
+
+
+def identify(distance: np.ndarray, ssim_truth: np.ndarray, threshold: float, min_clique: int,
+             copy_threshold: float) -> dict:
+    """Steps 3-4 for each prompt. distance (P, S, S), ssim_truth (P, S) (NaN: no ground truth).
+
+    Returns per prompt: "clique" (P, S) bool members of the largest clique, "clique_size" (P,),
+    "identified" (P,) bool, "clique_ssim" (P,) median SSIM of the clique's images to the training image,
+    "actually_memorized" (P,) bool (identified and clique_ssim >= copy_threshold; False without ground truth),
+    "has_truth" (P,) bool.
+    """
+    n_p, n_s = ssim_truth.shape
+    clique = np.zeros((n_p, n_s), dtype=bool)
+    for i in range(n_p):
+        clique[i, largest_clique(distance[i], threshold)] = True
+    size = clique.sum(1)
+    identified = size >= min_clique
+    has_truth = ~np.isnan(ssim_truth).all(1)
+    clique_ssim = np.array([np.median(ssim_truth[i, clique[i]]) if has_truth[i] else np.nan for i in range(n_p)])
+    actually = identified & has_truth & (np.nan_to_num(clique_ssim, nan=-np.inf) >= copy_threshold)
+    return {"clique": clique, "clique_size": size, "identified": identified, "clique_ssim": clique_ssim,
+            "actually_memorized": actually, "has_truth": has_truth}
+
+
+def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], cfg, out: Path, grid: int = 4,
+                 data_dir: Path | None = None, variant: str = "none", checkpoint: str | None = None,
+                 params: dict | None = None, device: str = "auto", dtype: str = "auto", scheduler: str | None = None,
+                 attrs: dict | None = None) -> None:
+    """Generate and measure one chunk of prompts (steps 1-2) with a registry variant (`variant`, loaded with
+    `checkpoint` where it needs one, generating with `params` over its defaults); netCDF, its attrs recording
+    the variant, checkpoint and params, its variables what the variant recorded per image. `data_dir`: the
+    testbed dataset whose train-split images are the prompts' ground truth (`evaluate.groundtruth`)."""
+    import xarray as xr
+
+    from .. import __version__
+    from ..evaluate.groundtruth import GroundTruth
+    from ..store import write_netcdf
+
+    v, params = resolve_variant(variant, params)
+    # "actually memorized" needs the photos the model was trained on: GroundTruth refuses another testbed's data
+    truth = GroundTruth(data_dir, model=model) if data_dir is not None else None
+    pipe = v.load(model, checkpoint, device, dtype, scheduler)
+    refs = truth.references(prompts) if truth is not None else None
+    res = generate_candidates(pipe, prompts, seeds, cfg, grid, refs, progress=True, variant=v, params=params)
+    per_image = {k: x for k, x in res["info"].items() if np.shape(x) == (len(prompts), len(seeds))}
+    scalars = {f"variant_{k}": x for k, x in res["info"].items() if k not in per_image}
+    ds = xr.Dataset(
+        {
+            "images": (("prompt", "seed", "y", "x", "rgb"), res["images"]),
+            "distance": (("prompt", "seed", "seed_j"), res["distance"],
+                         {"long_name": "Carlini's tiled L2 between the prompt's generations", "tile_grid": grid}),
+            "ssim_truth": (("prompt", "seed"), res["ssim_truth"],
+                           {"long_name": "SSIM to the prompt's training image (max over them); NaN: none known"}),
+            **{k: (("prompt", "seed"), x, {"long_name": f"recorded by variant {v.name} per image"})
+               for k, x in per_image.items()},
+        },
+        coords={"prompt": np.array(prompts, dtype=object), "seed": seeds, "seed_j": seeds,
+                "group": ("prompt", np.array([group] * len(prompts), dtype=object))},
+        attrs={"model": str(model), "variant": v.name, "checkpoint": str(checkpoint or ""),
+               "variant_params": json.dumps(params, sort_keys=True), "steps": cfg.steps, "guidance": cfg.guidance,
+               "tile_grid": grid, "scheduler": type(pipe.scheduler).__name__, "memprune_version": __version__,
+               **scalars, **(attrs or {})},
+    )
+    write_netcdf(ds, out, encoding={"images": {"zlib": True, "complevel": 4}})
+
+
+def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_clique: int, copy_threshold: float,
+                    out: Path) -> "xr.Dataset":
+    """Steps 3-4 over a variant's chunks -> per-prompt results (netCDF, without the images). `variant` is the
+    variant's id in tables and figures (free-form, e.g. "pruned:wanda|mem_k10/0"); the registry name the chunks
+    were generated with stays in attrs "variant_name"."""
+    import xarray as xr
+
+    from ..store import open_netcdfs, write_netcdf
+
+    ds = open_netcdfs(chunks, drop=["images"])
+    res = identify(ds.distance.values, ds.ssim_truth.values, threshold, min_clique, copy_threshold)
+    d = ds.distance.values
+    n_s = d.shape[-1]
+    off = ~np.eye(n_s, dtype=bool)
+    median_pair = np.array([np.median(d[i][off]) for i in range(len(d))]) if n_s > 1 else np.full(len(d), np.nan)
+    out_ds = xr.Dataset(
+        {
+            "clique_size": (("prompt",), res["clique_size"], {"long_name": "size of the largest clique"}),
+            "identified": (("prompt",), res["identified"], {"long_name": f"identified as memorized: clique >= {min_clique}"}),
+            "actually_memorized": (("prompt",), res["actually_memorized"],
+                                   {"long_name": f"identified and the clique's median SSIM to the training image >= {copy_threshold}"}),
+            "clique_ssim": (("prompt",), res["clique_ssim"], {"long_name": "median SSIM of the clique's images to the training image"}),
+            "has_truth": (("prompt",), res["has_truth"], {"long_name": "the prompt's training image is known"}),
+            "clique": (("prompt", "seed"), res["clique"], {"long_name": "member of the largest clique"}),
+            "median_pair_distance": (("prompt",), median_pair),
+            "ssim_truth": ds.ssim_truth,
+        },
+        coords={"prompt": ds.prompt.values, "seed": ds.seed.values, "group": ("prompt", ds.group.values)},
+        attrs={**ds.attrs, "variant_name": ds.attrs.get("variant", ""), "variant": variant,
+               "distance_threshold": threshold, "min_clique": min_clique, "copy_threshold": copy_threshold},
+    )
+    write_netcdf(out_ds, out)
+    log.info("%s: %d of %d prompts identified, %d actually memorized", variant, int(res["identified"].sum()),
+             len(d), int(res["actually_memorized"].sum()))
+    return out_ds
+
+
+def attack_table(variant_files: list[Path]) -> "pd.DataFrame":
+    """Table 1 in long form: per (variant, group): prompts, identified, actually memorized (counts and %)."""
+    import pandas as pd
+    import xarray as xr
+
+    rows = []
+    for f in variant_files:
+        ds = xr.open_dataset(f, engine="h5netcdf")
+        groups = list(dict.fromkeys(ds.group.values.tolist()))
+        for g in groups:
+            sel = ds.group.values == g
+            n = int(sel.sum())
+            has_truth = bool(ds.has_truth.values[sel].any())
+            ident = int(ds.identified.values[sel].sum())
+            actual = int(ds.actually_memorized.values[sel].sum()) if has_truth else None
+            rows.append({"variant": ds.attrs["variant"], "group": g, "prompts": n,
+                         "identified": ident, "identified_pct": round(100 * ident / n, 1),
+                         "actually_memorized": actual,
+                         "actually_memorized_pct": round(100 * actual / n, 1) if actual is not None else None})
+        ds.close()
+    return pd.DataFrame(rows)
+
+
+def format_table(table: "pd.DataFrame") -> str:
+    """The paper's Table 1 layout: rows identified / actually memorized, columns variant / group."""
+    import pandas as pd
+
+    def cell(count, n, pct):
+        return "n/a" if pd.isna(count) else f"{int(count)}/{n} ({pct:.0f}%)"
+
+    rows = list(table.itertuples())
+    head = ["", *[f"{r.variant} / {r.group}" for r in rows]]
+    body = [["identified as memorized", *[cell(r.identified, r.prompts, r.identified_pct) for r in rows]],
+            ["actually memorized", *[cell(r.actually_memorized, r.prompts, r.actually_memorized_pct) for r in rows]]]
+    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body])
+
+
+def attack_figure(variant_files: list[Path], chunk_files: dict[str, list[Path]], data_dir: Path | None, out: Path,
+                  n_prompts: int = 6, n_seeds: int = 6) -> None:
+    """PNG (`grids.image_grid`): per variant, the first `n_prompts` prompts of its first chunk, one row each
+    (labelled variant id, prompt and clique size), the training image (with `data_dir`) then the first
+    `n_seeds` seeds."""
+    import xarray as xr
+
+    from ..evaluate.groundtruth import GroundTruth
+    from ..grids import image_grid
+
+    truth = GroundTruth(data_dir) if data_dir is not None else None
+    cells, row_labels, col_seeds = [], [], []
+    for f in variant_files:
+        res = xr.open_dataset(f, engine="h5netcdf").load()
+        variant = res.attrs["variant"]
+        with xr.open_dataset(chunk_files[variant][0], engine="h5netcdf") as chunk:
+            imgs = chunk.images.values[:n_prompts, :n_seeds]
+        prompts = res.prompt.values[: len(imgs)].tolist()
+        seeds = res.seed.values[: imgs.shape[1]].tolist()
+        col_seeds.append(seeds)
+        for r, prompt in enumerate(prompts):
+            clique = res.clique.values[r]
+            short = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+            row_labels.append(f"{variant}: {short}\nclique {int(clique.sum())}/{len(clique)}")
+            refs = [truth.first_image(prompt, split="train")] if truth is not None else []
+            cells.append([*refs, *imgs[r]])
+    if not cells:
+        raise ValueError("attack_figure: no prompts to show")
+    if all(s == col_seeds[0] for s in col_seeds):
+        col_labels = [f"seed {s}" for s in col_seeds[0]]
+    else:  # variants attacked with other seeds: columns are positions
+        col_labels = [f"sample {i}" for i in range(max(map(len, col_seeds)))]
+    image_grid(cells, row_labels, ["training image", *col_labels] if truth is not None else col_labels, out,
+               title="Extraction attack: generations per variant and prompt"
+                     + (", beside the training image" if truth is not None else ""))

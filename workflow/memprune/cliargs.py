@@ -1,0 +1,23 @@
+"""Command-line options shared by the subcommands of several stages (model loading, sampling)."""
+
+from __future__ import annotations
+
+
+def sampling_config(args):
+    from .sampling import SamplingConfig
+
+    return SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size,
+                          height=getattr(args, "height", None), width=getattr(args, "width", None))
+
+
+def add_model_args(p, sampling: bool = True) -> None:
+    p.add_argument("--model", required=True, help="diffusers pipeline directory or hub id")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--scheduler", default=None, help="diffusers scheduler class name (default: the model's)")
+    if sampling:
+        p.add_argument("--steps", type=int, default=50)
+        p.add_argument("--guidance", type=float, default=7.5)
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--height", type=int, default=None)
+        p.add_argument("--width", type=int, default=None)

@@ -1,0 +1,108 @@
+"""The `eval-sample`, `eval-score` and `eval-aggregate` subcommands: their options and handlers. An optional
+option defaults to None; the workflow's rules omit it when unset."""
+
+from __future__ import annotations
+
+
+def _seeds(text: str) -> list[int]:
+    return [int(s) for s in str(text).split(",") if s.strip()]
+
+
+def _metric_options(args):
+    from .score import MetricOptions
+
+    return MetricOptions(sscd=args.sscd, clip_name=args.clip_name, clip_weights=args.clip_weights,
+                         inception=args.inception, device=args.device)
+
+
+def cmd_eval_sample(args) -> None:
+    from ..sampling import SamplingConfig
+    from .sample import sample_variant
+
+    cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, height=args.height,
+                         width=args.width)
+    sample_variant(args.variant, args.model, args.out, args.memorized, _seeds(args.seeds), cfg,
+                   checkpoint=args.checkpoint, params=args.variant_params, max_memorized=args.max_memorized,
+                   nonmemorized=args.nonmemorized, max_nonmemorized=args.max_nonmemorized, device=args.device,
+                   dtype=args.dtype, scheduler=args.scheduler)
+
+
+def cmd_eval_score(args) -> None:
+    from .score import score_variant
+
+    score_variant(args.samples, args.out, _metric_options(args), memorized=args.memorized, data=args.data,
+                  ground_truth=args.ground_truth)
+
+
+def cmd_eval_aggregate(args) -> None:
+    from .aggregate import aggregate
+
+    aggregate(args.models_json, args.out, args.summary, args.fig_scatter, args.fig_bars, args.fig_grid,
+              copy_threshold=args.copy_threshold, fid_reference=args.fid_reference, metrics=_metric_options(args),
+              reference_images=args.reference_images, memorized=args.memorized, nonmemorized=args.nonmemorized,
+              data=args.data, ground_truth=args.ground_truth, mask_cost_note=args.mask_cost_note)
+
+
+def _metric_args(p) -> None:
+    p.add_argument("--data", help="testbed dataset directory (ground truth, scenes)")
+    p.add_argument("--ground-truth", help="directory <root>/<index>/*.png")
+    p.add_argument("--sscd", help="sscd_disc_large.torchscript.pt (default: SSIM)")
+    p.add_argument("--clip-name", help="open_clip model name (ViT-H-14, ...)")
+    p.add_argument("--clip-weights", help="weights file, or a local-dir folder")
+    p.add_argument("--inception", help="Inception v3 safetensors (default: CLIP features)")
+    p.add_argument("--device", default="auto")
+
+
+def add_eval_arguments(sub) -> None:
+    """Register `eval-sample`, `eval-score` and `eval-aggregate` on the subparsers `sub`."""
+    from ..prompts import json_object as _json_arg
+
+    p = sub.add_parser("eval-sample", help="evaluation: generate the test prompts x seeds with one model variant")
+    p.add_argument("--variant", required=True, help="a registry name (memprune.variants: none, pruned, wen, ...)")
+    p.add_argument("--model", required=True, help="the base diffusers pipeline")
+    p.add_argument("--checkpoint", help="edit checkpoint directory (a variant that needs one: pruned)")
+    p.add_argument("--variant-params", type=_json_arg, default=None,
+                   help='JSON object passed to the variant over its defaults, e.g. wen: {"lr": 0.05, "max_iters": 10, '
+                        '"target_loss": 0.9}')
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--scheduler", help="diffusers scheduler class name (default: the model's)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds")
+    p.add_argument("--memorized", required=True, help="memorized prompt file")
+    p.add_argument("--max-memorized", type=int, help="the first N memorized prompts only")
+    p.add_argument("--nonmemorized", help="non-memorized prompt file")
+    p.add_argument("--max-nonmemorized", type=int)
+    p.add_argument("--out", required=True, help="samples directory (PNGs, index.csv, timing.json)")
+    p.set_defaults(func=cmd_eval_sample)
+
+    p = sub.add_parser("eval-score", help="evaluation: copy similarity, CLIP score, features of one model's samples")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--memorized", help="memorized prompt file (index of the ground-truth layout)")
+    _metric_args(p)
+    p.add_argument("--out", required=True, help="scores .nc")
+    p.set_defaults(func=cmd_eval_score)
+
+    p = sub.add_parser("eval-aggregate", help="evaluation: fair split, copy rates, FID, time; eval.nc, table, figures")
+    p.add_argument("--models-json", required=True,
+                   help='ordered JSON object (or a file holding it), one entry per evaluated model: {"none": {"variant": '
+                        '"none", "scores": F}, "pruned:wanda|mem_k10/0": {"variant": "pruned", "method": "wanda", '
+                        '"subset": "mem_k10/0", "scores": F, "prompts_file": F, "indices": [...], "mask_costs": '
+                        '[[tsv, share], ...]}, "wen": {"variant": "wen", "scores": F}}')
+    p.add_argument("--copy-threshold", type=float, default=0.4)
+    p.add_argument("--fid-reference", choices=["renders", "images", "unedited"], default="renders")
+    p.add_argument("--reference-images", help="fid-reference images: <root>/<index>/*.png")
+    p.add_argument("--memorized", help="memorized prompt file (index of the ground-truth layout, for the grid)")
+    p.add_argument("--nonmemorized", help="non-memorized prompt file (index of --reference-images)")
+    p.add_argument("--mask-cost-note", help="what the mask cost of a pruned model counts (eval.nc attrs)")
+    _metric_args(p)
+    p.add_argument("--out", required=True, help="eval.nc")
+    p.add_argument("--summary", required=True, help="eval_summary.csv")
+    p.add_argument("--fig-scatter", required=True)
+    p.add_argument("--fig-bars", required=True)
+    p.add_argument("--fig-grid", required=True)
+    p.set_defaults(func=cmd_eval_aggregate)

@@ -1,0 +1,111 @@
+"""Localizers: methods that say where memorization lives, as masks over named weights. One module per method,
+each defining `LOCALIZER` (a `Localizer`); adding a method is one module here plus its config and schema entry.
+
+A localizer declares what it needs, so the workflow captures each statistic once per distinct prompt and shares
+it between every method that reads it:
+  `observes`    the layers it masks and reads (a function unet -> [(module name, Linear)], execution order);
+  `statistics`  the per-prompt statistics it reads from capture (e.g. "ffn_input_sumsq": per (layer, timestep)
+                the sum over tokens of squared ff.net.2 inputs), () for none;
+  `reference`   whether it imitates another method's masks (the random control).
+`locate(inputs, params) -> MaskSet` is pure: tensors in (`Inputs`), masks out (`memprune.masks.MaskSet`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..prompts import InputError
+
+
+def ffn_second_linears(unet):
+    from ..models import ffn_layers
+
+    return ffn_layers(unet)
+
+
+@dataclass
+class Inputs:
+    """What a localizer sees for one subset. `memorized[L]` / `null[L]`: float64 (step, feature) sums over the
+    subset's prompts / over one null-prompt run of the statistic; `reference`: the imitated method's MaskSet."""
+
+    weights: dict  # layer -> float32 torch weight (out, in)
+    n_prompts: int = 0
+    memorized: dict | None = None
+    null: dict | None = None
+    steps: np.ndarray | None = None
+    t: np.ndarray | None = None
+    reference: object | None = None
+    rng: np.random.Generator | None = None
+
+
+@dataclass(frozen=True)
+class Localizer:
+    name: str
+    description: str
+    locate: Callable  # (Inputs, params: dict) -> MaskSet
+    defaults: dict = field(default_factory=dict)  # parameters and their defaults (config overrides them)
+    observes: Callable = ffn_second_linears
+    statistics: tuple[str, ...] = ()
+    reference: bool = False
+    uses_timesteps: bool = True  # its masks have a per-timestep form (IOU over time)
+
+    def params(self, given: dict) -> dict:
+        unknown = sorted(set(given) - set(self.defaults))
+        if unknown:
+            raise InputError(f"localizer {self.name}: unknown parameter(s) {unknown}; known: {sorted(self.defaults)}")
+        return {**self.defaults, **given}
+
+
+_REGISTRY: dict[str, Localizer] = {}
+
+
+def register(localizer: Localizer) -> Localizer:
+    _REGISTRY[localizer.name] = localizer
+    return localizer
+
+
+_DISCOVERED = False
+
+
+def _discover() -> None:
+    """Import every module of the package once; entries registered from outside before that stay."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    for mod in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{mod.name}")
+        if isinstance(getattr(module, "LOCALIZER", None), Localizer):
+            _REGISTRY.setdefault(module.LOCALIZER.name, module.LOCALIZER)
+
+
+def get(name: str) -> Localizer:
+    _discover()
+    if name not in _REGISTRY:
+        raise InputError(f"unknown localizer {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def pack(mask: np.ndarray) -> np.ndarray:
+    return np.packbits(np.asarray(mask, dtype=bool), axis=-1)
+
+
+def weight_mask_set(inputs: Inputs, union: dict, per_step: dict | None, attrs: dict) -> "MaskSet":
+    """A MaskSet of kind-"weight" masks over `inputs.weights`' layers, with the inputs' timesteps if per_step."""
+    from ..masks import MaskSet
+
+    layers = list(inputs.weights)
+    return MaskSet(layers=layers, kinds={l: "weight" for l in layers},
+                   grid={l: tuple(inputs.weights[l].shape) for l in layers}, union=union, per_step=per_step,
+                   steps=inputs.steps if per_step is not None else None, t=inputs.t if per_step is not None else None,
+                   attrs=attrs)

@@ -1,0 +1,24 @@
+"""The paper's rule (equations 2, 4-7; `memprune.scores`): per (layer, timestep) the top-k Wanda scores of each
+row of ff.net.2 that also beat the null prompt's, and their union over the first tau steps."""
+
+from __future__ import annotations
+
+import torch
+
+from . import Localizer, weight_mask_set
+from ..scores_packed import memorized_masks_packed, union_over_timesteps_packed
+
+
+def locate(inputs, params):
+    per_step, union = {}, {}
+    for layer, w in inputs.weights.items():
+        per_step[layer] = memorized_masks_packed(w, torch.from_numpy(inputs.memorized[layer]).float(),
+                                                 torch.from_numpy(inputs.null[layer]).float(), inputs.n_prompts,
+                                                 params["sparsity"])
+        union[layer] = union_over_timesteps_packed(per_step[layer], params["tau"])
+    return weight_mask_set(inputs, union, per_step, {})
+
+
+LOCALIZER = Localizer(
+    name="wanda", description="Wanda scores |W| * ||X|| of ff.net.2, top-k per row beating the null prompt (the paper)",
+    locate=locate, defaults={"sparsity": 0.01, "tau": 10}, statistics=("ffn_input_sumsq",))

@@ -1,0 +1,325 @@
+"""The config turned into typed prompt sets, collections, methods, model variants, paths and command arguments.
+
+Pure (no Snakemake import) and tested on the shipped configs; `rules/common.smk` only wires it. Every path
+template and every benchmark file that a cost is read from is defined here, once. Closed loop: a prompt set
+given as {detect_from: [sets], top_k: k} is known by size when the plan is built, by content only after the
+checkpoint `detected_prompts` ran: `Plan.prompts(name)` asks the `resolve_detected` callback for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .prompts import InputError, read_prompts
+from .subsets import chunks_of, draw_subsets, subsets_from_files
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    file: str  # the prompt file (for a detected set: the file the checkpoint writes)
+    size: int
+    detect_from: tuple[str, ...] = ()  # closed loop: the pool it is detected from
+
+    @property
+    def detected(self) -> bool:
+        return bool(self.detect_from)
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    set: str
+    subsets: tuple[tuple[int, ...], ...]
+    control: bool
+
+
+@dataclass(frozen=True)
+class Method:
+    """A localizer with its parameters; `tag` names what its masks depend on (the activation tag, then its
+    parameters), so a changed parameter recomputes only its own masks."""
+
+    name: str
+    params: dict
+    tag: str
+    statistics: tuple[str, ...]
+    reference: str | None  # the method whose masks it imitates (random)
+
+
+@dataclass(frozen=True)
+class EvalModel:
+    """One model compared by evaluation or the attack: `id` labels it in tables, `path` is its place under
+    samples/, scores/ and the attack cache; pruned ones name their method, collection and subset."""
+
+    id: str
+    variant: str
+    path: str
+    method: str | None = None
+    collection: str | None = None
+    subset: int | None = None
+
+    @property
+    def subset_label(self) -> str | None:
+        return None if self.collection is None else f"{self.collection}/{self.subset}"
+
+
+TAG_NAMES = {"sparsity": "sp"}  # parameter names shortened in path tags
+
+
+def prompts_digest(prompts: list[str]) -> str:
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+
+
+def _key(where: str, message: str) -> InputError:
+    return InputError(f"config key {where}: {message}")
+
+
+@dataclass
+class Plan:
+    config: dict
+    repo: Path
+    resolve_detected: Callable[[str], list[str]] | None = None
+    sets: dict[str, PromptSet] = field(init=False)
+    collections: dict[str, Collection] = field(init=False)
+    methods: dict[str, Method] = field(init=False)
+
+    def __post_init__(self):
+        cfg = self.config
+        self.model = cfg["model"]
+        self.name = self.model["name"]
+        tb = cfg["testbed"]
+        self.is_testbed = Path(self.model["path"]).name == "testbed" or tb["use_retrained"]
+        self.model_dir = "results/testbed/model" if tb["use_retrained"] else self.repo_path(self.model["path"])
+        self.model_is_local = tb["use_retrained"] or Path(self.model_dir).exists()
+        s, a, d = cfg["sampling"], cfg["activations"], cfg["detection"]
+        self.act_tag = f"seed{s['seed']}_steps{s['steps']}_g{s['guidance']}_{a['variant']}"
+        self.det_tag = f"seed{d['seed']}x{d['n_seeds']}_steps{d['steps']}_first{d['score_steps']}_g{d['guidance']}"
+        self._read: dict[str, list[str]] = {}
+        self.sets = self._prompt_sets()
+        self.collections = {n: self._collection(n, spec) for n, spec in cfg["collections"].items()}
+        self.methods = self._methods()
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def repo_path(self, path: str) -> str:
+        """A path as given if it exists from the working directory, else relative to the repository (so the
+        shipped resources are found when Snakemake runs with --directory elsewhere)."""
+        p = Path(path)
+        if p.is_absolute() or p.exists() or not (self.repo / p).exists():
+            return str(path)
+        return str(self.repo / p)
+
+    def _prompt_sets(self) -> dict[str, PromptSet]:
+        sets, detected = {}, {}
+        for name, spec in self.config["prompt_sets"].items():
+            if isinstance(spec, dict):
+                detected[name] = spec
+                continue
+            path = self.repo_path(spec)
+            self._read[name] = read_prompts(Path(path))  # a bad file stops the plan, naming file and line
+            sets[name] = PromptSet(name, path, len(self._read[name]))
+        for name, spec in detected.items():
+            bad = [p for p in spec["detect_from"] if p not in sets]
+            if bad:
+                raise _key(f"prompt_sets.{name}.detect_from", f"{bad} are not prompt sets read from files; known: {sorted(sets)}")
+            sets[name] = PromptSet(name, f"{self.det_dir}/detected/{name}.txt", spec["top_k"], tuple(spec["detect_from"]))
+        return sets
+
+    def prompts(self, name: str) -> list[str]:
+        if name in self._read:
+            return self._read[name]
+        if self.resolve_detected is None:
+            raise RuntimeError(f"prompt set {name} is detected: its prompts exist once the checkpoint ran")
+        return self.resolve_detected(name)
+
+    def _collection(self, name: str, spec: dict) -> Collection:
+        where = f"collections.{name}"
+        if spec["set"] not in self.sets:
+            raise _key(f"{where}.set", f"unknown prompt set {spec['set']!r}; known: {sorted(self.sets)}")
+        pset = self.sets[spec["set"]]
+        if "files" in spec:
+            if pset.detected:
+                raise _key(f"{where}.files", "subsets of a detected prompt set are drawn (n_subsets, size), not listed")
+            subsets = subsets_from_files(self._read[pset.name], [self.repo_path(f) for f in spec["files"]], f"config key {where}")
+        else:
+            subsets = draw_subsets(pset.size, spec["n_subsets"], spec["size"], spec.get("seed", 0), f"config key {where}")
+        return Collection(name, pset.name, tuple(tuple(int(i) for i in s) for s in subsets), bool(spec.get("control")))
+
+    def _methods(self) -> dict[str, Method]:
+        from . import localize
+
+        shared = self.config["masks"]
+        methods = {}
+        for name, given in self.config["localizers"].items():
+            loc = localize.get(name)
+            params = loc.params({k: v for k, v in {**shared, **(given or {})}.items() if k in loc.defaults})
+            ref = params.get("like") if loc.reference else None
+            if loc.reference and ref not in methods:
+                raise _key(f"localizers.{name}.like", f"{ref!r} is not a localizer listed before it; known: {sorted(methods)}")
+            own = "_".join(f"{TAG_NAMES.get(k, k)}{v}" for k, v in params.items() if k != "like")
+            if loc.statistics:
+                tag = f"{self.act_tag}_{own}"
+            elif ref:
+                tag = f"{ref}-{methods[ref].tag}_{own}"
+            else:
+                tag = own
+            methods[name] = Method(name, params, tag, tuple(loc.statistics), ref)
+        if not methods:
+            raise _key("localizers", "no localizer listed")
+        return methods
+
+    # ------------------------------------------------------------------------------------------ paths
+
+    @property
+    def results(self) -> str:
+        return f"results/{self.name}"
+
+    @property
+    def act_dir(self) -> str:
+        return f"{self.results}/activations/{self.act_tag}"
+
+    @property
+    def det_dir(self) -> str:
+        return f"results/{self.config['model']['name']}/detection/{self.det_tag}"
+
+    def chunk_size(self) -> int:
+        return self.config["activations"]["chunk_size"]
+
+    def chunk_store(self, pset: str, chunk: int) -> str:
+        return f"{self.act_dir}/{pset}/chunk{chunk}.zarr"
+
+    def gathered(self, collection: str) -> str:
+        return f"{self.act_dir}/subsets/{collection}"
+
+    def masks_dir(self, method: str, collection: str) -> str:
+        return f"{self.results}/masks/{method}/{self.methods[method].tag}/{collection}"
+
+    def mask_store(self, method: str, collection: str, subset: int) -> str:
+        return f"{self.masks_dir(method, collection)}/{subset}.zarr"
+
+    def pruned(self, method: str, collection: str, subset: int) -> str:
+        return f"{self.results}/pruned/{method}/{self.methods[method].tag}/{collection}/{subset}"
+
+    def bench(self, stage: str, name: str) -> str:
+        """The Snakemake benchmark file of a job (costs are read from these)."""
+        return f"benchmarks/{self.name}/{stage}/{name}.tsv"
+
+    def log(self, stage: str, name: str) -> str:
+        return f"logs/{self.name}/{stage}/{name}.log"
+
+    def capture_bench(self, pset: str | None, chunk: int | None = None) -> str:
+        return self.bench(f"capture/{self.act_tag}", "null" if pset is None else f"{pset}_chunk{chunk}")
+
+    def masks_bench(self, method: str, collection: str) -> str:
+        return self.bench(f"masks/{method}/{self.methods[method].tag}", collection)
+
+    def prune_bench(self, method: str, collection: str, subset: int) -> str:
+        return self.bench(f"prune/{method}/{self.methods[method].tag}", f"{collection}_{subset}")
+
+    # ------------------------------------------------------------------------------------------ localization
+
+    def chunk_prompts(self, pset: str, chunk: int) -> list[str]:
+        n = self.chunk_size()
+        return self.prompts(pset)[chunk * n : (chunk + 1) * n]
+
+    def collection_chunks(self, collection: str) -> list[str]:
+        c = self.collections[collection]
+        indices = sorted({i for s in c.subsets for i in s})
+        return [self.chunk_store(c.set, k) for k in chunks_of(indices, self.chunk_size())]
+
+    def subsets_json(self, collection: str) -> str:
+        return json.dumps({str(i): list(s) for i, s in enumerate(self.collections[collection].subsets)})
+
+    def mask_inputs(self, method: str, collection: str) -> dict:
+        m = self.methods[method]
+        inputs = {}
+        if m.statistics:
+            inputs["subsets"] = self.gathered(collection)
+            inputs["null"] = f"{self.act_dir}/null.zarr"
+        if m.reference:
+            inputs["reference"] = self.masks_dir(m.reference, collection)
+        return inputs
+
+    def all_mask_dirs(self) -> list[str]:
+        return [self.masks_dir(m, c) for m in self.methods for c in self.collections]
+
+    def analysis_json(self) -> str:
+        return json.dumps({m: {c: {"control": col.control, "masks": [self.mask_store(m, c, i) for i in range(len(col.subsets))]}
+                               for c, col in self.collections.items()} for m in self.methods})
+
+    def targets(self) -> list[str]:
+        targets = ["results/iou.nc", "results/density.nc", "results/figures/iou.png"]
+        return targets + (["results/testbed/report.nc"] if self.is_testbed else [])
+
+    # ------------------------------------------------------------------------------------------ commands
+
+    def sampling_args(self, section: dict | None = None, size: bool = True) -> str:
+        s = section or self.config["sampling"]
+        args = [f"--steps {s['steps']}", f"--guidance {s['guidance']}", f"--batch-size {s['batch_size']}",
+                f"--device {self.model['device']}", f"--dtype {self.model['dtype']}"]
+        if self.model.get("scheduler"):
+            args.append(f"--scheduler {self.model['scheduler']}")
+        for key in ("height", "width") if size else ():
+            if s.get(key):
+                args.append(f"--{key} {s[key]}")
+        return " ".join(args)
+
+    def variant_params(self, variant: str) -> dict:
+        return dict(self.config.get("mitigation", {}).get(variant, {}))
+
+    def variant_args(self, model: EvalModel, checkpoint: str | None = None) -> str:
+        args = f"--variant {model.variant}"
+        if checkpoint:
+            args += f" --checkpoint {checkpoint}"
+        params = self.variant_params(model.variant)
+        return args + (f" --variant-params '{json.dumps(params)}'" if params else "")
+
+    def models(self, variants: list[str], pruned: dict[str, list[int]], methods: list[str]) -> list[EvalModel]:
+        from . import variants as registry
+
+        out = []
+        for v in variants:
+            entry = registry.get(v)
+            if not entry.needs_checkpoint:
+                out.append(EvalModel(v, v, v))
+                continue
+            for method in methods:
+                for c, subsets in pruned.items():
+                    for i in subsets:
+                        out.append(EvalModel(f"{v}:{method}|{c}/{i}", v, f"{v}/{method}/{self.methods[method].tag}/{c}/{i}",
+                                             method, c, int(i)))
+        if not out or out[0].id != "none":
+            out = [EvalModel("none", "none", "none")] + [m for m in out if m.id != "none"]
+        return out
+
+    def checkpoint_of(self, model: EvalModel) -> str | None:
+        return None if model.method is None else self.pruned(model.method, model.collection, model.subset)
+
+    def _check_methods(self, key: str, methods: list[str]) -> list[str]:
+        bad = [m for m in methods if m not in self.methods]
+        if bad:
+            raise _key(key, f"{bad} are not listed under localizers; known: {sorted(self.methods)}")
+        return methods
+
+    def _check_pruned(self, key: str, pruned: dict[str, list[int]]) -> dict[str, list[int]]:
+        for c, subsets in pruned.items():
+            if c not in self.collections:
+                raise _key(key, f"unknown collection {c!r}; known: {sorted(self.collections)}")
+            bad = [i for i in subsets if i >= len(self.collections[c].subsets)]
+            if bad:
+                raise _key(f"{key}.{c}", f"subset {bad[0]} out of range (the collection has {len(self.collections[c].subsets)})")
+        return pruned
+
+    def first_memorized(self) -> str | None:
+        return next((c for c, col in self.collections.items() if not col.control), None)
+
+    def file_sets(self, key: str, names: list[str]) -> list[str]:
+        bad = [n for n in names if n not in self.sets or self.sets[n].detected]
+        if bad:
+            raise _key(key, f"{bad} are not prompt sets read from files; known: "
+                            f"{sorted(n for n, s in self.sets.items() if not s.detected)}")
+        return list(names)

@@ -1,0 +1,172 @@
+"""The comparison half of the plan: which models evaluation, the extraction attack and detection compare, their
+paths, inputs and command arguments (`memprune.plan` holds prompt sets, collections and localizers)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .plan import EvalModel, Plan, _key
+
+
+def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> list[list]:
+    """The Snakemake benchmark files of what a pruned model's masks cost, with the share that is its own: the
+    capture chunks holding its prompts (in proportion of its prompts in each), the null-prompt capture, its
+    collection's mask job (one n-th), the imitated method's share (random), and its prune job."""
+    m, col = plan.methods[method], plan.collections[collection]
+    parts = []
+    if m.statistics:
+        indices, n = col.subsets[subset], plan.chunk_size()
+        size = plan.sets[col.set].size
+        for chunk in sorted({k // n for k in indices}):
+            in_chunk = sum(1 for k in indices if k // n == chunk)
+            parts.append([plan.capture_bench(col.set, chunk), in_chunk / len(range(chunk * n, min((chunk + 1) * n, size)))])
+        parts.append([plan.capture_bench(None), 1.0])
+    if m.reference:
+        parts += [p for p in _benchmark_parts(plan, m.reference, collection, subset) if "/prune/" not in p[0]]
+    parts.append([plan.masks_bench(method, collection), 1.0 / len(col.subsets)])
+    parts.append([plan.prune_bench(method, collection, subset), 1.0])
+    return parts
+
+
+@dataclass
+class Evaluation:
+    plan: Plan
+
+    def __post_init__(self):
+        plan, ev = self.plan, self.plan.config["evaluate"]
+        self.cfg = ev
+        first = plan.first_memorized()
+        self.collections = ev["collections"] or ([first] if first else [])
+        for c in self.collections:
+            if c not in plan.collections:
+                raise _key("evaluate.collections", f"unknown collection {c!r}; known: {sorted(plan.collections)}")
+        cap = ev.get("max_subsets")
+        pruned = {c: list(range(len(plan.collections[c].subsets) if cap is None else min(cap, len(plan.collections[c].subsets))))
+                  for c in self.collections}
+        methods = plan._check_methods("evaluate.methods", ev["methods"] or list(plan.methods)[:1])
+        self.models = plan.models(ev["variants"], pruned, methods)
+        s = plan.config["sampling"]
+        self.dir = f"{plan.results}/eval/steps{s['steps']}_g{s['guidance']}"
+        mem_set = ev["memorized"] or (plan.collections[self.collections[0]].set if self.collections else None)
+        self.memorized = plan.sets[mem_set].file if mem_set in plan.sets else (plan.repo_path(mem_set) if mem_set else None)
+        self.nonmemorized = plan.repo_path(ev["nonmemorized"]) if ev.get("nonmemorized") else None
+        self.data = "results/testbed/data" if plan.is_testbed and not ev.get("ground_truth") else None
+        clip = ev["clip"]
+        self.clip_dir = "results/testbed/clip" if clip.get("use_retrained") else (plan.repo_path(clip["weights"]) if clip["weights"] else None)
+
+    def by_path(self) -> dict[str, EvalModel]:
+        return {m.path: m for m in self.models}
+
+    def samples(self, model: EvalModel) -> str:
+        return f"{self.dir}/samples/{model.path}"
+
+    def scores(self, model: EvalModel) -> str:
+        return f"{self.dir}/scores/{model.path}.nc"
+
+    def prompt_args(self) -> str:
+        ev = self.cfg
+        args = f"--memorized {self.memorized}"
+        for key, value in (("max-memorized", ev["max_memorized"]), ("nonmemorized", self.nonmemorized),
+                           ("max-nonmemorized", ev["max_nonmemorized"])):
+            args += f" --{key} {value}" if value is not None else ""
+        return args
+
+    def metric_args(self) -> str:
+        ev, plan = self.cfg, self.plan
+        options = {"data": self.data, "ground-truth": plan.repo_path(ev["ground_truth"]) if ev.get("ground_truth") else None,
+                   "sscd": plan.repo_path(ev["sscd"]) if ev.get("sscd") else None, "clip-name": ev["clip"].get("name"),
+                   "clip-weights": self.clip_dir,
+                   "inception": plan.repo_path(ev["inception"]) if ev.get("inception") else None}
+        return " ".join(f"--{k} {v}" for k, v in options.items() if v is not None) + f" --device {plan.model['device']}"
+
+    def metric_inputs(self) -> dict:
+        """Local files the scores depend on (the dataset, the CLIP folder or file when it exists here)."""
+        from pathlib import Path
+
+        inputs = {"data": self.data} if self.data else {}
+        if self.cfg["clip"].get("use_retrained") or (self.clip_dir and Path(self.clip_dir).exists()):
+            inputs["clip"] = self.clip_dir
+        return inputs
+
+    def models_json(self) -> str:
+        plan, out = self.plan, {}
+        for m in self.models:
+            entry = {"variant": m.variant, "scores": self.scores(m)}
+            if m.method is not None:
+                col = plan.collections[m.collection]
+                entry.update(method=m.method, subset=m.subset_label, prompts_file=plan.sets[col.set].file,
+                             indices=list(col.subsets[m.subset]), mask_costs=_benchmark_parts(plan, m.method, m.collection, m.subset))
+            out[m.id] = entry
+        return json.dumps(out)
+
+    def targets(self) -> list[str]:
+        r = self.plan.results
+        return [f"{r}/eval.nc", f"{r}/eval_summary.csv", f"{r}/figures/eval_copy_vs_clip.png",
+                f"{r}/figures/eval_fid_time.png", f"{r}/figures/eval_grid.png"]
+
+
+@dataclass
+class Attack:
+    plan: Plan
+
+    def __post_init__(self):
+        plan, atk = self.plan, self.plan.config["attack"]
+        self.cfg = atk
+        first = plan.first_memorized()
+        default_sets = [plan.collections[first].set] if first and not plan.sets[plan.collections[first].set].detected else []
+        self.sets = plan.file_sets("attack.candidates", atk["candidates"] or default_sets)
+        pruned = plan._check_pruned("attack.pruned", atk["pruned"] if atk["pruned"] is not None else ({first: [0]} if first else {}))
+        methods = plan._check_methods("attack.methods", atk["methods"] or list(plan.methods)[:1])
+        self.models = plan.models(atk["variants"], pruned, methods)
+        self.tag = f"n{atk['n_samples']}_seed{atk['seed']}_steps{atk['steps']}_g{atk['guidance']}_grid{atk['tile_grid']}"
+        self.dir = f"{plan.results}/attack"
+        self.data = "results/testbed/data" if plan.is_testbed else None
+
+    def by_path(self) -> dict[str, EvalModel]:
+        return {m.path: m for m in self.models}
+
+    def chunk(self, model: EvalModel, pset: str, k: int) -> str:
+        return f"{self.dir}/cache/{self.tag}/{model.path}/{pset}_chunk{k}.nc"
+
+    def chunks(self, model: EvalModel) -> list[str]:
+        n = self.cfg["chunk_size"]
+        return [self.chunk(model, p, k) for p in self.sets for k in range((self.plan.sets[p].size + n - 1) // n)]
+
+    def result(self, model: EvalModel) -> str:
+        return f"{self.dir}/{model.path}.nc"
+
+    def chunk_range(self, k: int) -> tuple[int, int]:
+        n = self.cfg["chunk_size"]
+        return k * n, (k + 1) * n
+
+    def targets(self) -> list[str]:
+        return [f"{self.dir}/table.csv", f"{self.plan.results}/figures/attack.png"]
+
+
+@dataclass
+class Detection:
+    plan: Plan
+
+    def __post_init__(self):
+        plan, det = self.plan, self.plan.config["detection"]
+        self.cfg = det
+        self.sets = plan.file_sets("detection.candidates", det["candidates"] or [n for n, s in plan.sets.items() if not s.detected])
+        self.positive = det["positive"] or list(dict.fromkeys(
+            c.set for c in plan.collections.values() if not c.control and c.set in self.sets))
+        if not set(self.positive) <= set(self.sets):
+            raise _key("detection.positive", f"{sorted(set(self.positive) - set(self.sets))} are not in detection.candidates {self.sets}")
+        self.dir = plan.det_dir
+        self.detected = {n: s for n, s in plan.sets.items() if s.detected}
+
+    def scores(self, pset: str) -> str:
+        return f"{self.dir}/scores/{pset}.nc"
+
+    def args(self) -> str:
+        d = self.cfg
+        return (f"--n-seeds {d['n_seeds']} --seed {d['seed']} --score-steps {d['score_steps']} "
+                + self.plan.sampling_args(d, size=False))
+
+    def targets(self) -> list[str]:
+        r = self.plan.results
+        return [f"{r}/detection.nc", f"{r}/detection.csv"]

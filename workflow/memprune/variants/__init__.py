@@ -1,0 +1,89 @@
+"""The registry of model variants that evaluation and attacks compare.
+
+A variant is one module of this package defining `VARIANT` (a `Variant`): how to load the model (the base, or the
+base with an edit checkpoint from `memprune.edits`) and how to generate with it (plainly, or with an
+inference-time mitigation hooked into sampling), with its label and colour for tables and figures. Adding a
+variant is one module here plus its config entry; `register` adds one from outside the package (tests, plug-ins).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..prompts import InputError
+
+
+def _load_base(model, checkpoint, device, dtype, scheduler):
+    from ..models import load_pipeline
+
+    if checkpoint:
+        raise InputError(f"this variant runs the unedited model; got a checkpoint {checkpoint}")
+    return load_pipeline(model, device, dtype, scheduler)
+
+
+def _load_edited(model, checkpoint, device, dtype, scheduler):
+    from ..edits import load_edited_pipeline
+
+    if not checkpoint:
+        raise InputError("this variant needs an edit checkpoint (--checkpoint DIR)")
+    return load_edited_pipeline(checkpoint, base=model, device=device, dtype=dtype, scheduler=scheduler)
+
+
+def _generate_plain(pipe, prompts, seeds, cfg, params, progress=False):
+    from ..sampling import generate
+
+    return generate(pipe, prompts, seeds, cfg, progress=progress), {}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """`load(model, checkpoint, device, dtype, scheduler) -> pipeline`;
+    `generate(pipe, prompts, seeds, cfg, params, progress) -> (images (N, H, W, 3) uint8, info dict)`, where
+    info holds per-image arrays (N,) or scalars the variant wants recorded (e.g. Wen's iterations)."""
+
+    name: str
+    label: str
+    colour: str
+    needs_checkpoint: bool = False
+    load: Callable = _load_base
+    generate: Callable = _generate_plain
+    description: str = ""
+    default_params: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register(variant: Variant) -> Variant:
+    _REGISTRY[variant.name] = variant
+    return variant
+
+
+_DISCOVERED = False
+
+
+def _discover() -> None:
+    """Import every module of the package once; entries registered from outside before that stay."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    for mod in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{mod.name}")
+        if isinstance(getattr(module, "VARIANT", None), Variant):
+            _REGISTRY.setdefault(module.VARIANT.name, module.VARIANT)
+
+
+def get(name: str) -> Variant:
+    _discover()
+    if name not in _REGISTRY:
+        raise InputError(f"unknown model variant {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
