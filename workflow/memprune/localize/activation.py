@@ -1,0 +1,31 @@
+"""Control: the activation contrast alone, |W| ignored. Per (layer, timestep) the k input features whose norm
+exceeds the null prompt's the most, ||X_P,j|| - sqrt(|P|) ||x_null,j|| > 0 (the two norms of eqs. 4 and the
+null score), selected in every row; union over the first tau steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import Localizer, pack, weight_mask_set
+from ..scores import k_per_row, top_k_per_row
+
+
+def locate(inputs, params):
+    per_step, union = {}, {}
+    for layer, w in inputs.weights.items():
+        out_dim, n = w.shape
+        k = k_per_row(params["sparsity"], n)
+        mem = torch.from_numpy(inputs.memorized[layer]).float().sqrt()
+        null = (inputs.n_prompts * torch.from_numpy(inputs.null[layer]).float()).sqrt()
+        contrast = mem - null  # (step, in)
+        columns = top_k_per_row(contrast, k) & (contrast > 0)  # one "row" per step: the same in every row of W
+        masks = np.broadcast_to(columns.numpy()[:, None, :], (contrast.shape[0], out_dim, n))
+        per_step[layer] = pack(masks)
+        union[layer] = np.bitwise_or.reduce(per_step[layer][: params["tau"]], axis=0)
+    return weight_mask_set(inputs, union, per_step, {})
+
+
+LOCALIZER = Localizer(
+    name="activation", description="top-k input features of ff.net.2 by activation contrast to the null prompt, |W| ignored",
+    locate=locate, defaults={"sparsity": 0.01, "tau": 10}, statistics=("ffn_input_sumsq",))
