@@ -119,7 +119,7 @@ def registered():
     names = []
     yield lambda v: (names.append(v.name), variants.register(v))[1]
     for name in names:
-        variants._REGISTRY.pop(name, None)
+        variants._REGISTRY.entries.pop(name, None)
 
 
 def _half_guidance(pipe, prompts, seeds, cfg, params, progress=False):

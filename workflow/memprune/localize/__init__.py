@@ -12,14 +12,14 @@ it between every method that reads it:
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from ..masks import MaskSet
 from ..prompts import InputError
+from ..registry import Registry
 
 
 def ffn_second_linears(unet):
@@ -61,49 +61,16 @@ class Localizer:
         return {**self.defaults, **given}
 
 
-_REGISTRY: dict[str, Localizer] = {}
-
-
-def register(localizer: Localizer) -> Localizer:
-    _REGISTRY[localizer.name] = localizer
-    return localizer
-
-
-_DISCOVERED = False
-
-
-def _discover() -> None:
-    """Import every module of the package once; entries registered from outside before that stay."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    for mod in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{mod.name}")
-        if isinstance(getattr(module, "LOCALIZER", None), Localizer):
-            _REGISTRY.setdefault(module.LOCALIZER.name, module.LOCALIZER)
-
-
-def get(name: str) -> Localizer:
-    _discover()
-    if name not in _REGISTRY:
-        raise InputError(f"unknown localizer {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def names() -> list[str]:
-    _discover()
-    return sorted(_REGISTRY)
+_REGISTRY = Registry(__name__, "LOCALIZER", "localizer", Localizer)
+register, get, names = _REGISTRY.register, _REGISTRY.get, _REGISTRY.names
 
 
 def pack(mask: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(mask, dtype=bool), axis=-1)
 
 
-def weight_mask_set(inputs: Inputs, union: dict, per_step: dict | None, attrs: dict) -> "MaskSet":
+def weight_mask_set(inputs: Inputs, union: dict, per_step: dict | None, attrs: dict) -> MaskSet:
     """A MaskSet of kind-"weight" masks over `inputs.weights`' layers, with the inputs' timesteps if per_step."""
-    from ..masks import MaskSet
-
     layers = list(inputs.weights)
     return MaskSet(layers=layers, kinds={l: "weight" for l in layers},
                    grid={l: tuple(inputs.weights[l].shape) for l in layers}, union=union, per_step=per_step,

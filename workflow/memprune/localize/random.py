@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Localizer
+from . import Localizer, MaskSet
 
 
 def random_rows_like(packed: np.ndarray, n_columns: int, rng: np.random.Generator) -> np.ndarray:
@@ -19,8 +19,6 @@ def random_rows_like(packed: np.ndarray, n_columns: int, rng: np.random.Generato
 
 
 def locate(inputs, params):
-    from ..masks import MaskSet
-
     ref = inputs.reference
     per_step = None if ref.per_step is None else {
         l: random_rows_like(ref.per_step[l], ref.grid[l][1], inputs.rng) for l in ref.layers}

@@ -8,12 +8,11 @@ variant is one module here plus its config entry; `register` adds one from outsi
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..prompts import InputError
+from ..registry import Registry
 
 
 def _load_base(model, checkpoint, device, dtype, scheduler):
@@ -54,36 +53,5 @@ class Variant:
     default_params: dict = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, Variant] = {}
-
-
-def register(variant: Variant) -> Variant:
-    _REGISTRY[variant.name] = variant
-    return variant
-
-
-_DISCOVERED = False
-
-
-def _discover() -> None:
-    """Import every module of the package once; entries registered from outside before that stay."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    for mod in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{mod.name}")
-        if isinstance(getattr(module, "VARIANT", None), Variant):
-            _REGISTRY.setdefault(module.VARIANT.name, module.VARIANT)
-
-
-def get(name: str) -> Variant:
-    _discover()
-    if name not in _REGISTRY:
-        raise InputError(f"unknown model variant {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def names() -> list[str]:
-    _discover()
-    return sorted(_REGISTRY)
+_REGISTRY = Registry(__name__, "VARIANT", "model variant", Variant)
+register, get, names = _REGISTRY.register, _REGISTRY.get, _REGISTRY.names
