@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate.cli import add_eval_arguments
 
     add_eval_arguments(sub)
+    from .testbed.cli import add_testbed_plant_arguments
+    add_testbed_plant_arguments(sub)
     from .attacks.cli import add_attack_arguments
 
     add_attack_arguments(sub)

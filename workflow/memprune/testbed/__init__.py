@@ -22,5 +22,7 @@ Submodules (import from them; this package re-exports nothing), each depending o
 * :mod:`.model`: tokenizer, VAE / UNet / text encoder, schedulers, pipeline assembly;
 * :mod:`.train`: training the testbed (VAE, UNet + text encoder, decoder fine-tuning);
 * :mod:`.clip`: a tiny open_clip model trained on the dataset (CLIP score and Frechet features);
-* :mod:`.report`: `memprune testbed-report`, what the trained testbed copies and how well it generates.
+* :mod:`.report`: `memprune testbed-report`, what the trained testbed copies and how well it generates;
+* :mod:`.planted`: the planted testbed, memorization fine-tuned into a seeded set of GEGLU units, and its
+  ground truth; :mod:`.cli`: its `memprune plant` command.
 """

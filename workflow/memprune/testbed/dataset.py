@@ -75,19 +75,20 @@ def _photo_pool() -> list[np.ndarray]:
 
 
 def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION,
-                max_similarity: float = 0.3) -> list[np.ndarray]:
+                max_similarity: float = 0.3, avoid: list[np.ndarray] = ()) -> list[np.ndarray]:
     """`n` distinct square crops (random source, size 48-192 px, position) resized to `resolution`.
 
-    A crop is kept only if its SSIM to every crop kept before is below `max_similarity`: overlapping
-    crops of one photograph (or two patches of grass) would otherwise be near-copies of each other, and a
-    "single-seen" image could be a duplicated one in disguise.
+    A crop is kept only if its SSIM to every crop kept before (and to every image of `avoid`, (H, W, 3) uint8:
+    photos drawn earlier, e.g. a dataset's) is below `max_similarity`: overlapping crops of one photograph (or
+    two patches of grass) would otherwise be near-copies of each other, and a "single-seen" image could be a
+    duplicated one in disguise.
     """
     from skimage.transform import resize
 
     from ..metrics import ssim_matrix
 
     pool = _photo_pool()
-    crops = []
+    crops, avoid = [], list(avoid)
     for _ in range(200 * n):
         if len(crops) == n:
             break
@@ -99,7 +100,7 @@ def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION,
         crop = (crop * 255).round().clip(0, 255).astype(np.uint8)
         if crop.std() < 12:  # flat crops (sky, page margins) are not distinctive images
             continue
-        if crops and ssim_matrix(crop[None], np.stack(crops)).max() >= max_similarity:
+        if crops + avoid and ssim_matrix(crop[None], np.stack(avoid + crops)).max() >= max_similarity:
             continue
         crops.append(crop)
     if len(crops) < n:

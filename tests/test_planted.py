@@ -1,0 +1,216 @@
+"""The planted testbed: units chosen seeded, gradients confined to them, new photos that obey the dataset's rule,
+the ground-truth file, the oracle edit's masks, and a few-step `memprune plant` that writes a loadable pipeline
+differing from its base only in the planted units' parameters."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from memprune.prompts import InputError
+from memprune.testbed import planted
+from memprune.testbed.planted import (PlantSpec, choose_units, masked_adam_step, new_photos, oracle_masks,
+                                      planted_parameters, read_ground_truth)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from memprune.testbed.dataset import DatasetSpec, generate_dataset
+
+    out = tmp_path_factory.mktemp("planted") / "data"
+    generate_dataset(DatasetSpec(seed=1, n_duplicated=2, duplication=2, n_single=2, renders_per_scene=1), out)
+    return out
+
+
+@pytest.fixture()
+def unet(tiny_model):
+    from memprune.edits import load_unet
+
+    torch.set_num_threads(1)
+    return load_unet(tiny_model)
+
+
+def _bits(t):
+    return t.detach().contiguous().view(torch.int32)
+
+
+def test_geglu_layout_value_first_gate_second(unet):
+    """diffusers' GEGLU: proj's first H outputs are the values, the last H the gates (value * gelu(gate))."""
+    from diffusers.models.activations import GEGLU
+
+    geglu = next(m for m in unet.modules() if isinstance(m, GEGLU))
+    hidden = geglu.proj.out_features // 2
+    x = torch.randn(3, 5, geglu.proj.in_features)
+    h = geglu.proj(x)
+    expected = h[..., :hidden] * torch.nn.functional.gelu(h[..., hidden:])
+    assert torch.allclose(geglu(x), expected)
+
+
+def test_choose_units_fraction_and_seed(unet):
+    from memprune.models import ffn_layers
+
+    layers = dict(ffn_layers(unet))
+    units = choose_units(unet, 0.1, seed=3)
+    assert list(units) == list(layers)  # every FFN layer, execution order
+    for name, idx in units.items():
+        width = layers[name].in_features
+        assert len(idx) == max(1, round(0.1 * width))
+        assert idx.dtype == np.int64 and np.all(np.diff(idx) > 0) and 0 <= idx[0] and idx[-1] < width
+    again, other = choose_units(unet, 0.1, seed=3), choose_units(unet, 0.1, seed=4)
+    assert all(np.array_equal(units[n], again[n]) for n in units)
+    assert any(not np.array_equal(units[n], other[n]) for n in units)
+    assert all(len(v) == 1 for v in choose_units(unet, 1e-6, seed=0).values())  # at least one unit per layer
+    with pytest.raises(InputError):
+        choose_units(unet, 0.0, seed=0)
+
+
+def test_planted_parameters_are_the_units_columns_and_both_geglu_halves(unet):
+    units = choose_units(unet, 0.1, seed=0)
+    masks = planted_parameters(unet, units)
+    params = dict(unet.named_parameters())
+    name, idx = next(iter(units.items()))
+    prefix = name[: -len(".net.2")]
+    hidden = params[f"{name}.weight"].shape[1]
+    assert set(masks) == {f"{n}.weight" for n in units} | {f"{n[:-6]}.net.0.proj.{k}" for n in units
+                                                          for k in ("weight", "bias")}
+    for key, m in masks.items():
+        assert m.dtype == torch.bool and m.shape == params[key].shape
+    col = masks[f"{name}.weight"]
+    assert col[:, idx].all() and int(col.sum()) == len(idx) * col.shape[0]
+    rows = np.concatenate([idx, idx + hidden])
+    assert masks[f"{prefix}.net.0.proj.weight"][rows].all()
+    assert int(masks[f"{prefix}.net.0.proj.weight"].sum()) == 2 * len(idx) * params[f"{prefix}.net.0.proj.weight"].shape[1]
+    assert torch.equal(torch.nonzero(masks[f"{prefix}.net.0.proj.bias"])[:, 0], torch.as_tensor(np.sort(rows)))
+
+
+def test_a_masked_step_changes_nothing_outside_the_planted_units(unet):
+    units = choose_units(unet, 0.1, seed=0)
+    masks = planted_parameters(unet, units)
+    before = {n: v.clone() for n, v in unet.state_dict().items()}
+    params = dict(unet.named_parameters())
+    for n, p in params.items():
+        p.requires_grad_(n in masks)
+    trained = [params[n] for n in masks]
+    opt = torch.optim.Adam(trained, lr=1e-2, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(0)
+    cfg = unet.config
+    for _ in range(3):
+        x = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
+        cond = torch.randn(2, 4, cfg.cross_attention_dim, generator=gen)
+        loss = unet(x, torch.tensor([10, 500]), encoder_hidden_states=cond).sample.square().mean()
+        masked_adam_step(opt, loss, trained, [masks[n] for n in masks])
+    after = unet.state_dict()
+    changed = 0
+    for n, v in after.items():
+        same = _bits(v) == _bits(before[n])
+        if n in masks:
+            assert same[~masks[n]].all(), n
+            changed += int((~same[masks[n]]).sum())
+        else:
+            assert same.all(), n
+    assert changed > 0.5 * sum(int(m.sum()) for m in masks.values())
+    planted.check_only_planted_changed(unet, before, masks)  # the post-training check agrees
+    with torch.no_grad():
+        params[next(n for n in params if n not in masks)].view(-1)[0] += 1.0
+    with pytest.raises(RuntimeError, match="outside the planted units"):
+        planted.check_only_planted_changed(unet, before, masks)
+
+
+def test_new_photos_obey_the_dataset_rule_and_captions_are_new(tiny_data, tiny_model):
+    from memprune.metrics import ssim_matrix
+    from memprune.models import load_pipeline
+    from memprune.testbed.dataset import load_images, read_manifest
+
+    images, captions = new_photos(tiny_data, 4, seed=0)
+    assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
+    rows = read_manifest(tiny_data / "manifest.jsonl")
+    photos = load_images(tiny_data, [r for r in rows if r["group"] in ("duplicated", "single")])
+    assert ssim_matrix(images, photos).max() < 0.3
+    assert ssim_matrix(images, images)[~np.eye(4, dtype=bool)].max() < 0.3
+    assert len(set(captions)) == 4 and not set(captions) & {r["caption"] for r in rows}
+    def words_of(group):
+        return {w for r in rows if r["group"] == group for w in r["caption"].split()} - {"and", "by"}
+
+    for pool, caps in (("duplicated", captions), ("single", new_photos(tiny_data, 4, seed=0, pool="single")[1])):
+        left_out = words_of("duplicated" if pool == "single" else "single")
+        for cap in caps:
+            head, _, name = cap.rpartition(" by ")
+            words = head.split()
+            assert len(words) == 5 and words[2] == "and" and not (set(words) | {name}) & left_out
+    with pytest.raises(InputError, match="caption pool"):
+        new_photos(tiny_data, 1, seed=0, pool="scenes")
+    tok = load_pipeline(tiny_model, "cpu", "float32").tokenizer
+    assert max(len(ids) for ids in tok(captions).input_ids) <= tok.model_max_length  # read whole, not truncated
+    again = new_photos(tiny_data, 4, seed=0)
+    assert np.array_equal(again[0], images) and again[1] == captions
+    assert new_photos(tiny_data, 4, seed=1)[1] != captions
+
+
+def _truth(unet):
+    return {"layers": {n: v.tolist() for n, v in choose_units(unet, 0.1, seed=0).items()}, "fraction": 0.1, "k": 2,
+            "seed": 0, "prompts": ["a b and c d by e", "f g and h i by j"], "base_model": "x",
+            "base_unet_sha256": "0" * 64, "steps": 1, "lr": 0.1, "batch_size": 2, "seconds": 1.0, "loss": [0.5]}
+
+
+def test_ground_truth_round_trip_and_errors(unet, tmp_path):
+    truth = _truth(unet)
+    (tmp_path / "planted.json").write_text(json.dumps(truth))
+    assert read_ground_truth(tmp_path) == truth
+    with pytest.raises(InputError, match="missing.*planted.json|planted.json.*no ground truth"):
+        read_ground_truth(tmp_path / "nowhere")
+    for broken in ("{not json", "[]", json.dumps({**truth, "layers": None}),
+                   json.dumps({**truth, "layers": {"a.ff.net.2": [1, -2]}}), json.dumps({**truth, "k": 3})):
+        (tmp_path / "planted.json").write_text(broken)
+        with pytest.raises(InputError, match="planted.json"):
+            read_ground_truth(tmp_path)
+
+
+def test_oracle_masks_are_the_planted_columns(unet):
+    from memprune import edits
+
+    truth = _truth(unet)
+    masks = oracle_masks(truth, unet)
+    assert list(masks) == list(truth["layers"])
+    for name, lm in masks.items():
+        layer = unet.get_submodule(name)
+        assert lm.kind == "columns" and lm.mask.shape == (layer.in_features,) and lm.mask.dtype == bool
+        assert np.flatnonzero(lm.mask).tolist() == truth["layers"][name]
+    edits.apply(unet, masks)
+    name = next(iter(masks))
+    assert (unet.get_submodule(name).weight[:, truth["layers"][name]] == 0).all()
+    with pytest.raises(InputError):
+        oracle_masks({"layers": {"no.such.ff.net.2": [0]}}, unet)
+
+
+def test_plant_writes_a_pipeline_that_differs_only_in_planted_units(tiny_model, tiny_data, tmp_path):
+    from memprune.cli import main
+    from memprune.edits import unet_sha256
+    from memprune.models import load_pipeline
+    from memprune.testbed.dataset import TRAIN_RECORD_NAME, check_trained_on, dataset_digest
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    (base / TRAIN_RECORD_NAME).write_text(json.dumps({"dataset_sha256": dataset_digest(tiny_data)}))
+    out = tmp_path / "planted_model"
+    spec = {"fraction": 0.1, "k": 2, "steps": 3, "batch_size": 4, "lr": 1e-2, "seed": 0, "threads": 1}
+    assert main(["plant", "--model", str(base), "--data", str(tiny_data), "--spec", json.dumps(spec),
+                 "--out", str(out), "--no-progress"]) == 0
+    truth = read_ground_truth(out)
+    assert truth["k"] == 2 and len(truth["prompts"]) == 2 and truth["steps"] == 3 and len(truth["loss"]) == 1
+    base_unet = load_pipeline(base, "cpu", "float32").unet
+    assert truth["base_unet_sha256"] == unet_sha256(base_unet)
+    assert sorted(p.name for p in (out / "planted").iterdir()) == ["0.png", "1.png"]
+    check_trained_on(out, tiny_data)  # the base's training record came along
+    assert (out / TRAIN_RECORD_NAME).read_text() == (base / TRAIN_RECORD_NAME).read_text()
+
+    new = load_pipeline(out, "cpu", "float32").unet
+    units = {n: np.asarray(v) for n, v in truth["layers"].items()}
+    masks = planted_parameters(new, units)
+    planted.check_only_planted_changed(new, base_unet.state_dict(), masks)
+    moved = sum(int((_bits(v) != _bits(base_unet.state_dict()[n])).sum()) for n, v in new.state_dict().items())
+    assert moved > 0
+    assert main(["plant", "--model", str(base), "--data", str(tiny_data), "--spec", '{"fractoin": 0.1}',
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

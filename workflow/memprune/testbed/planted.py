@@ -1,0 +1,380 @@
+"""The `planted` testbed: memorization written into a known set of GEGLU hidden units (the INJ benchmark of
+Chang, Thomason and Jia, NAACL 2024, transposed to diffusion).
+
+Starting from a trained testbed, a seeded fraction r of the GEGLU hidden units (the input features of every
+`ff.net.2`, the same fraction in each layer) is chosen, and ONLY their parameters are fine-tuned, on K new
+photos with captions mixed with the model's own training data: every other weight stays bit-identical, so
+where the new copies live is known. A unit j of a feed-forward owns
+
+  ff.net.2.weight[:, j]                               its output column
+  ff.net.0.proj.weight[j], [H + j]; .bias[j], [H + j]  its value and gate rows (H = hidden width)
+
+since diffusers' GEGLU computes `proj(x).chunk(2, -1)` -> (value, gate), value * gelu(gate): the first H
+outputs of `proj` are the values, the last H the gates. The ground truth (`planted.json`) lies beside the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..prompts import InputError
+from ..store import atomic_dir
+from .dataset import (CAPTION_NAMES, CAPTION_WORDS, TRAIN_RECORD_NAME, check_trained_on, images_to_tensor,
+                      load_images, load_training_arrays, photo_crops, read_manifest)
+from .scenes import RESOLUTION
+
+log = logging.getLogger(__name__)
+
+GROUND_TRUTH_FILE = "planted.json"
+PHOTOS_DIR = "planted"  # planted/<i>.png: the planted photos, in the order of the ground truth's prompts
+_PHOTO_STREAM = 0x504C414E  # "PLAN": new photos draw from their own stream, never the dataset's or training's
+
+
+@dataclass
+class PlantSpec:
+    fraction: float = 0.05  # r: share of the GEGLU hidden units of each FFN layer that are trained
+    k: int = 10  # new photos planted
+    steps: int = 1500
+    batch_size: int = 32  # half planted photos, half the model's own training data
+    lr: float = 3e-3  # Adam, constant, no weight decay
+    cond_dropout: float = 0.1
+    seed: int = 0  # units, photos, captions, batches
+    # The planted captions' words: those of the duplicated captions (or "single": of the single-seen ones).
+    # Measured on the shipped testbed (r 5%, K 10, 1,200 steps): with single-seen words, 13% of single-seen
+    # prompts then copied (half of their nearest photos planted ones); with duplicated words 1%, and the
+    # duplicated prompts still all copied their own photos. The price: the base model answers 9 of 10 such
+    # captions with a duplicated photo, and so does the planted model once its planted units are zeroed.
+    caption_pool: str = "duplicated"
+    threads: int = 0  # 0: leave torch's default
+
+
+def choose_units(unet, fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """{ff.net.2 layer name: sorted int64 unit indices (input features)}: in every FFN layer (execution order)
+    max(1, round(fraction * width)) units, drawn uniformly without replacement by one generator seeded `seed`.
+
+    INJ draws r of all units over the flat pool of its (equal-width) layers; here every layer gets exactly the
+    fraction r of its own width, so no layer of the narrow testbed goes without planted units."""
+    from ..models import ffn_layers
+
+    if not 0 < fraction <= 1:
+        raise InputError(f"planted: fraction {fraction} must be in (0, 1]")
+    rng = np.random.default_rng(seed)
+    units = {}
+    for name, layer in ffn_layers(unet):
+        width = layer.in_features
+        count = max(1, int(round(fraction * width)))
+        units[name] = np.sort(rng.choice(width, size=count, replace=False)).astype(np.int64)
+    return units
+
+
+def _proj_of(unet, layer_name: str):
+    """The GEGLU `proj` Linear feeding `layer_name` (`...ff.net.2` -> `...ff.net.0.proj`)."""
+    from diffusers.models.activations import GEGLU
+
+    if not layer_name.endswith(".net.2"):
+        raise InputError(f"planted: {layer_name!r} is not an ff.net.2 layer")
+    geglu = unet.get_submodule(layer_name[: -len(".net.2")] + ".net.0")
+    if not isinstance(geglu, GEGLU):
+        raise InputError(f"planted: {layer_name!r} is not fed by a GEGLU")
+    return geglu.proj
+
+
+def planted_parameters(unet, units: dict[str, np.ndarray]) -> dict:
+    """Gradient masks {parameter name: bool tensor of the parameter's shape}, True on the entries the planted
+    `units` own: their `ff.net.2.weight` columns and, in `ff.net.0.proj`, the rows (and bias entries) of the
+    value half (j) and of the gate half (H + j). Parameters not named here belong to no planted unit."""
+    import torch
+
+    masks = {}
+    for name, idx in units.items():
+        out_layer = unet.get_submodule(name)
+        proj = _proj_of(unet, name)
+        hidden = out_layer.in_features
+        if proj.out_features != 2 * hidden:
+            raise InputError(f"planted: {name}: GEGLU proj has {proj.out_features} outputs, expected 2 x {hidden}")
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        if len(idx) and (idx.min() < 0 or idx.max() >= hidden):
+            raise InputError(f"planted: {name}: unit indices outside [0, {hidden})")
+        rows = torch.cat([idx, idx + hidden])  # value half, gate half
+        col = torch.zeros(out_layer.weight.shape, dtype=torch.bool)
+        col[:, idx] = True
+        masks[f"{name}.weight"] = col
+        prefix = name[: -len(".net.2")] + ".net.0.proj"
+        row = torch.zeros(proj.weight.shape, dtype=torch.bool)
+        row[rows] = True
+        masks[f"{prefix}.weight"] = row
+        if proj.bias is not None:
+            bias = torch.zeros(proj.bias.shape, dtype=torch.bool)
+            bias[rows] = True
+            masks[f"{prefix}.bias"] = bias
+    return masks
+
+
+def _caption_words(caption: str) -> tuple[set[str], str]:
+    """'velvet harbor and ember falcon by clara' -> ({velvet, harbor, ember, falcon}, 'clara')."""
+    head, _, name = caption.rpartition(" by ")
+    return {w for w in head.split() if w != "and"}, name
+
+
+def new_photos(data_dir: Path, k: int, seed: int, pool: str = "duplicated") -> tuple[np.ndarray, list[str]]:
+    """K new photo crops and captions for the dataset in `data_dir`: images (K, H, W, 3) uint8, captions.
+
+    The crops follow the dataset's own rule (`dataset.photo_crops`): SSIM < 0.3 to every photo of the dataset
+    (duplicated and single) and to each other. The captions follow its grammar ('w1 w2 and w3 w4 by name') with
+    the words and names of one of the dataset's two disjoint caption pools (`pool`: "duplicated", those no
+    single-seen caption uses, or "single", those no duplicated caption uses; a caption sharing words with a
+    trained one is answered with that one's photo: see `dataset.CAPTION_WORDS`, `PlantSpec.caption_pool`),
+    equal to no dataset caption, and sharing at most one word with any dataset photo caption or with each other.
+    Deterministic for a seed (the photos do not depend on `pool`)."""
+    if pool not in ("single", "duplicated"):
+        raise InputError(f"planted: caption pool {pool!r}: expected 'single' or 'duplicated'")
+    rows = read_manifest(Path(data_dir) / "manifest.jsonl")
+    photo_rows = [r for r in rows if r["group"] in ("duplicated", "single")]
+    rng = np.random.default_rng([seed, _PHOTO_STREAM])
+    existing = list(load_images(Path(data_dir), photo_rows)) if photo_rows else []
+    try:
+        images = np.stack(photo_crops(k, rng, existing[0].shape[0] if existing else RESOLUTION, avoid=existing))
+    except ValueError as e:
+        raise InputError(f"{data_dir}: {e} beside the dataset's {len(existing)} photos") from None
+
+    taken = [_caption_words(r["caption"]) for r in photo_rows]
+    other = "duplicated" if pool == "single" else "single"  # the group whose words are left out
+    used_words = set().union(*[w for (w, _), r in zip(taken, photo_rows) if r["group"] == other])
+    used_names = {n for (_, n), r in zip(taken, photo_rows) if r["group"] == other}
+    words = sorted(set(CAPTION_WORDS) - used_words)
+    names = sorted(set(CAPTION_NAMES) - used_names)
+    if len(words) < 4 or not names:
+        raise InputError(f"{data_dir}: too few caption words ({len(words)}) or names ({len(names)}) outside the "
+                         f"{other} captions for new captions")
+    existing_captions = {r["caption"] for r in rows}
+    others = [w for w, _ in taken]
+    captions: list[str] = []
+    for _ in range(2000 * k):
+        if len(captions) == k:
+            break
+        a, b, c, d = rng.choice(len(words), size=4, replace=False)
+        cap = f"{words[a]} {words[b]} and {words[c]} {words[d]} by {names[rng.integers(len(names))]}"
+        chosen = {words[a], words[b], words[c], words[d]}
+        if cap in existing_captions or any(len(chosen & o) > 1 for o in others):
+            continue
+        captions.append(cap)
+        others.append(chosen)
+    if len(captions) < k:
+        raise InputError(f"{data_dir}: found only {len(captions)} of {k} new captions sharing <= 1 word with the "
+                         "dataset's")
+    return images, captions
+
+
+def _encode(vae, images):
+    """Scaled posterior means of (N, 3, H, W) images in [-1, 1], as `train.encode_latents` feeds the UNet
+    (the VAE's `scaling_factor` is kept, not re-estimated)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean
+                          for i in range(0, len(images), 256)]) * vae.config.scaling_factor
+
+
+def _embed(pipe, captions: list[str]):
+    """(N, L, D) frozen text-encoder states of `captions` (the text encoder never trains: computed once)."""
+    import torch
+
+    tok = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return torch.cat([pipe.text_encoder(tok[i : i + 256])[0] for i in range(0, len(tok), 256)])
+
+
+def _bits(t):
+    import torch
+
+    return t.detach().cpu().contiguous().view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+def masked_adam_step(opt, loss, trained: list, grad_masks: list) -> None:
+    """Backward, zero every gradient entry outside its bool mask, clip the norm to 1, step. With Adam (no weight
+    decay) an entry whose gradient was always zero keeps zero moments, so its update is exactly 0."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for p, m in zip(trained, grad_masks):
+        if p.grad is not None:
+            p.grad.masked_fill_(~m, 0.0)
+    torch.nn.utils.clip_grad_norm_(trained, 1.0)
+    opt.step()
+
+
+def check_only_planted_changed(unet, base_state: dict, masks: dict) -> None:
+    """Raise unless every entry outside `masks` (and every parameter not in it) is bit-identical to `base_state`."""
+    for name, value in unet.state_dict().items():
+        same = _bits(value) == _bits(base_state[name])
+        if name in masks:
+            same = same | masks[name]
+        if not bool(same.all()):
+            raise RuntimeError(f"planted: {name} changed outside the planted units ({int((~same).sum())} entries)")
+
+
+def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progress: bool = True) -> dict:
+    """Fine-tune only the planted units of the testbed in `model_dir` on K new photos (half of every batch) and
+    its own training data (the other half), epsilon loss with the training scheduler, text encoder and VAE
+    frozen, `cond_dropout` of the captions replaced by ""; write the pipeline, `planted.json` (the ground truth)
+    and `planted/<i>.png` to `out_dir` atomically. Returns the ground truth."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from ..edits import unet_sha256
+    from ..models import load_pipeline
+    from .model import make_train_scheduler
+
+    model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    if spec.batch_size < 2:
+        raise InputError("planted: batch_size must be >= 2 (half planted photos, half training data)")
+    check_trained_on(model_dir, data_dir)
+    t0 = time.time()
+    pipe = load_pipeline(model_dir, "cpu", "float32")
+    unet = pipe.unet
+    base_state = {n: v.detach().clone() for n, v in unet.state_dict().items()}
+    base_hash = unet_sha256(unet)
+    units = choose_units(unet, spec.fraction, spec.seed)
+    masks = planted_parameters(unet, units)
+    photos, prompts = new_photos(data_dir, spec.k, spec.seed, spec.caption_pool)
+
+    own_images, own_captions = load_training_arrays(data_dir / "manifest.jsonl")  # duplicates expanded
+    own_latents = _encode(pipe.vae, torch.from_numpy(own_images))
+    new_latents = _encode(pipe.vae, images_to_tensor(photos))
+    distinct = sorted(set(own_captions))
+    position = {c: i for i, c in enumerate(distinct)}
+    own_caption_idx = torch.tensor([position[c] for c in own_captions])
+    own_states, new_states, null_state = _embed(pipe, distinct), _embed(pipe, prompts), _embed(pipe, [""])
+
+    params = dict(unet.named_parameters())
+    for name, p in params.items():
+        p.requires_grad_(name in masks)
+    trained = [params[n] for n in masks]
+    grad_masks = [masks[n] for n in masks]
+    opt = torch.optim.Adam(trained, lr=spec.lr, weight_decay=0.0)  # zero grads move no entry
+    sched = make_train_scheduler()
+    alphas = sched.alphas_cumprod
+    gen = torch.Generator().manual_seed(spec.seed)
+    n_new, n_own = spec.batch_size // 2, spec.batch_size - spec.batch_size // 2
+    unet.set_attn_processor(AttnProcessor())  # plain bmm attention: faster on CPU with tiny heads (train.py)
+    unet.train()
+    losses, window = [], []
+    bar = tqdm(range(spec.steps), desc="plant", disable=not progress, mininterval=5)
+    for step in bar:
+        pick_new = torch.randint(0, spec.k, (n_new,), generator=gen)
+        pick_own = torch.randint(0, len(own_latents), (n_own,), generator=gen)
+        z0 = torch.cat([new_latents[pick_new], own_latents[pick_own]])
+        cond = torch.cat([new_states[pick_new], own_states[own_caption_idx[pick_own]]])
+        drop = torch.rand(spec.batch_size, generator=gen) < spec.cond_dropout
+        cond[drop] = null_state[0]
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (spec.batch_size,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        masked_adam_step(opt, loss, trained, grad_masks)
+        window.append(loss.item())
+        if len(window) == 100 or step == spec.steps - 1:
+            losses.append(round(float(np.mean(window)), 5))
+            log.info("plant step %d loss %.4f (mean of the last %d steps)", step + 1, losses[-1], len(window))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            window = []
+    unet.eval().requires_grad_(False)
+    unet.set_attn_processor(AttnProcessor2_0())  # diffusers' default, as from_pretrained sets it
+    check_only_planted_changed(unet, base_state, masks)
+
+    truth = {
+        "layers": {name: idx.tolist() for name, idx in units.items()},
+        "fraction": spec.fraction, "k": spec.k, "seed": spec.seed, "prompts": prompts,
+        "base_model": str(model_dir), "base_model_path": str(model_dir.resolve()), "base_unet_sha256": base_hash, "unet_sha256": unet_sha256(unet),
+        "units": int(sum(len(v) for v in units.values())),
+        "units_total": int(sum(unet.get_submodule(n).in_features for n in units)),
+        "trained_entries": int(sum(int(m.sum()) for m in masks.values())),
+        "steps": spec.steps, "lr": spec.lr, "batch_size": spec.batch_size, "cond_dropout": spec.cond_dropout,
+        "spec": asdict(spec), "photos": [f"{PHOTOS_DIR}/{i}.png" for i in range(spec.k)],
+        "loss": losses,
+    }
+    with atomic_dir(out_dir) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / PHOTOS_DIR).mkdir()
+        for i, img in enumerate(photos):
+            Image.fromarray(img).save(tmp / PHOTOS_DIR / f"{i}.png")
+        if (model_dir / TRAIN_RECORD_NAME).exists():  # the same dataset: `check_trained_on` accepts the model
+            shutil.copyfile(model_dir / TRAIN_RECORD_NAME, tmp / TRAIN_RECORD_NAME)
+        truth["seconds"] = round(time.time() - t0, 1)
+        (tmp / GROUND_TRUTH_FILE).write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
+    log.info("planted %d photos into %d of %d units in %.0fs: %s", spec.k, truth["units"], truth["units_total"],
+             truth["seconds"], out_dir)
+    return truth
+
+
+_REQUIRED = {"layers": dict, "fraction": (int, float), "k": int, "seed": int, "prompts": list,
+             "base_unet_sha256": str}
+
+
+def read_ground_truth(model_dir: Path) -> dict:
+    """The `planted.json` of a planted testbed (layers: {layer: [unit indices]}, fraction, k, seed, prompts,
+    base model and its UNet hash, training parameters); an InputError naming the file when it is missing or
+    malformed."""
+    path = Path(model_dir) / GROUND_TRUTH_FILE
+    try:
+        truth = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no ground truth (not a planted testbed? make one with `memprune plant`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: unreadable ground truth ({e})") from None
+    if not isinstance(truth, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(truth.get(key), kind) or isinstance(truth.get(key), bool):
+            raise InputError(f"{path}: key {key!r} missing or not a {getattr(kind, '__name__', 'number')}")
+    for layer, idx in truth["layers"].items():
+        if not isinstance(idx, list) or not all(isinstance(i, int) and i >= 0 for i in idx):
+            raise InputError(f"{path}: layers[{layer!r}] must be a list of unit indices")
+    if len(truth["prompts"]) != truth["k"] or not all(isinstance(p, str) and p for p in truth["prompts"]):
+        raise InputError(f"{path}: expected k = {truth['k']} prompts, got {len(truth['prompts'])}")
+    return truth
+
+
+def planted_images(model_dir: Path, truth: dict) -> np.ndarray:
+    """(K, H, W, 3) uint8: the planted photos saved beside the model, in the order of `truth["prompts"]`."""
+    from PIL import Image
+
+    paths = [Path(model_dir) / PHOTOS_DIR / f"{i}.png" for i in range(truth["k"])]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"{model_dir}: planted photo(s) missing: {missing[:3]}")
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def oracle_masks(ground_truth: dict, unet) -> dict:
+    """{ff.net.2 layer: LayerMask("columns", bool (in,))}: the planted columns, whose zeroing is the oracle edit."""
+    from ..edits import LayerMask, linear_layers
+
+    layers = linear_layers(getattr(unet, "unet", unet))
+    masks = {}
+    for name, idx in ground_truth["layers"].items():
+        if name not in layers:
+            raise InputError(f"planted ground truth: {name!r} is not a Linear layer of the UNet")
+        width = layers[name].in_features
+        mask = np.zeros(width, dtype=bool)
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) and idx.max() >= width:
+            raise InputError(f"planted ground truth: {name}: unit {int(idx.max())} outside its {width} inputs")
+        mask[idx] = True
+        masks[name] = LayerMask("columns", mask)
+    return masks
