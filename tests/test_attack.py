@@ -206,7 +206,9 @@ def test_closed_loop_dag_dry_run(tiny_model, tmp_path):
     # detection scores the pool (2 sets), the checkpoint picks the top 5; the attack of the unedited model and of
     # the true-list pruned model are planned now: 2 chunks of mem (8 prompts) and 2 of single (6), per variant
     assert jobs["detection_scores"] == 2 and jobs["detected_prompts"] == 1 and jobs["detection_report"] == 1
-    assert jobs["attack_generate"] == 4  # the unedited model's; the detected set's pruned model waits for it
+    # 4 chunks for each of the 3 attacked models: unedited, pruned det_k3/0 and mem_k3/1 (their generation jobs are
+    # planned now; the detected set's pruned model's inputs come once the checkpoint ran)
+    assert jobs["attack_generate"] == 12
     assert jobs["attack_table"] == 1 and jobs["analysis"] == 1
     # the detected set's activations wait for the checkpoint: its subset jobs are planned with input <TBD>, and
     # only the true list's prompts (2 chunks of 4) are captured yet
