@@ -158,7 +158,7 @@ def test_profile_dry_run_lists_gpu_jobs_for_sd15():
     jobs = planned_jobs(proc)
     # 500 memorized prompts / 8 per chunk = 63 chunks, plus the chunks of sd1_nmem.txt the control draws from
     assert 63 < jobs["capture_chunk"] <= 126 and jobs["capture_null"] == 1
-    assert jobs["masks"] == 4 and jobs["analysis"] == 1  # one per (localizer, collection); the testbed's collections do not leak in
+    assert jobs["masks"] == 16 and jobs["analysis"] == 1  # 4 localizers x 4 collections; the testbed's do not leak in
     blocks = proc.stdout.split("\n\n")
     capture = next(b for b in blocks if "rule capture_chunk" in b or "capture_chunk" in b and "resources" in b)
     masks = next(b for b in blocks if "rule masks:" in b)
