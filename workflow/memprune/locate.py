@@ -46,7 +46,7 @@ def statistic_sums(ds, layer: str, variant: str, path) -> np.ndarray:
     if branch not in ds["branch"].values:
         raise InputError(f"{path}: holds branches {list(ds['branch'].values)}, not {branch!r} that the "
                          f"activations variant {variant!r} needs: capture again")
-    arr = ds[layer].sel(branch=branch).sum("prompt").values.astype(np.float64)
+    arr = ds[layer].sel(branch=branch).sum("prompt", skipna=False).values.astype(np.float64)  # NaN must stop it
     if not np.isfinite(arr).all():
         raise InputError(f"{path}: NaN or inf in the activations of layer {layer}")
     return arr
