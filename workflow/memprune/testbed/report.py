@@ -135,27 +135,21 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
 
 def _grid(images: np.ndarray, photos: np.ndarray, groups: dict, prompts: list[str], seeds: list[int],
           guidance: float, path: Path) -> None:
-    """PNG: rows = 8 duplicated, 4 single, 4 held-out prompts; column 0 = the training image (blank for
-    held-out), then one column per seed."""
-    from PIL import Image
-
-    from ..store import atomic_file
+    """PNG: rows = 8 duplicated, 4 single, 4 held-out prompts, each labelled with its group and prompt; column 0 =
+    the training image (for held-out prompts: a render of the requested scene), then one column per seed."""
+    from ..grids import image_grid
 
     n_dup, n_single = len(groups["duplicated"]), len(groups["single"])
     picks = list(range(min(8, n_dup))) + list(range(n_dup, n_dup + min(4, n_single)))
     picks += list(range(n_dup + n_single, min(n_dup + n_single + 4, len(prompts))))
-    h, w = photos.shape[1:3]
-    pad = 2
-    canvas = np.full((len(picks) * (h + pad), (1 + len(seeds)) * (w + pad), 3), 255, np.uint8)
-    for r, pi in enumerate(picks):
+    cells, labels = [], []
+    for pi in picks:
         if pi < n_dup + n_single:
-            ref = photos[pi]
+            ref, group = photos[pi], "duplicated" if pi < n_dup else "single-seen"
         else:
-            attrs = groups["heldout"][pi - n_dup - n_single]
-            ref = render_scene(attrs)
-        canvas[r * (h + pad) : r * (h + pad) + h, :w] = ref
-        for c in range(len(seeds)):
-            canvas[r * (h + pad) : r * (h + pad) + h, (c + 1) * (w + pad) : (c + 1) * (w + pad) + w] = images[pi, c]
-    big = Image.fromarray(canvas).resize((canvas.shape[1] * 3, canvas.shape[0] * 3), Image.NEAREST)
-    with atomic_file(path) as tmp:
-        big.save(tmp, format="PNG")
+            ref, group = render_scene(groups["heldout"][pi - n_dup - n_single]), "held-out scene"
+        cells.append([ref] + [images[pi, c] for c in range(len(seeds))])
+        text = prompts[pi] if len(prompts[pi]) <= 34 else prompts[pi][:32] + "..."
+        labels.append(f"{group}: \u201c{text}\u201d")
+    image_grid(cells, labels, ["training"] + [f"seed {s}" for s in seeds], path,
+               title=f"The testbed at guidance {guidance}: its prompts' training images and generations")
