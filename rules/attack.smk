@@ -34,7 +34,7 @@ rule attack_generate:
     shell:
         memprune("attack-generate", f"{{params.variant}} --model {PLAN.model_dir} --prompts-file {{params.prompts_file}} "
                  f"{{params.range}} --group {{wildcards.pset}} --n-samples {ATTACK.cfg['n_samples']} --seed {ATTACK.cfg['seed']} "
-                 f"--tile-grid {ATTACK.cfg['tile_grid']} {optional('data', ATTACK.data)} "
+                 f"--tile-grid {ATTACK.cfg['tile_grid']} {options(data=ATTACK.data)} "
                  f"{PLAN.sampling_args(ATTACK.cfg, size=False)} --out {{output}}")
 
 
@@ -71,7 +71,7 @@ rule attack_table:
         PLAN.log("attack", "table"),
     shell:
         memprune("attack-table", "--variants {input.variants} --out {output.table} --figure {output.figure} "
-                 f"--chunks-json {{params.chunks:q}} {optional('data', ATTACK.data)}")
+                 f"--chunks-json {{params.chunks:q}} {options(data=ATTACK.data)}")
 
 
 # ---------------------------------------------------------------------------------------------- detection

@@ -4,7 +4,7 @@
 import json
 from pathlib import Path
 
-from memprune.plan import Plan, prompts_digest
+from memprune.plan import Plan, options, prompts_digest
 from memprune.plan_eval import Attack, Detection, Evaluation
 from memprune.prompts import read_prompts
 
@@ -62,10 +62,6 @@ def checkpoint_input(models, wildcard):
         return {"checkpoint": PLAN.checkpoint_of(model)} if model.method else {}
 
     return inputs
-
-
-def optional(option, value):
-    return f"--{option} {value}" if value else ""
 
 
 wildcard_constraints:

@@ -44,7 +44,7 @@ rule eval_score:
     log:
         PLAN.log("eval/score", "{evalmodel}"),
     shell:
-        memprune("eval-score", f"--samples {{input.samples}} {optional('memorized', EVAL.memorized)} {EVAL.metric_args()} "
+        memprune("eval-score", f"--samples {{input.samples}} {options(memorized=EVAL.memorized)} {EVAL.metric_args()} "
                  "--out {output}")
 
 
@@ -65,8 +65,8 @@ rule eval_aggregate:
         note="for each pruned model: its share of the capture chunks holding its prompts, the null-prompt capture, "
         "its share of its collection's masks job and its prune job (Snakemake benchmark s); files missing are listed "
         "in mask_benchmarks_missing",
-        options=" ".join(filter(None, [optional("reference-images", EVAL.cfg.get("reference_images") and PLAN.repo_path(EVAL.cfg["reference_images"])),
-                                       optional("nonmemorized", EVAL.nonmemorized)])),
+        options=options(reference_images=PLAN.repo_path(EVAL.cfg["reference_images"]) if EVAL.cfg.get("reference_images") else None,
+                        nonmemorized=EVAL.nonmemorized),
     resources:
         gpu=1 if EVAL.cfg["fid_reference"] == "images" else 0,
     log:
@@ -76,7 +76,7 @@ rule eval_aggregate:
     shell:
         memprune("eval-aggregate", f"--models-json {{params.models:q}} --mask-cost-note {{params.note:q}} "
                  f"--copy-threshold {EVAL.cfg['copy_threshold']} --fid-reference {EVAL.cfg['fid_reference']} "
-                 f"{optional('memorized', EVAL.memorized)} {{params.options}} {EVAL.metric_args()} --out {{output.nc}} "
+                 f"{options(memorized=EVAL.memorized)} {{params.options}} {EVAL.metric_args()} --out {{output.nc}} "
                  "--summary {output.summary} --fig-scatter {output.scatter} --fig-bars {output.bars} --fig-grid {output.grid}")
 
 

@@ -105,7 +105,7 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
                 paths = methods[method][name]["masks"]
                 stores = list(pool.map(read_mask_set, paths))
                 if layers is None:
-                    layers = stores[0].layers
+                    layers, grid = stores[0].layers, stores[0].grid
                 if steps is None and stores[0].steps is not None:
                     steps, t = stores[0].steps, stores[0].t
                 if steps is None:
@@ -134,7 +134,7 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
         "control": ("collection", np.array(control)),
         "subset_size": ("collection", np.array([next(iter(n_prompts[c])) if len(n_prompts[c]) == 1 else -1 for c in names])),
         "layer": layers,
-        "in_features": ("layer", np.array([stores[0].grid[l][1] for l in layers])),
+        "in_features": ("layer", np.array([grid[l][1] for l in layers])),
         "step": steps,
         "t": ("step", t),
     }

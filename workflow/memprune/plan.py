@@ -74,6 +74,11 @@ def prompts_digest(prompts: list[str]) -> str:
     return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
 
 
+def options(**values) -> str:
+    """`--name value` for every option that is set (None is left out, never printed); underscores become dashes."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items() if v is not None)
+
+
 def _key(where: str, message: str) -> InputError:
     return InputError(f"config key {where}: {message}")
 
@@ -184,7 +189,7 @@ class Plan:
 
     @property
     def det_dir(self) -> str:
-        return f"results/{self.config['model']['name']}/detection/{self.det_tag}"
+        return f"{self.results}/detection/{self.det_tag}"
 
     def chunk_size(self) -> int:
         return self.config["activations"]["chunk_size"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .plan import EvalModel, Plan, _key
+from .plan import EvalModel, Plan, _key, options
 
 
 def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> list[list]:
@@ -20,7 +20,7 @@ def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> l
         size = plan.sets[col.set].size
         for chunk in sorted({k // n for k in indices}):
             in_chunk = sum(1 for k in indices if k // n == chunk)
-            parts.append([plan.capture_bench(col.set, chunk), in_chunk / len(range(chunk * n, min((chunk + 1) * n, size)))])
+            parts.append([plan.capture_bench(col.set, chunk), in_chunk / (min((chunk + 1) * n, size) - chunk * n)])
         parts.append([plan.capture_bench(None), 1.0])
     if m.reference:
         parts += [p for p in _benchmark_parts(plan, m.reference, collection, subset) if "/prune/" not in p[0]]
@@ -66,19 +66,15 @@ class Evaluation:
 
     def prompt_args(self) -> str:
         ev = self.cfg
-        args = f"--memorized {self.memorized}"
-        for key, value in (("max-memorized", ev["max_memorized"]), ("nonmemorized", self.nonmemorized),
-                           ("max-nonmemorized", ev["max_nonmemorized"])):
-            args += f" --{key} {value}" if value is not None else ""
-        return args
+        return options(memorized=self.memorized, max_memorized=ev["max_memorized"], nonmemorized=self.nonmemorized,
+                       max_nonmemorized=ev["max_nonmemorized"])
 
     def metric_args(self) -> str:
         ev, plan = self.cfg, self.plan
-        options = {"data": self.data, "ground-truth": plan.repo_path(ev["ground_truth"]) if ev.get("ground_truth") else None,
-                   "sscd": plan.repo_path(ev["sscd"]) if ev.get("sscd") else None, "clip-name": ev["clip"].get("name"),
-                   "clip-weights": self.clip_dir,
-                   "inception": plan.repo_path(ev["inception"]) if ev.get("inception") else None}
-        return " ".join(f"--{k} {v}" for k, v in options.items() if v is not None) + f" --device {plan.model['device']}"
+        return options(data=self.data, ground_truth=plan.repo_path(ev["ground_truth"]) if ev.get("ground_truth") else None,
+                       sscd=plan.repo_path(ev["sscd"]) if ev.get("sscd") else None, clip_name=ev["clip"].get("name"),
+                       clip_weights=self.clip_dir, inception=plan.repo_path(ev["inception"]) if ev.get("inception") else None,
+                       device=plan.model["device"])
 
     def metric_inputs(self) -> dict:
         """Local files the scores depend on (the dataset, the CLIP folder or file when it exists here)."""

@@ -18,14 +18,9 @@ from typing import Callable
 import numpy as np
 
 from ..masks import MaskSet
+from ..models import ffn_layers
 from ..prompts import InputError
 from ..registry import Registry
-
-
-def ffn_second_linears(unet):
-    from ..models import ffn_layers
-
-    return ffn_layers(unet)
 
 
 @dataclass
@@ -49,7 +44,7 @@ class Localizer:
     description: str
     locate: Callable  # (Inputs, params: dict) -> MaskSet
     defaults: dict = field(default_factory=dict)  # parameters and their defaults (config overrides them)
-    observes: Callable = ffn_second_linears
+    observes: Callable = ffn_layers
     statistics: tuple[str, ...] = ()
     reference: bool = False
     uses_timesteps: bool = True  # its masks have a per-timestep form (IOU over time)

@@ -20,8 +20,8 @@ def locate(inputs, params):
         null = (inputs.n_prompts * torch.from_numpy(inputs.null[layer]).float()).sqrt()
         contrast = mem - null  # (step, in)
         columns = top_k_per_row(contrast, k) & (contrast > 0)  # one "row" per step: the same in every row of W
-        masks = np.broadcast_to(columns.numpy()[:, None, :], (contrast.shape[0], out_dim, n))
-        per_step[layer] = pack(masks)
+        packed = pack(columns.numpy())  # (step, ceil(in / 8)), packed once and broadcast over W's rows
+        per_step[layer] = np.ascontiguousarray(np.broadcast_to(packed[:, None, :], (packed.shape[0], out_dim, packed.shape[1])))
         union[layer] = np.bitwise_or.reduce(per_step[layer][: params["tau"]], axis=0)
     return weight_mask_set(inputs, union, per_step, {})
 
