@@ -184,26 +184,45 @@ def test_oracle_masks_are_the_planted_columns(unet):
         oracle_masks({"layers": {"no.such.ff.net.2": [0]}}, unet)
 
 
-def test_plant_writes_a_pipeline_that_differs_only_in_planted_units(tiny_model, tiny_data, tmp_path):
+def _derived_inputs(tiny_model, tiny_data, tmp_path, group: str, k: int = 2, duplication: int = 1):
+    """A base testbed that records `tiny_data` as its training set, and the data extended by `memprune extend-data`."""
     from memprune.cli import main
-    from memprune.edits import unet_sha256
-    from memprune.models import load_pipeline
-    from memprune.testbed.dataset import TRAIN_RECORD_NAME, check_trained_on, dataset_digest
+    from memprune.testbed.dataset import TRAIN_RECORD_NAME, dataset_digest
 
     base = tmp_path / "base"
     shutil.copytree(tiny_model, base)
     (base / TRAIN_RECORD_NAME).write_text(json.dumps({"dataset_sha256": dataset_digest(tiny_data)}))
+    data = tmp_path / f"data_{group}"
+    spec = {"group": group, "k": k, "duplication": duplication, "seed": 0}
+    assert main(["extend-data", "--data", str(tiny_data), "--spec", json.dumps(spec), "--out", str(data)]) == 0
+    return base, data
+
+
+def test_plant_writes_a_model_that_differs_only_in_planted_units(tiny_model, tiny_data, tmp_path):
+    from memprune.cli import main
+    from memprune.edits import unet_sha256
+    from memprune.models import load_pipeline
+    from memprune.testbed.dataset import check_trained_on
+    from memprune.testbed.derived import BASE_FILE, added_rows
+
+    base, data = _derived_inputs(tiny_model, tiny_data, tmp_path, "planted")
     out = tmp_path / "planted_model"
-    spec = {"fraction": 0.1, "k": 2, "steps": 3, "batch_size": 4, "lr": 1e-2, "seed": 0, "threads": 1}
-    assert main(["plant", "--model", str(base), "--data", str(tiny_data), "--spec", json.dumps(spec),
+    spec = {"fraction": 0.1, "steps": 3, "batch_size": 4, "lr": 1e-2, "seed": 0, "threads": 1}
+    assert main(["plant", "--model", str(base), "--data", str(data), "--spec", json.dumps(spec),
                  "--out", str(out), "--no-progress"]) == 0
     truth = read_ground_truth(out)
-    assert truth["k"] == 2 and len(truth["prompts"]) == 2 and truth["steps"] == 3 and len(truth["loss"]) == 1
+    assert truth["k"] == 2 and truth["steps"] == 3 and len(truth["loss"]) == 1
+    assert truth["prompts"] == [r["caption"] for r in added_rows(data, "planted")]
     base_unet = load_pipeline(base, "cpu", "float32").unet
     assert truth["base_unet_sha256"] == unet_sha256(base_unet)
     assert sorted(p.name for p in (out / "planted").iterdir()) == ["0.png", "1.png"]
-    check_trained_on(out, tiny_data)  # the base's training record came along
-    assert (out / TRAIN_RECORD_NAME).read_text() == (base / TRAIN_RECORD_NAME).read_text()
+    # only the UNet is stored; the record names the extended dataset, which a base-trained model also accepts
+    assert sorted(p.name for p in out.iterdir()) == sorted([BASE_FILE, "memprune_train.json", "planted",
+                                                            "planted.json", "unet"])
+    check_trained_on(out, data)
+    check_trained_on(base, data)
+    with pytest.raises(InputError, match="trained on another testbed dataset"):
+        check_trained_on(out, tiny_data)
 
     new = load_pipeline(out, "cpu", "float32").unet
     units = {n: np.asarray(v) for n, v in truth["layers"].items()}
@@ -211,6 +230,65 @@ def test_plant_writes_a_pipeline_that_differs_only_in_planted_units(tiny_model, 
     planted.check_only_planted_changed(new, base_unet.state_dict(), masks)
     moved = sum(int((_bits(v) != _bits(base_unet.state_dict()[n])).sum()) for n, v in new.state_dict().items())
     assert moved > 0
-    assert main(["plant", "--model", str(base), "--data", str(tiny_data), "--spec", '{"fractoin": 0.1}',
+    assert main(["plant", "--model", str(base), "--data", str(data), "--spec", '{"fractoin": 0.1}',
                  "--out", str(tmp_path / "bad")]) == 2
+    assert main(["plant", "--model", str(base), "--data", str(tiny_data), "--spec", "{}",
+                 "--out", str(tmp_path / "bad")]) == 2  # not an extended dataset
     assert not (tmp_path / "bad").exists()
+
+
+def test_finetune_writes_a_loadable_model_trained_on_the_duplicated_photos(tiny_model, tiny_data, tmp_path):
+    from memprune.cli import main
+    from memprune.edits import unet_sha256
+    from memprune.models import load_pipeline
+    from memprune.testbed.dataset import check_trained_on, load_training_arrays
+    from memprune.testbed.derived import base_of
+
+    base, data = _derived_inputs(tiny_model, tiny_data, tmp_path, "finetuned", k=2, duplication=3)
+    images, captions = load_training_arrays(data / "manifest.jsonl")
+    base_images, _ = load_training_arrays(tiny_data / "manifest.jsonl")
+    assert len(images) == len(base_images) + 2 * 3  # the new photos, repeated
+    out = tmp_path / "finetuned_model"
+    spec = {"epochs": 0.5, "batch_size": 4, "lr": 1e-3, "warmup": 1, "threads": 1}
+    assert main(["finetune-testbed", "--model", str(base), "--data", str(data), "--spec", json.dumps(spec),
+                 "--out", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "memprune_train.json").read_text())
+    assert record["samples"] == len(images) and record["steps"] == int(np.ceil(0.5 * len(images) / 4))
+    assert base_of(out) == base.resolve()
+    check_trained_on(out, data)
+    pipe, base_pipe = load_pipeline(out, "cpu", "float32"), load_pipeline(base, "cpu", "float32")
+    assert unet_sha256(pipe.unet) != unet_sha256(base_pipe.unet)
+    for part in ("text_encoder", "vae"):  # frozen: borrowed from the base
+        a, b = getattr(pipe, part).state_dict(), getattr(base_pipe, part).state_dict()
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert main(["finetune-testbed", "--model", str(base), "--data", str(tiny_data), "--spec", "{}",
+                 "--out", str(tmp_path / "bad")]) == 2  # holds no finetuned photos
+    assert not (tmp_path / "bad").exists()
+
+
+def test_extended_dataset_is_deterministic_and_adds_a_prompt_file(tiny_data, tmp_path):
+    from memprune.testbed.dataset import dataset_digest, read_manifest
+    from memprune.testbed.derived import AddedSpec, extend_dataset
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    extend_dataset(tiny_data, AddedSpec("planted", k=2), a)
+    extend_dataset(tiny_data, AddedSpec("planted", k=2), b)
+    assert dataset_digest(a) == dataset_digest(b) != dataset_digest(tiny_data)
+    rows = read_manifest(a / "manifest.jsonl")
+    assert rows[: len(read_manifest(tiny_data / "manifest.jsonl"))] == read_manifest(tiny_data / "manifest.jsonl")
+    assert (a / "prompts" / "planted.txt").read_text().splitlines() == [r["caption"] for r in rows if r["group"] == "planted"]
+    with pytest.raises(InputError, match="already holds added photos"):
+        extend_dataset(a, AddedSpec("finetuned", k=1), tmp_path / "c")
+    with pytest.raises(InputError, match="group"):
+        AddedSpec("nonsense", k=1)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_derived_model_with_a_missing_base_is_refused_by_name(tmp_path):
+    from memprune.models import load_pipeline
+    from memprune.testbed.derived import BASE_FILE
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / BASE_FILE).write_text(json.dumps({"base": "../gone"}))
+    with pytest.raises(InputError, match=BASE_FILE):
+        load_pipeline(tmp_path / "m", "cpu", "float32")

@@ -56,16 +56,24 @@ def load_pipeline(model: str | Path, device: str = "auto", dtype: str = "auto", 
     import diffusers
     from diffusers import StableDiffusionPipeline
 
+    from .testbed.derived import base_of, is_derived
+
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     local = Path(model)
-    if local.exists() and not (local / "model_index.json").exists():
+    derived = local.exists() and is_derived(local)  # a derived testbed: its own UNet on a base pipeline
+    if local.exists() and not derived and not (local / "model_index.json").exists():
         raise InputError(f"{local}: not a diffusers pipeline directory (no model_index.json)")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(model), dtype=torch_dtype, safety_checker=None, requires_safety_checker=False,
-            use_safetensors=True,  # never unpickle weights
+            str(base_of(local) if derived else model), dtype=torch_dtype, safety_checker=None,
+            requires_safety_checker=False, use_safetensors=True,  # never unpickle weights
         )
+        if derived:
+            from diffusers import UNet2DConditionModel
+
+            pipe.unet = UNet2DConditionModel.from_pretrained(str(local), subfolder="unet", use_safetensors=True,
+                                                             dtype=torch_dtype)
     except OSError as e:
         raise InputError(f"cannot load model {str(model)!r}: {e}") from None
     if scheduler:

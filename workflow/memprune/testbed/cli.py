@@ -1,35 +1,74 @@
-"""The testbed subcommands of a planted testbed: `memprune plant`, its options and handler."""
+"""The subcommands of the derived testbeds: `memprune extend-data`, `plant` and `finetune-testbed`."""
 
 from __future__ import annotations
 
 import json
 
 
+def _spec(cls, text: str, command: str):
+    from ..prompts import InputError, json_object
+
+    try:
+        return cls(**json_object(text))
+    except TypeError as e:
+        raise InputError(f"{command} --spec: {e} ({cls.__name__} fields: {', '.join(cls.__dataclass_fields__)})") from None
+
+
+def cmd_extend_data(args) -> None:
+    from pathlib import Path
+
+    from .derived import added_spec, extend_dataset
+
+    extend_dataset(Path(args.data), added_spec(args.spec), Path(args.out))
+
+
 def cmd_plant(args) -> None:
     from pathlib import Path
 
-    from ..prompts import InputError
-    from ..prompts import json_object
     from .planted import PlantSpec, plant
 
-    fields = json_object(args.spec)
-    try:
-        spec = PlantSpec(**fields)
-    except TypeError as e:
-        raise InputError(f"plant --spec: {e} (PlantSpec fields: {', '.join(PlantSpec.__dataclass_fields__)})") from None
-    truth = plant(Path(args.model), Path(args.data), Path(args.out), spec, progress=not args.no_progress)
+    truth = plant(Path(args.model), Path(args.data), Path(args.out), _spec(PlantSpec, args.spec, "plant"),
+                  progress=not args.no_progress)
     print(json.dumps({k: truth[k] for k in ("fraction", "k", "units", "units_total", "steps", "seconds")}
                      | {"final_loss": truth["loss"][-1] if truth["loss"] else None}))
 
 
+def cmd_finetune(args) -> None:
+    from pathlib import Path
+
+    from .finetune import FinetuneSpec, finetune
+
+    record = finetune(Path(args.model), Path(args.data), Path(args.out), _spec(FinetuneSpec, args.spec, "finetune-testbed"),
+                      progress=not args.no_progress)
+    print(json.dumps({k: record[k] for k in ("samples", "steps", "seconds")}
+                     | {"final_loss": record["loss"][-1] if record["loss"] else None}))
+
+
 def add_testbed_plant_arguments(sub) -> None:
-    """Register `plant` on the subparsers `sub`."""
-    p = sub.add_parser("plant", help="planted testbed: fine-tune only a seeded fraction of the GEGLU units on K new "
-                                     "photos; write the pipeline and its ground truth (planted.json)")
+    """Register `extend-data`, `plant` and `finetune-testbed` on the subparsers `sub`."""
+    p = sub.add_parser("extend-data", help="a derived testbed's dataset: the testbed dataset plus K new photos")
+    p.add_argument("--data", required=True, help="the testbed dataset directory (manifest.jsonl)")
+    p.add_argument("--spec", default="{}", help="JSON of AddedSpec fields (group planted|finetuned, k, duplication, "
+                                               "seed, caption_pool)")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.set_defaults(func=cmd_extend_data)
+
+    p = sub.add_parser("plant", help="planted testbed: fine-tune only a seeded fraction of the GEGLU units on the "
+                                     "planted photos; write the derived model and its ground truth (planted.json)")
     p.add_argument("--model", required=True, help="the trained testbed pipeline (e.g. resources/testbed)")
-    p.add_argument("--data", required=True, help="its dataset directory (manifest.jsonl)")
-    p.add_argument("--spec", default="{}", help="JSON of PlantSpec fields (fraction, k, steps, batch_size, lr, "
+    p.add_argument("--data", required=True, help="its extended dataset (`memprune extend-data`, group planted)")
+    p.add_argument("--spec", default="{}", help="JSON of PlantSpec fields (fraction, steps, batch_size, lr, "
                                                "cond_dropout, seed, threads)")
-    p.add_argument("--out", required=True, help="output pipeline directory (+ planted.json, planted/<i>.png)")
+    p.add_argument("--out", required=True, help="output model directory (+ planted.json, planted/<i>.png)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_plant)
+
+    p = sub.add_parser("finetune-testbed", help="finetune testbed: the paper's fine-tuning protocol (whole UNet, "
+                                                "new photos duplicated); write the derived model")
+    p.add_argument("--model", required=True, help="the trained testbed pipeline (e.g. resources/testbed)")
+    p.add_argument("--data", required=True, help="its extended dataset (`memprune extend-data`, group finetuned)")
+    p.add_argument("--spec", default="{}", help="JSON of FinetuneSpec fields (epochs, batch_size, lr, warmup, "
+                                               "weight_decay, cond_dropout, seed, threads)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune)

@@ -193,11 +193,12 @@ def generate_dataset(spec: DatasetSpec, out_dir: Path) -> Path:
 
 def prompt_lists(rows: list[dict]) -> dict[str, list[str]]:
     """The testbed's prompt sets, unique and in manifest order: duplicated (memorized), single (seen once),
-    generalization (training scene captions: the non-memorized control set), heldout (unseen scenes)."""
+    generalization (training scene captions: the non-memorized control set), heldout (unseen scenes), and any
+    other group under its own name (a derived testbed's added photos: `derived.extend_dataset`)."""
     lists = {"duplicated": [], "single": [], "generalization": [], "heldout": []}
     for r in rows:
         key = r["group"] if r["group"] != "generalization" else ("heldout" if r["split"] == "heldout" else "generalization")
-        if r["caption"] not in lists[key]:
+        if r["caption"] not in lists.setdefault(key, []):
             lists[key].append(r["caption"])
     return lists
 
@@ -218,14 +219,18 @@ TRAIN_RECORD_NAME = "memprune_train.json"  # the record `train.train_testbed` wr
 
 def check_trained_on(model_dir: Path, data_dir: Path, info_name: str = TRAIN_RECORD_NAME) -> None:
     """Refuse to measure with a testbed model (or, `info_name="memprune_clip.json"`, a testbed CLIP) against data
-    other than what it was trained on: the `dataset_sha256` of its record must match `data_dir`."""
+    other than what it was trained on: the `dataset_sha256` of its record must match `data_dir`, or the base
+    of `data_dir` when that is a derived testbed's extended dataset (`derived.extend_dataset`: the same photos
+    and captions, and the added ones, which a model trained on the base has never seen)."""
     from ..prompts import InputError
 
     info_path = Path(model_dir) / info_name
     if not info_path.exists():
         return
     expected = json.loads(info_path.read_text()).get("dataset_sha256")
-    if expected and expected != dataset_digest(data_dir):
+    spec_path = Path(data_dir) / "spec.json"
+    base = json.loads(spec_path.read_text()).get("base_dataset_sha256") if spec_path.exists() else None
+    if expected and expected != base and expected != dataset_digest(data_dir):
         raise InputError(
             f"{model_dir}: trained on another testbed dataset than {data_dir}, so not the dataset to measure it "
             f"on (dataset_sha256 {expected[:12]}... in {info_path}); regenerate the data with the model's "
@@ -261,14 +266,15 @@ def images_to_tensor(images: np.ndarray):
     return torch.from_numpy(images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0)
 
 
-def load_training_arrays(manifest: Path) -> tuple[np.ndarray, list[str]]:
-    """Training images (N, 3, H, W) float32 in [-1, 1] and captions, duplicates expanded (consecutively)."""
+def load_training_arrays(manifest: Path, exclude_groups: tuple[str, ...] = ()) -> tuple[np.ndarray, list[str]]:
+    """Training images (N, 3, H, W) float32 in [-1, 1] and captions, duplicates expanded (consecutively); rows
+    of `exclude_groups` left out."""
     from PIL import Image
 
     rows = read_manifest(manifest)
     images, captions = [], []
     for row in rows:
-        if row["split"] != "train":
+        if row["split"] != "train" or row["group"] in exclude_groups:
             continue
         img = np.asarray(Image.open(Path(manifest).parent / row["image"]).convert("RGB"), dtype=np.float32)
         img = img.transpose(2, 0, 1) / 127.5 - 1.0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..prompts import InputError
-from ..store import atomic_dir
-from .dataset import (CAPTION_NAMES, CAPTION_WORDS, TRAIN_RECORD_NAME, check_trained_on, images_to_tensor,
-                      load_images, load_training_arrays, photo_crops, read_manifest)
+from .dataset import (CAPTION_NAMES, CAPTION_WORDS, images_to_tensor, load_images, load_training_arrays,
+                      photo_crops, read_manifest)
 from .scenes import RESOLUTION
 
 log = logging.getLogger(__name__)
@@ -40,18 +38,11 @@ _PHOTO_STREAM = 0x504C414E  # "PLAN": new photos draw from their own stream, nev
 @dataclass
 class PlantSpec:
     fraction: float = 0.05  # r: share of the GEGLU hidden units of each FFN layer that are trained
-    k: int = 10  # new photos planted
     steps: int = 1500
     batch_size: int = 32  # half planted photos, half the model's own training data
     lr: float = 3e-3  # Adam, constant, no weight decay
     cond_dropout: float = 0.1
-    seed: int = 0  # units, photos, captions, batches
-    # The planted captions' words: those of the duplicated captions (or "single": of the single-seen ones).
-    # Measured on the shipped testbed (r 5%, K 10, 1,200 steps): with single-seen words, 13% of single-seen
-    # prompts then copied (half of their nearest photos planted ones); with duplicated words 1%, and the
-    # duplicated prompts still all copied their own photos. The price: the base model answers 9 of 10 such
-    # captions with a duplicated photo, and so does the planted model once its planted units are zeroed.
-    caption_pool: str = "duplicated"
+    seed: int = 0  # units, batches (the photos and captions come with the dataset: derived.AddedSpec)
     threads: int = 0  # 0: leave torch's default
 
 
@@ -130,7 +121,7 @@ def new_photos(data_dir: Path, k: int, seed: int, pool: str = "duplicated") -> t
     (duplicated and single) and to each other. The captions follow its grammar ('w1 w2 and w3 w4 by name') with
     the words and names of one of the dataset's two disjoint caption pools (`pool`: "duplicated", those no
     single-seen caption uses, or "single", those no duplicated caption uses; a caption sharing words with a
-    trained one is answered with that one's photo: see `dataset.CAPTION_WORDS`, `PlantSpec.caption_pool`),
+    trained one is answered with that one's photo: see `dataset.CAPTION_WORDS`, `derived.AddedSpec.caption_pool`),
     equal to no dataset caption, and sharing at most one word with any dataset photo caption or with each other.
     Deterministic for a seed (the photos do not depend on `pool`)."""
     if pool not in ("single", "duplicated"):
@@ -222,19 +213,75 @@ def check_only_planted_changed(unet, base_state: dict, masks: dict) -> None:
             raise RuntimeError(f"planted: {name} changed outside the planted units ({int((~same).sum())} entries)")
 
 
-def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progress: bool = True) -> dict:
-    """Fine-tune only the planted units of the testbed in `model_dir` on K new photos (half of every batch) and
-    its own training data (the other half), epsilon loss with the training scheduler, text encoder and VAE
-    frozen, `cond_dropout` of the captions replaced by ""; write the pipeline, `planted.json` (the ground truth)
-    and `planted/<i>.png` to `out_dir` atomically. Returns the ground truth."""
+def training_batches(own_latents, own_states, new_latents, new_states, null_state, batch_size: int,
+                     cond_dropout: float, gen, own_share: float = 0.5):
+    """A function of no argument drawing one batch (z0, cond) from `gen`: `batch_size - round(own_share *
+    batch_size)` new photos first, then the model's own training samples; `cond_dropout` of the captions
+    replaced by the null caption. `*_states[i]` is sample i's text-encoder state."""
+    import torch
+
+    n_own = int(round(own_share * batch_size))
+    n_new = batch_size - n_own
+
+    def draw():
+        pick_new = torch.randint(0, len(new_latents), (n_new,), generator=gen)
+        pick_own = torch.randint(0, len(own_latents), (n_own,), generator=gen)
+        z0 = torch.cat([new_latents[pick_new], own_latents[pick_own]])
+        cond = torch.cat([new_states[pick_new], own_states[pick_own]])
+        drop = torch.rand(batch_size, generator=gen) < cond_dropout
+        cond[drop] = null_state[0]
+        return z0, cond
+
+    return draw
+
+
+def noise_loss(unet, z0, cond, alphas, num_timesteps: int, gen):
+    """Epsilon-prediction MSE of one batch (noise, then timesteps, drawn from `gen`)."""
     import torch
     import torch.nn.functional as F
+
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, num_timesteps, (len(z0),), generator=gen)
+    a = alphas[t].view(-1, 1, 1, 1)
+    pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=cond).sample
+    return F.mse_loss(pred, noise)
+
+
+def training_tensors(pipe, data_dir: Path, group: str):
+    """Latents and text states of a derived testbed's training data: (own_latents, own_states) of the base
+    training samples (duplicates expanded, in manifest order) and (new_latents, new_states, prompts, photos)
+    of the added photos of `group` (once each), the null caption's state. Text encoder and VAE are frozen."""
+    import torch
+
+    from .derived import added_rows
+
+    rows = added_rows(data_dir, group)
+    if not rows:
+        raise InputError(f"{data_dir}: no added photos of group {group!r}")
+    photos = load_images(Path(data_dir), rows)
+    prompts = [r["caption"] for r in rows]
+    own_images, own_captions = load_training_arrays(Path(data_dir) / "manifest.jsonl", exclude_groups=(group,))
+    own_latents = _encode(pipe.vae, torch.from_numpy(own_images))
+    distinct = sorted(set(own_captions))
+    position = {c: i for i, c in enumerate(distinct)}
+    own_states = _embed(pipe, distinct)[torch.tensor([position[c] for c in own_captions])]
+    return (own_latents, own_states, _encode(pipe.vae, images_to_tensor(photos)), _embed(pipe, prompts),
+            prompts, photos, _embed(pipe, [""]))
+
+
+def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progress: bool = True) -> dict:
+    """Fine-tune only the planted units of the testbed in `model_dir` on the planted photos of the extended
+    dataset `data_dir` (`derived.extend_dataset`, group "planted"; half of every batch) and the model's own
+    training data (the other half), epsilon loss with the training scheduler, text encoder and VAE frozen,
+    `cond_dropout` of the captions replaced by ""; write the derived model (its UNet), `planted.json` (the
+    ground truth) and `planted/<i>.png` to `out_dir` atomically. Returns the ground truth."""
+    import torch
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from ..edits import unet_sha256
     from ..models import load_pipeline
+    from .derived import check_extends
     from .model import make_train_scheduler
 
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
@@ -242,7 +289,7 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
         torch.set_num_threads(spec.threads)
     if spec.batch_size < 2:
         raise InputError("planted: batch_size must be >= 2 (half planted photos, half training data)")
-    check_trained_on(model_dir, data_dir)
+    data_spec = check_extends(model_dir, data_dir, "planted")
     t0 = time.time()
     pipe = load_pipeline(model_dir, "cpu", "float32")
     unet = pipe.unet
@@ -250,15 +297,8 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
     base_hash = unet_sha256(unet)
     units = choose_units(unet, spec.fraction, spec.seed)
     masks = planted_parameters(unet, units)
-    photos, prompts = new_photos(data_dir, spec.k, spec.seed, spec.caption_pool)
-
-    own_images, own_captions = load_training_arrays(data_dir / "manifest.jsonl")  # duplicates expanded
-    own_latents = _encode(pipe.vae, torch.from_numpy(own_images))
-    new_latents = _encode(pipe.vae, images_to_tensor(photos))
-    distinct = sorted(set(own_captions))
-    position = {c: i for i, c in enumerate(distinct)}
-    own_caption_idx = torch.tensor([position[c] for c in own_captions])
-    own_states, new_states, null_state = _embed(pipe, distinct), _embed(pipe, prompts), _embed(pipe, [""])
+    own_latents, own_states, new_latents, new_states, prompts, photos, null_state = training_tensors(
+        pipe, data_dir, "planted")
 
     params = dict(unet.named_parameters())
     for name, p in params.items():
@@ -267,25 +307,16 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
     grad_masks = [masks[n] for n in masks]
     opt = torch.optim.Adam(trained, lr=spec.lr, weight_decay=0.0)  # zero grads move no entry
     sched = make_train_scheduler()
-    alphas = sched.alphas_cumprod
     gen = torch.Generator().manual_seed(spec.seed)
-    n_new, n_own = spec.batch_size // 2, spec.batch_size - spec.batch_size // 2
+    draw = training_batches(own_latents, own_states, new_latents, new_states, null_state, spec.batch_size,
+                            spec.cond_dropout, gen)
     unet.set_attn_processor(AttnProcessor())  # plain bmm attention: faster on CPU with tiny heads (train.py)
     unet.train()
     losses, window = [], []
     bar = tqdm(range(spec.steps), desc="plant", disable=not progress, mininterval=5)
     for step in bar:
-        pick_new = torch.randint(0, spec.k, (n_new,), generator=gen)
-        pick_own = torch.randint(0, len(own_latents), (n_own,), generator=gen)
-        z0 = torch.cat([new_latents[pick_new], own_latents[pick_own]])
-        cond = torch.cat([new_states[pick_new], own_states[own_caption_idx[pick_own]]])
-        drop = torch.rand(spec.batch_size, generator=gen) < spec.cond_dropout
-        cond[drop] = null_state[0]
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (spec.batch_size,), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
+        z0, cond = draw()
+        loss = noise_loss(unet, z0, cond, sched.alphas_cumprod, sched.config.num_train_timesteps, gen)
         masked_adam_step(opt, loss, trained, grad_masks)
         window.append(loss.item())
         if len(window) == 100 or step == spec.steps - 1:
@@ -297,29 +328,43 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
     unet.set_attn_processor(AttnProcessor2_0())  # diffusers' default, as from_pretrained sets it
     check_only_planted_changed(unet, base_state, masks)
 
+    added = data_spec["added"]
     truth = {
         "layers": {name: idx.tolist() for name, idx in units.items()},
-        "fraction": spec.fraction, "k": spec.k, "seed": spec.seed, "prompts": prompts,
-        "base_model": str(model_dir), "base_model_path": str(model_dir.resolve()), "base_unet_sha256": base_hash, "unet_sha256": unet_sha256(unet),
+        "fraction": spec.fraction, "k": len(prompts), "seed": spec.seed, "prompts": prompts,
+        "photo_seed": added["seed"], "caption_pool": added["caption_pool"],
+        "base_model": str(model_dir), "base_unet_sha256": base_hash, "unet_sha256": unet_sha256(unet),
         "units": int(sum(len(v) for v in units.values())),
         "units_total": int(sum(unet.get_submodule(n).in_features for n in units)),
         "trained_entries": int(sum(int(m.sum()) for m in masks.values())),
         "steps": spec.steps, "lr": spec.lr, "batch_size": spec.batch_size, "cond_dropout": spec.cond_dropout,
-        "spec": asdict(spec), "photos": [f"{PHOTOS_DIR}/{i}.png" for i in range(spec.k)],
-        "loss": losses,
+        "spec": asdict(spec), "photos": [f"{PHOTOS_DIR}/{i}.png" for i in range(len(prompts))],
+        "loss": losses, "seconds": round(time.time() - t0, 1),
     }
-    with atomic_dir(out_dir) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / PHOTOS_DIR).mkdir()
-        for i, img in enumerate(photos):
-            Image.fromarray(img).save(tmp / PHOTOS_DIR / f"{i}.png")
-        if (model_dir / TRAIN_RECORD_NAME).exists():  # the same dataset: `check_trained_on` accepts the model
-            shutil.copyfile(model_dir / TRAIN_RECORD_NAME, tmp / TRAIN_RECORD_NAME)
-        truth["seconds"] = round(time.time() - t0, 1)
-        (tmp / GROUND_TRUTH_FILE).write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
-    log.info("planted %d photos into %d of %d units in %.0fs: %s", spec.k, truth["units"], truth["units_total"],
+    write_planted(out_dir, unet, model_dir, data_dir, truth, photos)
+    log.info("planted %d photos into %d of %d units in %.0fs: %s", truth["k"], truth["units"], truth["units_total"],
              truth["seconds"], out_dir)
     return truth
+
+
+def write_planted(out_dir: Path, unet, base_dir: Path, data_dir: Path, truth: dict, photos: np.ndarray) -> None:
+    """The planted testbed on disk: the derived model (`derived.save_derived`) with `planted.json` and
+    `planted/<i>.png` beside it; its record names the extended dataset it was trained on."""
+    import io
+
+    from PIL import Image
+
+    from .dataset import dataset_digest
+    from .derived import save_derived
+
+    files = {GROUND_TRUTH_FILE: (json.dumps(truth, indent=2) + "\n").encode()}
+    for i, img in enumerate(photos):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        files[f"{PHOTOS_DIR}/{i}.png"] = buf.getvalue()
+    record = {"derived": "planted", "dataset_sha256": dataset_digest(data_dir), "seconds": truth["seconds"],
+              "spec": truth["spec"], "final_loss": truth["loss"][-1] if truth["loss"] else None}
+    save_derived(out_dir, unet, base_dir, record, files)
 
 
 _REQUIRED = {"layers": dict, "fraction": (int, float), "k": int, "seed": int, "prompts": list,
