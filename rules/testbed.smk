@@ -40,18 +40,56 @@ rule testbed_report:
         CONDA_ENV
     input:
         model=PLAN.model_dir if PLAN.is_testbed else PLAN.repo_path("resources/testbed"),
-        data="results/testbed/data",
+        data=PLAN.data_dir,
     output:
-        report=report("results/testbed/report.nc", category="Testbed", caption="../report/testbed.rst"),
-        grid=report("results/testbed/report_grid.png", category="Testbed", caption="../report/testbed_grid.rst"),
+        report=report(PLAN.report, category="Testbed", caption="../report/testbed.rst"),
+        grid=report(f"{PLAN.results}/report_grid.png", category="Testbed", caption="../report/testbed_grid.rst"),
     params:
         seeds=",".join(map(str, TESTBED["report"]["seeds"])),
         guidance=",".join(map(str, TESTBED["report"]["guidance"])),
     log:
-        "logs/testbed/report.log",
+        f"logs/{PLAN.name}/testbed_report.log",
     benchmark:
-        "benchmarks/testbed/report.tsv"
+        f"benchmarks/{PLAN.name}/testbed_report.tsv"
     shell:
         memprune("testbed-report", "--model {input.model} --data {input.data} --out {output.report} --grid {output.grid} "
                  f"--seeds {{params.seeds}} --guidance {{params.guidance}} --threshold {TESTBED['report']['copy_threshold']} "
                  f"--max-single {TESTBED['report']['max_single']} --steps {config['sampling']['steps']}")
+
+
+# A derived testbed (testbed.derived): the base dataset plus its new photos, and (only when asked, with
+# testbed.use_retrained: the trained copy ships in resources/) its UNet trained on them.
+if PLAN.derived:
+
+    rule extend_testbed_data:
+        conda:
+            CONDA_ENV
+        input:
+            "results/testbed/data",
+        output:
+            directory(PLAN.data_dir),
+        params:
+            spec=json.dumps(PLAN.derived["added"]),
+        log:
+            f"logs/{PLAN.name}/data.log",
+        shell:
+            memprune("extend-data", "--data {input} --spec {params.spec:q} --out {output}")
+
+    rule train_derived_testbed:
+        conda:
+            CONDA_ENV
+        input:
+            model=PLAN.repo_path(PLAN.derived["base"]),
+            data=PLAN.data_dir,
+        output:
+            directory(f"results/{PLAN.name}/model"),
+        params:
+            spec=json.dumps(PLAN.derived["train"]),
+            command="plant" if PLAN.derived["kind"] == "planted" else "finetune-testbed",
+        threads: 2
+        log:
+            f"logs/{PLAN.name}/train.log",
+        benchmark:
+            f"benchmarks/{PLAN.name}/train.tsv"
+        shell:
+            memprune("{params.command}", "--model {input.model} --data {input.data} --spec {params.spec:q} --out {output}")

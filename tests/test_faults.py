@@ -115,3 +115,36 @@ def test_second_snakemake_on_the_same_directory_is_refused(tiny_model, tmp_path)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+@pytest.mark.parametrize("command,group", [("plant", "planted"), ("finetune-testbed", "finetuned")])
+def test_killed_training_of_a_derived_testbed_leaves_no_model_and_reruns(tiny_model, tmp_path, command, group):
+    import json
+    import shutil
+
+    from memprune.testbed.dataset import TRAIN_RECORD_NAME, DatasetSpec, dataset_digest, generate_dataset
+    from memprune.testbed.derived import AddedSpec, extend_dataset
+
+    base_data = tmp_path / "data"
+    generate_dataset(DatasetSpec(seed=1, n_duplicated=2, duplication=2, n_single=2, renders_per_scene=1), base_data)
+    data = tmp_path / "extended"
+    extend_dataset(base_data, AddedSpec(group, k=2, duplication=2), data)
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    (base / TRAIN_RECORD_NAME).write_text(json.dumps({"dataset_sha256": dataset_digest(base_data)}))
+    out = tmp_path / "model"
+    long = {"steps": 100000, "batch_size": 4} if command == "plant" else {"epochs": 1000.0, "batch_size": 4}
+    cmd = [sys.executable, "-m", "memprune", command, "--model", str(base), "--data", str(data), "--out", str(out),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd + ["--spec", json.dumps({**long, "threads": 1})], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(8.0)
+    assert proc.poll() is None  # still training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    short = {"steps": 2, "batch_size": 4} if command == "plant" else {"epochs": 0.1, "batch_size": 4}
+    subprocess.run(cmd + ["--spec", json.dumps({**short, "threads": 1})], check=True, capture_output=True)
+    from memprune.models import load_pipeline
+
+    load_pipeline(out, "cpu", "float32")

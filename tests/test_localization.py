@@ -38,3 +38,32 @@ def test_recall_at_k_ranks_units_by_their_share_then_score():
 def test_random_baseline():
     base = random_baseline({"a": np.array([1, 2])}, {"a": 10, "b": 10}, [5, 10])
     assert base == {"precision": 0.1, "recall@5": 0.05, "recall@10": 0.1}
+
+
+def test_localization_dataset_scores_stored_masks(tmp_path):
+    from memprune.localization import localization_dataset
+    from memprune.masks import MaskSet, write_mask_set
+    from memprune.localize import pack
+
+    planted = {"a": [1], "b": [0, 2]}
+    truth = {"layers": planted, "fraction": 0.25}
+
+    def store(name, masks):
+        ms = MaskSet(layers=list(masks), kinds={l: "weight" for l in masks}, grid={l: m.shape for l, m in masks.items()},
+                     union={l: pack(m) for l, m in masks.items()})
+        write_mask_set(ms, tmp_path / f"{name}.zarr")
+        return str(tmp_path / f"{name}.zarr")
+
+    exact = {"a": np.zeros((2, 4), bool), "b": np.zeros((3, 3), bool)}
+    exact["a"][:, 1] = True
+    exact["b"][:, [0, 2]] = True
+    off = {"a": np.zeros((2, 4), bool), "b": np.zeros((3, 3), bool)}
+    off["a"][:, 3] = True
+    ds = localization_dataset({"oracle": {"c": [store("e0", exact), store("e1", exact)]}, "other": {"c": [store("o", off)]}},
+                              truth, {"a": 4, "b": 3}).sel(collection="c")
+    assert ds.precision.sel(localizer="oracle").values.tolist() == [1.0, 1.0]
+    assert ds.recall.sel(localizer="oracle").values.tolist() == [1.0, 1.0]
+    assert ds.precision.sel(localizer="other", subset=0) == 0 and np.isnan(ds.precision.sel(localizer="other", subset=1))
+    assert ds.recall_at.sel(localizer="oracle", subset=0, k="5r") == 1.0  # 5 x 25% = every unit
+    assert float(ds.random_precision) == pytest.approx(3 / 7)
+    assert list(ds.k.values) == ["1r", "2r", "5r"] and ds.k_percent.values.tolist() == [25, 50, 125]

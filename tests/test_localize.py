@@ -92,3 +92,25 @@ def test_random_keeps_the_counts_per_row_and_step_and_is_seeded():
     assert np.array_equal(_union(a).sum(-1), _union(ref).sum(-1))  # the union's own counts per row
     assert np.array_equal(a.per_step[layer], b.per_step[layer]) and not np.array_equal(a.per_step[layer], c.per_step[layer])
     assert not np.array_equal(_union(a), _union(ref))
+
+
+def test_oracle_returns_the_planted_columns_and_refuses_a_model_without_an_answer(tmp_path):
+    import json
+
+    from memprune.prompts import InputError
+
+    inputs = _inputs()
+    inputs.model = str(tmp_path)
+    with pytest.raises(InputError, match="planted.json"):
+        localize.get("oracle").locate(inputs, {})
+    (tmp_path / "planted.json").write_text(json.dumps({
+        "layers": {"layer.ff.net.2": [3, 9]}, "fraction": 0.05, "k": 1, "seed": 0, "prompts": ["p"],
+        "base_unet_sha256": "x"}))
+    ms = localize.get("oracle").locate(inputs, {})
+    union = _union(ms)
+    assert union[:, [3, 9]].all() and union.sum() == 2 * union.shape[0] and ms.per_step is None
+    (tmp_path / "planted.json").write_text(json.dumps({
+        "layers": {"other.ff.net.2": [1]}, "fraction": 0.05, "k": 1, "seed": 0, "prompts": ["p"],
+        "base_unet_sha256": "x"}))
+    with pytest.raises(InputError, match="not ff.net.2 layers"):
+        localize.get("oracle").locate(inputs, {})

@@ -93,3 +93,23 @@ def test_optional_arguments_are_omitted_not_printed_as_none():
     evaluation = Evaluation(plan)
     for text in (evaluation.prompt_args(), evaluation.metric_args(), plan.sampling_args(), Detection(plan).args()):
         assert "None" not in text and "null" not in text
+
+
+@pytest.mark.parametrize("name,group,collection,k", [("config/testbed_planted.yaml", "planted", "plant_k10", 50),
+                                                      ("config/testbed_finetune.yaml", "finetuned", "ft_k10", 100)])
+def test_derived_testbed_configs_plan_their_own_data_and_targets(name, group, collection, k):
+    plan = Plan(load(name), REPO)
+    assert plan.derived["added"]["group"] == group and plan.is_testbed
+    assert plan.data_dir == f"results/{plan.name}/data" and plan.report == f"results/{plan.name}/report.nc"
+    assert plan.report in plan.targets()
+    assert (f"results/{plan.name}/localization.nc" in plan.targets()) == (group == "planted")
+    evaluation, attack = Evaluation(plan), Attack(plan)
+    assert evaluation.data == attack.data == plan.data_dir
+    col = plan.collections[collection]
+    assert plan.sets[col.set].size == k and len(col.subsets) == 10 and all(len(s) == 10 for s in col.subsets)
+    assert {"memorized", col.set} <= set(attack.sets)  # both kinds of memorized prompts are attacked
+    assert {m.collection for m in attack.models if m.collection} == {"mem_k10", collection}
+    cfg = load(name)
+    cfg["model"]["name"] = "testbed"
+    with pytest.raises(Exception, match="needs its own name"):
+        Plan(cfg, REPO)

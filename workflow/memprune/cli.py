@@ -90,6 +90,23 @@ def cmd_analyze(args) -> None:
             jobs=args.jobs)
 
 
+def cmd_localization(args) -> None:
+    from .edits import load_unet
+    from .localization import localization_dataset
+    from .models import ffn_layers
+    from .store import write_netcdf
+    from .testbed.planted import read_ground_truth
+
+    truth = read_ground_truth(Path(args.model))
+    in_features = {n: layer.in_features for n, layer in ffn_layers(load_unet(args.model))}
+    ds = localization_dataset(json.loads(args.stores_json), truth, in_features)
+    write_netcdf(ds, Path(args.out))
+    for loc in ds.localizer.values:
+        sel = ds.sel(localizer=loc)
+        print(f"{loc}: precision {float(sel.precision.mean()):.3f} recall {float(sel.recall.mean()):.3f} "
+              f"(random precision {float(ds.random_precision):.3f})")
+
+
 def cmd_sample(args) -> None:
     from .models import load_pipeline
     from .prompts import read_prompts
@@ -218,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="layers analysed in parallel (threads)")
     p.add_argument("--fig-iou", required=True)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("localization", help="a planted testbed: precision and recall of every localizer's masks "
+                                            "against the planted units (planted.json)")
+    p.add_argument("--model", required=True, help="the planted testbed (with planted.json)")
+    p.add_argument("--stores-json", required=True, help='{localizer: {collection: [mask store, ...]}}')
+    p.add_argument("--out", required=True, help="localization.nc")
+    p.set_defaults(func=cmd_localization)
 
     p = sub.add_parser("sample", help="generate PNGs for prompts x seeds, with an index.csv")
     _add_model_args(p)

@@ -55,3 +55,62 @@ def random_baseline(planted: dict[str, np.ndarray], in_features: dict[str, int],
     """What a random mask of any density scores: precision = the planted share of units, recall@k = k / 100."""
     r = sum(len(u) for u in planted.values()) / sum(in_features.values())
     return {"precision": r, **{f"recall@{k}": min(1.0, k / 100) for k in percents}}
+
+
+def full_mask(kind: str, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A `masks.MaskSet` layer mask of any kind as a bool (out, in) weight mask."""
+    mask = np.asarray(mask, dtype=bool)
+    if kind == "weight":
+        return mask
+    if kind == "rows":
+        return np.repeat(mask[:, None], shape[1], axis=1)
+    return np.repeat(mask[None, :], shape[0], axis=0)  # columns
+
+
+def localization_dataset(stores: dict[str, dict[str, list[str]]], truth: dict, in_features: dict[str, int],
+                         percents_of_r: tuple[float, ...] = (1, 2, 5)):
+    """localization.nc: per (localizer, collection, subset) the weight-level precision and recall of the subset's
+    union mask against the planted units of `truth` (planted.json), and recall@k for k = m x r (`percents_of_r`),
+    beside what a random mask scores (`random_*`). `stores`: {localizer: {collection: [mask store paths]}}."""
+    import xarray as xr
+
+    from .masks import read_mask_set
+
+    planted = {layer: np.asarray(v, dtype=int) for layer, v in truth["layers"].items()}
+    r = 100 * float(truth["fraction"])
+    percents = [m * r for m in percents_of_r]
+    locs = list(stores)
+    cols = list(dict.fromkeys(c for by in stores.values() for c in by))
+    n_sub = max((len(p) for by in stores.values() for p in by.values()), default=0)
+    shape = (len(locs), len(cols), n_sub)
+    prec, rec, dens = (np.full(shape, np.nan) for _ in range(3))
+    at = np.full(shape + (len(percents),), np.nan)
+    for li, loc in enumerate(locs):
+        for ci, col in enumerate(cols):
+            for si, path in enumerate(stores[loc].get(col, [])):
+                ms = read_mask_set(path)
+                masks = {l: full_mask(m.kind, m.mask, ms.grid[l]) for l, m in ms.layer_masks().items()}
+                prec[li, ci, si], rec[li, ci, si] = weight_precision_recall(masks, planted)
+                ranked = recall_at({l: m for l, m in masks.items() if l in in_features}, planted, percents)
+                at[li, ci, si] = [ranked[k] for k in percents]
+                dens[li, ci, si] = sum(int(m.sum()) for m in masks.values()) / sum(m.size for m in masks.values())
+    base = random_baseline(planted, in_features, percents)
+    k_labels = [f"{m:g}r" for m in percents_of_r]
+    return xr.Dataset(
+        {
+            "precision": (("localizer", "collection", "subset"), prec,
+                          {"long_name": "share of the mask's entries on planted columns"}),
+            "recall": (("localizer", "collection", "subset"), rec,
+                       {"long_name": "share of the planted columns' weights in the mask"}),
+            "density": (("localizer", "collection", "subset"), dens, {"long_name": "share of weights masked"}),
+            "recall_at": (("localizer", "collection", "subset", "k"), at,
+                          {"long_name": "share of planted units among the top k% of units (INJ's recall@k)"}),
+            "random_precision": ((), base["precision"], {"long_name": "precision of a random mask (planted share)"}),
+            "random_recall_at": (("k",), [base[f"recall@{k}"] for k in percents],
+                                 {"long_name": "recall@k of a random ranking (k / 100)"}),
+        },
+        coords={"localizer": locs, "collection": cols, "subset": np.arange(n_sub), "k": k_labels,
+                "k_percent": ("k", percents)},
+        attrs={"fraction": float(truth["fraction"]), "planted_units": int(sum(len(v) for v in planted.values())),
+               "units": int(sum(in_features.values()))},
+    )

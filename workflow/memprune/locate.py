@@ -86,7 +86,7 @@ def locate_collection(method: str, params: dict, model: str, collection: str, n_
     torch.set_num_threads(1)
     with atomic_dir(Path(out)) as tmp:
         for i in range(n_subsets):
-            inputs = localize.Inputs(weights=weights, rng=np.random.default_rng(
+            inputs = localize.Inputs(weights=weights, model=str(model), rng=np.random.default_rng(
                 [int(params.get("seed", 0)), zlib.crc32(collection.encode()), i]))
             attrs = {}
             if loc.statistics:

@@ -97,9 +97,15 @@ class Plan:
         self.model = cfg["model"]
         self.name = self.model["name"]
         tb = cfg["testbed"]
-        self.is_testbed = Path(self.model["path"]).name == "testbed" or tb["use_retrained"]
-        self.model_dir = "results/testbed/model" if tb["use_retrained"] else self.repo_path(self.model["path"])
+        self.derived = tb.get("derived")  # a testbed derived from the shipped one (testbed/derived.py)
+        if self.derived and self.name == "testbed":
+            raise _key("model.name", "a derived testbed needs its own name (results/testbed holds its base's data)")
+        self.is_testbed = Path(self.model["path"]).name == "testbed" or tb["use_retrained"] or bool(self.derived)
+        retrained = f"results/{self.name}/model" if self.derived else "results/testbed/model"
+        self.model_dir = retrained if tb["use_retrained"] else self.repo_path(self.model["path"])
         self.model_is_local = tb["use_retrained"] or Path(self.model_dir).exists()
+        # the dataset the model is measured against: the testbed's, or the derived testbed's extended one
+        self.data_dir = f"results/{self.name}/data" if self.derived else "results/testbed/data"
         s, a, d = cfg["sampling"], cfg["activations"], cfg["detection"]
         self.act_tag = f"seed{s['seed']}_steps{s['steps']}_g{s['guidance']}_{a['variant']}"
         self.det_tag = f"seed{d['seed']}x{d['n_seeds']}_steps{d['steps']}_first{d['score_steps']}_g{d['guidance']}"
@@ -171,7 +177,7 @@ class Plan:
             elif ref:
                 tag = f"{ref}-{methods[ref].tag}_{own}"
             else:
-                tag = own
+                tag = own or "default"  # a method without parameters (oracle)
             methods[name] = Method(name, params, tag, tuple(loc.statistics), ref)
         if not methods:
             raise _key("localizers", "no localizer listed")
@@ -258,7 +264,14 @@ class Plan:
 
     def targets(self) -> list[str]:
         targets = ["results/iou.nc", "results/density.nc", "results/figures/iou.png"]
-        return targets + (["results/testbed/report.nc"] if self.is_testbed else [])
+        if self.derived and self.derived["kind"] == "planted":
+            targets.append(f"{self.results}/localization.nc")
+        return targets + ([self.report] if self.is_testbed else [])
+
+    @property
+    def report(self) -> str:
+        """The testbed report of the model (rules/testbed.smk)."""
+        return f"{self.results}/report.nc"
 
     # ------------------------------------------------------------------------------------------ commands
 

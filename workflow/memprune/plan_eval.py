@@ -51,7 +51,7 @@ class Evaluation:
         mem_set = ev["memorized"] or (plan.collections[self.collections[0]].set if self.collections else None)
         self.memorized = plan.sets[mem_set].file if mem_set in plan.sets else (plan.repo_path(mem_set) if mem_set else None)
         self.nonmemorized = plan.repo_path(ev["nonmemorized"]) if ev.get("nonmemorized") else None
-        self.data = "results/testbed/data" if plan.is_testbed and not ev.get("ground_truth") else None
+        self.data = plan.data_dir if plan.is_testbed and not ev.get("ground_truth") else None
         clip = ev["clip"]
         self.clip_dir = "results/testbed/clip" if clip.get("use_retrained") else (plan.repo_path(clip["weights"]) if clip["weights"] else None)
 
@@ -117,7 +117,7 @@ class Attack:
         self.models = plan.models(atk["variants"], pruned, methods)
         self.tag = f"n{atk['n_samples']}_seed{atk['seed']}_steps{atk['steps']}_g{atk['guidance']}_grid{atk['tile_grid']}"
         self.dir = f"{plan.results}/attack"
-        self.data = "results/testbed/data" if plan.is_testbed else None
+        self.data = plan.data_dir if plan.is_testbed else None
 
     def by_path(self) -> dict[str, EvalModel]:
         return {m.path: m for m in self.models}

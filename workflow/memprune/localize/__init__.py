@@ -36,6 +36,7 @@ class Inputs:
     t: np.ndarray | None = None
     reference: object | None = None
     rng: np.random.Generator | None = None
+    model: str | None = None  # the model's directory or hub id (the oracle reads its ground truth there)
 
 
 @dataclass(frozen=True)
