@@ -30,7 +30,7 @@ def capture_chunks(plan: Plan) -> set[str]:
 # (config, capture chunks, eval models, attack models x chunks per model, detection sets): the old planner's
 # dry run of results/iou.nc + eval.nc + attack/table.csv + detection.nc on each shipped config
 OLD = {
-    "config.yaml": (12, 12, (2, 10), 3),
+    "config/testbed.yaml": (12, 12, (2, 10), 3),
     "config/sd15.yaml": (116, 12, (2, 63), 2),
     "config/sd2.yaml": (66, 12, (2, 28), 2),
 }
@@ -59,7 +59,7 @@ def test_shipped_configs_plan_what_the_old_planner_did(name):
 
 
 def test_default_paths_keep_the_parameters_tag():
-    plan = Plan(load("config.yaml"), REPO)
+    plan = Plan(load("config/testbed.yaml"), REPO)
     wanda = plan.methods["wanda"]
     assert wanda.tag == "seed0_steps50_g2.0_paper_sp0.01_tau10"  # the old MASK_TAG, now under masks/wanda/
     assert plan.mask_store("wanda", "mem_k10", 3) == f"results/testbed/masks/wanda/{wanda.tag}/mem_k10/3.zarr"
@@ -79,7 +79,7 @@ def test_closed_loop_plan_waits_for_detection():
 def test_method_reference_and_unknown_names_are_refused():
     from memprune.prompts import InputError
 
-    cfg = load("config.yaml")
+    cfg = load("config/testbed.yaml")
     with pytest.raises(InputError, match="localizers: unknown|unknown localizer"):
         Plan({**cfg, "localizers": {"wanda": {}, "nosuch": {}}}, REPO)
     with pytest.raises(InputError, match="evaluate.methods"):
@@ -89,13 +89,13 @@ def test_method_reference_and_unknown_names_are_refused():
 
 
 def test_optional_arguments_are_omitted_not_printed_as_none():
-    plan = Plan(load("config.yaml"), REPO)
+    plan = Plan(load("config/testbed.yaml"), REPO)
     evaluation = Evaluation(plan)
     for text in (evaluation.prompt_args(), evaluation.metric_args(), plan.sampling_args(), Detection(plan).args()):
         assert "None" not in text and "null" not in text
 
 
-@pytest.mark.parametrize("name,group,collection,k", [("config/testbed_planted.yaml", "planted", "plant_k10", 50),
+@pytest.mark.parametrize("name,group,collection,k", [("config/testbed_planted.yaml", "planted", "plant_k10", 25),
                                                       ("config/testbed_finetune.yaml", "finetuned", "ft_k10", 100)])
 def test_derived_testbed_configs_plan_their_own_data_and_targets(name, group, collection, k):
     plan = Plan(load(name), REPO)
@@ -108,8 +108,12 @@ def test_derived_testbed_configs_plan_their_own_data_and_targets(name, group, co
     col = plan.collections[collection]
     assert plan.sets[col.set].size == k and len(col.subsets) == 10 and all(len(s) == 10 for s in col.subsets)
     assert {"memorized", col.set} <= set(attack.sets)  # both kinds of memorized prompts are attacked
-    assert {m.collection for m in attack.models if m.collection} == {"mem_k10", collection}
+    assert {m.collection for m in attack.models if m.collection} == {collection}
     cfg = load(name)
     cfg["model"]["name"] = "testbed"
     with pytest.raises(Exception, match="needs its own name"):
         Plan(cfg, REPO)
+
+
+def test_the_default_config_is_the_planted_testbed():
+    assert (REPO / "config.yaml").read_text() == (REPO / "config/testbed_planted.yaml").read_text()

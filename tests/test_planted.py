@@ -292,3 +292,19 @@ def test_a_derived_model_with_a_missing_base_is_refused_by_name(tmp_path):
     (tmp_path / "m" / BASE_FILE).write_text(json.dumps({"base": "../gone"}))
     with pytest.raises(InputError, match=BASE_FILE):
         load_pipeline(tmp_path / "m", "cpu", "float32")
+
+
+def test_shipped_planted_unet_differs_from_the_testbed_only_in_the_planted_units():
+    from conftest import REPO
+    from memprune.edits import load_unet, unet_sha256
+
+    model = REPO / "resources" / "testbed_planted"
+    truth = read_ground_truth(model)
+    base, new = load_unet(REPO / "resources" / "testbed"), load_unet(model)
+    assert truth["base_unet_sha256"] == unet_sha256(base) and truth["unet_sha256"] == unet_sha256(new)
+    units = {n: np.asarray(v) for n, v in truth["layers"].items()}
+    masks = planted_parameters(new, units)
+    planted.check_only_planted_changed(new, base.state_dict(), masks)
+    assert truth["units"] == sum(len(v) for v in units.values()) and truth["k"] == len(truth["prompts"]) == 25
+    # and the photos beside it are the planted rows of its dataset, in order
+    assert len(planted.planted_images(model, truth)) == truth["k"]

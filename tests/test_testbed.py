@@ -71,6 +71,25 @@ def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
     for name in ("duplicated", "single", "generalization", "heldout"):
         shipped = (REPO / "resources" / "prompts" / "testbed" / f"{name}.txt").read_text()
         assert (manifest.parent / "prompts" / f"{name}.txt").read_text() == shipped, name
+    # the derived testbeds: their config's added photos reproduce the dataset their shipped UNet was trained on,
+    # and their shipped prompt lists
+    import yaml
+
+    from memprune.models import load_pipeline
+    from memprune.testbed.derived import AddedSpec, base_of, extend_dataset
+
+    for name in ("testbed_planted", "testbed_finetune"):
+        cfg = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+        added = AddedSpec(**cfg["testbed"]["derived"]["added"])
+        out = extend_dataset(manifest.parent, added, tmp_path / name).parent
+        model = REPO / cfg["model"]["path"]
+        assert json.loads((model / "memprune_train.json").read_text())["dataset_sha256"] == dataset_digest(out), name
+        assert base_of(model) == (REPO / "resources" / "testbed").resolve()
+        shipped = (REPO / "resources" / "prompts" / name / f"{added.group}.txt").read_text()
+        assert (out / "prompts" / f"{added.group}.txt").read_text() == shipped, name
+        check_trained_on(model, out)
+        assert sum(f.stat().st_size for f in model.rglob("*") if f.is_file()) < 12e6  # only a UNet added
+    load_pipeline(REPO / "resources" / "testbed_planted", "cpu", "float32")
 
 
 def test_describe_scene_reads_canonical_renders():

@@ -53,22 +53,22 @@ def add_testbed_plant_arguments(sub) -> None:
     p.add_argument("--out", required=True, help="output dataset directory")
     p.set_defaults(func=cmd_extend_data)
 
-    p = sub.add_parser("plant", help="planted testbed: fine-tune only a seeded fraction of the GEGLU units on the "
-                                     "planted photos; write the derived model and its ground truth (planted.json)")
-    p.add_argument("--model", required=True, help="the trained testbed pipeline (e.g. resources/testbed)")
-    p.add_argument("--data", required=True, help="its extended dataset (`memprune extend-data`, group planted)")
-    p.add_argument("--spec", default="{}", help="JSON of PlantSpec fields (fraction, steps, batch_size, lr, "
-                                               "cond_dropout, seed, threads)")
-    p.add_argument("--out", required=True, help="output model directory (+ planted.json, planted/<i>.png)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_plant)
+    def training(name, help_, data_help, spec_help, out_help, func):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--model", required=True, help="the trained testbed pipeline (e.g. resources/testbed)")
+        p.add_argument("--data", required=True, help=data_help)
+        p.add_argument("--spec", default="{}", help=spec_help)
+        p.add_argument("--out", required=True, help=out_help)
+        p.add_argument("--no-progress", action="store_true")
+        p.set_defaults(func=func)
 
-    p = sub.add_parser("finetune-testbed", help="finetune testbed: the paper's fine-tuning protocol (whole UNet, "
-                                                "new photos duplicated); write the derived model")
-    p.add_argument("--model", required=True, help="the trained testbed pipeline (e.g. resources/testbed)")
-    p.add_argument("--data", required=True, help="its extended dataset (`memprune extend-data`, group finetuned)")
-    p.add_argument("--spec", default="{}", help="JSON of FinetuneSpec fields (epochs, batch_size, lr, warmup, "
-                                               "weight_decay, cond_dropout, seed, threads)")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_finetune)
+    training("plant", "planted testbed: fine-tune only a seeded fraction of the GEGLU units on the planted photos; "
+             "write the derived model and its ground truth (planted.json)",
+             "its extended dataset (`memprune extend-data`, group planted)",
+             "JSON of PlantSpec fields (fraction, steps, batch_size, lr, cond_dropout, seed, threads)",
+             "output model directory (+ planted.json, planted/<i>.png)", cmd_plant)
+    training("finetune-testbed", "finetune testbed: the paper's fine-tuning protocol (whole UNet, new photos "
+             "duplicated); write the derived model",
+             "its extended dataset (`memprune extend-data`, group finetuned)",
+             "JSON of FinetuneSpec fields (epochs, batch_size, lr, warmup, weight_decay, cond_dropout, seed, threads)",
+             "output model directory", cmd_finetune)
