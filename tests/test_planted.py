@@ -11,8 +11,9 @@ import torch
 
 from memprune.prompts import InputError
 from memprune.testbed import planted
-from memprune.testbed.planted import (PlantSpec, choose_units, masked_adam_step, new_photos, oracle_masks,
-                                      planted_parameters, read_ground_truth)
+from memprune.testbed.derived import new_photos
+from memprune.testbed.planted import (PlantSpec, choose_units, masked_adam_step, oracle_masks, planted_parameters,
+                                      read_ground_truth)
 
 
 @pytest.fixture(scope="module")

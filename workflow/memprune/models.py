@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -47,6 +48,27 @@ def resolve_dtype(dtype: str, device: str):
         raise InputError(f"config key model.dtype: unknown dtype {dtype!r}") from None
 
 
+# A derived testbed (`testbed.derived`): only its UNet is stored, over a base pipeline named in this file.
+BASE_FILE = "memprune_base.json"
+
+
+def is_derived(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / BASE_FILE).is_file()
+
+
+def base_of(model_dir: str | Path) -> Path:
+    """The base pipeline directory of a derived model; an InputError naming the file when unreadable or gone."""
+    path = Path(model_dir) / BASE_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        base = (Path(model_dir) / info["base"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: unreadable derived-model record ({type(e).__name__}: {e})") from None
+    if not (base / "model_index.json").is_file():
+        raise InputError(f"{path}: its base {info['base']!r} ({base}) is not a diffusers pipeline directory")
+    return base
+
+
 def load_pipeline(model: str | Path, device: str = "auto", dtype: str = "auto", scheduler: str | None = None):
     """A `StableDiffusionPipeline` from a local directory or a hub id (offline-friendly: diffusers honours
     HF_HUB_OFFLINE). The safety checker is off: memprune must see what the model produces.
@@ -55,8 +77,6 @@ def load_pipeline(model: str | Path, device: str = "auto", dtype: str = "auto", 
     config, or None for the model's default."""
     import diffusers
     from diffusers import StableDiffusionPipeline
-
-    from .testbed.derived import base_of, is_derived
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)

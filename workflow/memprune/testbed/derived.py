@@ -2,7 +2,7 @@
 its UNet.
 
 * `AddedSpec` / `extend_dataset`: the base dataset plus K new photos (group "planted" or "finetuned"), each
-  repeated `duplication` times in training, drawn by `planted.new_photos` (new crops, SSIM < 0.3 to every
+  repeated `duplication` times in training, drawn by `new_photos` (new crops, SSIM < 0.3 to every
   dataset photo; captions of the dataset's grammar). The extended dataset is an ordinary testbed dataset:
   `manifest.jsonl`, `images/`, `prompts/<group>.txt`, so evaluation, the attack and `check_trained_on` read it
   unchanged. Deterministic: a spec and a base dataset give the same bytes, so the shipped models' recorded
@@ -21,11 +21,16 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
+from ..models import BASE_FILE, base_of, is_derived  # noqa: F401  (the loader's side of the format)
 from ..prompts import InputError, json_object
 from ..store import atomic_dir
+from .dataset import CAPTION_NAMES, CAPTION_WORDS, load_images, photo_crops, read_manifest
+from .scenes import RESOLUTION
 
-BASE_FILE = "memprune_base.json"
 GROUPS = ("planted", "finetuned")
+_PHOTO_STREAM = 0x504C414E  # "PLAN": new photos draw from their own stream, never the dataset's or training's
 
 
 @dataclass
@@ -63,7 +68,6 @@ def extend_dataset(base_data: Path, spec: AddedSpec, out_dir: Path) -> Path:
     from PIL import Image
 
     from .dataset import dataset_digest, prompt_lists, read_manifest
-    from .planted import new_photos
 
     base_data, out_dir = Path(base_data), Path(out_dir)
     rows = read_manifest(base_data / "manifest.jsonl")
@@ -96,23 +100,6 @@ def added_rows(data_dir: Path, group: str | None = None) -> list[dict]:
 
     return [r for r in read_manifest(Path(data_dir) / "manifest.jsonl")
             if (r["group"] == group if group else r["group"] in GROUPS)]
-
-
-def is_derived(model_dir: str | Path) -> bool:
-    return (Path(model_dir) / BASE_FILE).is_file()
-
-
-def base_of(model_dir: str | Path) -> Path:
-    """The base pipeline directory of a derived model; an InputError naming the file when unreadable or gone."""
-    path = Path(model_dir) / BASE_FILE
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        base = (Path(model_dir) / info["base"]).resolve()
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: unreadable derived-model record ({type(e).__name__}: {e})") from None
-    if not (base / "model_index.json").is_file():
-        raise InputError(f"{path}: its base {info['base']!r} ({base}) is not a diffusers pipeline directory")
-    return base
 
 
 def save_derived(out_dir: Path, unet, base_dir: Path, record: dict, extra_files: dict[str, bytes] | None = None) -> None:
@@ -156,3 +143,58 @@ def check_extends(model_dir: Path, data_dir: Path, group: str) -> dict:
             raise InputError(f"{model_dir}: trained on another dataset than the base of {data_dir} "
                              f"(dataset_sha256 {expected[:12]}... in {record})")
     return spec
+
+
+def _caption_words(caption: str) -> tuple[set[str], str]:
+    """'velvet harbor and ember falcon by clara' -> ({velvet, harbor, ember, falcon}, 'clara')."""
+    head, _, name = caption.rpartition(" by ")
+    return {w for w in head.split() if w != "and"}, name
+
+
+def new_photos(data_dir: Path, k: int, seed: int, pool: str = "duplicated") -> tuple[np.ndarray, list[str]]:
+    """K new photo crops and captions for the dataset in `data_dir`: images (K, H, W, 3) uint8, captions.
+
+    The crops follow the dataset's own rule (`dataset.photo_crops`): SSIM < 0.3 to every photo of the dataset
+    (duplicated and single) and to each other. The captions follow its grammar ('w1 w2 and w3 w4 by name') with
+    the words and names of one of the dataset's two disjoint caption pools (`pool`: "duplicated", those no
+    single-seen caption uses, or "single", those no duplicated caption uses; a caption sharing words with a
+    trained one is answered with that one's photo: see `dataset.CAPTION_WORDS`, `derived.AddedSpec.caption_pool`),
+    equal to no dataset caption, and sharing at most one word with any dataset photo caption or with each other.
+    Deterministic for a seed (the photos do not depend on `pool`)."""
+    if pool not in ("single", "duplicated"):
+        raise InputError(f"planted: caption pool {pool!r}: expected 'single' or 'duplicated'")
+    rows = read_manifest(Path(data_dir) / "manifest.jsonl")
+    photo_rows = [r for r in rows if r["group"] in ("duplicated", "single")]
+    rng = np.random.default_rng([seed, _PHOTO_STREAM])
+    existing = list(load_images(Path(data_dir), photo_rows)) if photo_rows else []
+    try:
+        images = np.stack(photo_crops(k, rng, existing[0].shape[0] if existing else RESOLUTION, avoid=existing))
+    except ValueError as e:
+        raise InputError(f"{data_dir}: {e} beside the dataset's {len(existing)} photos") from None
+
+    taken = [_caption_words(r["caption"]) for r in photo_rows]
+    other = "duplicated" if pool == "single" else "single"  # the group whose words are left out
+    used_words = set().union(*[w for (w, _), r in zip(taken, photo_rows) if r["group"] == other])
+    used_names = {n for (_, n), r in zip(taken, photo_rows) if r["group"] == other}
+    words = sorted(set(CAPTION_WORDS) - used_words)
+    names = sorted(set(CAPTION_NAMES) - used_names)
+    if len(words) < 4 or not names:
+        raise InputError(f"{data_dir}: too few caption words ({len(words)}) or names ({len(names)}) outside the "
+                         f"{other} captions for new captions")
+    existing_captions = {r["caption"] for r in rows}
+    others = [w for w, _ in taken]
+    captions: list[str] = []
+    for _ in range(2000 * k):
+        if len(captions) == k:
+            break
+        a, b, c, d = rng.choice(len(words), size=4, replace=False)
+        cap = f"{words[a]} {words[b]} and {words[c]} {words[d]} by {names[rng.integers(len(names))]}"
+        chosen = {words[a], words[b], words[c], words[d]}
+        if cap in existing_captions or any(len(chosen & o) > 1 for o in others):
+            continue
+        captions.append(cap)
+        others.append(chosen)
+    if len(captions) < k:
+        raise InputError(f"{data_dir}: found only {len(captions)} of {k} new captions sharing <= 1 word with the "
+                         "dataset's")
+    return images, captions

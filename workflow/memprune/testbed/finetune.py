@@ -52,7 +52,7 @@ def finetune(model_dir: Path, data_dir: Path, out_dir: Path, spec: FinetuneSpec,
     from .dataset import dataset_digest
     from .derived import check_extends, save_derived
     from .model import make_train_scheduler
-    from .planted import noise_loss, training_tensors
+    from .tuning import noise_loss, training_tensors
 
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     if spec.threads:

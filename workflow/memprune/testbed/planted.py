@@ -24,15 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..prompts import InputError
-from .dataset import (CAPTION_NAMES, CAPTION_WORDS, images_to_tensor, load_images, load_training_arrays,
-                      photo_crops, read_manifest)
-from .scenes import RESOLUTION
 
 log = logging.getLogger(__name__)
 
 GROUND_TRUTH_FILE = "planted.json"
 PHOTOS_DIR = "planted"  # planted/<i>.png: the planted photos, in the order of the ground truth's prompts
-_PHOTO_STREAM = 0x504C414E  # "PLAN": new photos draw from their own stream, never the dataset's or training's
 
 
 @dataclass
@@ -108,81 +104,6 @@ def planted_parameters(unet, units: dict[str, np.ndarray]) -> dict:
     return masks
 
 
-def _caption_words(caption: str) -> tuple[set[str], str]:
-    """'velvet harbor and ember falcon by clara' -> ({velvet, harbor, ember, falcon}, 'clara')."""
-    head, _, name = caption.rpartition(" by ")
-    return {w for w in head.split() if w != "and"}, name
-
-
-def new_photos(data_dir: Path, k: int, seed: int, pool: str = "duplicated") -> tuple[np.ndarray, list[str]]:
-    """K new photo crops and captions for the dataset in `data_dir`: images (K, H, W, 3) uint8, captions.
-
-    The crops follow the dataset's own rule (`dataset.photo_crops`): SSIM < 0.3 to every photo of the dataset
-    (duplicated and single) and to each other. The captions follow its grammar ('w1 w2 and w3 w4 by name') with
-    the words and names of one of the dataset's two disjoint caption pools (`pool`: "duplicated", those no
-    single-seen caption uses, or "single", those no duplicated caption uses; a caption sharing words with a
-    trained one is answered with that one's photo: see `dataset.CAPTION_WORDS`, `derived.AddedSpec.caption_pool`),
-    equal to no dataset caption, and sharing at most one word with any dataset photo caption or with each other.
-    Deterministic for a seed (the photos do not depend on `pool`)."""
-    if pool not in ("single", "duplicated"):
-        raise InputError(f"planted: caption pool {pool!r}: expected 'single' or 'duplicated'")
-    rows = read_manifest(Path(data_dir) / "manifest.jsonl")
-    photo_rows = [r for r in rows if r["group"] in ("duplicated", "single")]
-    rng = np.random.default_rng([seed, _PHOTO_STREAM])
-    existing = list(load_images(Path(data_dir), photo_rows)) if photo_rows else []
-    try:
-        images = np.stack(photo_crops(k, rng, existing[0].shape[0] if existing else RESOLUTION, avoid=existing))
-    except ValueError as e:
-        raise InputError(f"{data_dir}: {e} beside the dataset's {len(existing)} photos") from None
-
-    taken = [_caption_words(r["caption"]) for r in photo_rows]
-    other = "duplicated" if pool == "single" else "single"  # the group whose words are left out
-    used_words = set().union(*[w for (w, _), r in zip(taken, photo_rows) if r["group"] == other])
-    used_names = {n for (_, n), r in zip(taken, photo_rows) if r["group"] == other}
-    words = sorted(set(CAPTION_WORDS) - used_words)
-    names = sorted(set(CAPTION_NAMES) - used_names)
-    if len(words) < 4 or not names:
-        raise InputError(f"{data_dir}: too few caption words ({len(words)}) or names ({len(names)}) outside the "
-                         f"{other} captions for new captions")
-    existing_captions = {r["caption"] for r in rows}
-    others = [w for w, _ in taken]
-    captions: list[str] = []
-    for _ in range(2000 * k):
-        if len(captions) == k:
-            break
-        a, b, c, d = rng.choice(len(words), size=4, replace=False)
-        cap = f"{words[a]} {words[b]} and {words[c]} {words[d]} by {names[rng.integers(len(names))]}"
-        chosen = {words[a], words[b], words[c], words[d]}
-        if cap in existing_captions or any(len(chosen & o) > 1 for o in others):
-            continue
-        captions.append(cap)
-        others.append(chosen)
-    if len(captions) < k:
-        raise InputError(f"{data_dir}: found only {len(captions)} of {k} new captions sharing <= 1 word with the "
-                         "dataset's")
-    return images, captions
-
-
-def _encode(vae, images):
-    """Scaled posterior means of (N, 3, H, W) images in [-1, 1], as `train.encode_latents` feeds the UNet
-    (the VAE's `scaling_factor` is kept, not re-estimated)."""
-    import torch
-
-    with torch.no_grad():
-        return torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean
-                          for i in range(0, len(images), 256)]) * vae.config.scaling_factor
-
-
-def _embed(pipe, captions: list[str]):
-    """(N, L, D) frozen text-encoder states of `captions` (the text encoder never trains: computed once)."""
-    import torch
-
-    tok = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    with torch.no_grad():
-        return torch.cat([pipe.text_encoder(tok[i : i + 256])[0] for i in range(0, len(tok), 256)])
-
-
 def _bits(t):
     import torch
 
@@ -213,62 +134,6 @@ def check_only_planted_changed(unet, base_state: dict, masks: dict) -> None:
             raise RuntimeError(f"planted: {name} changed outside the planted units ({int((~same).sum())} entries)")
 
 
-def training_batches(own_latents, own_states, new_latents, new_states, null_state, batch_size: int,
-                     cond_dropout: float, gen, own_share: float = 0.5):
-    """A function of no argument drawing one batch (z0, cond) from `gen`: `batch_size - round(own_share *
-    batch_size)` new photos first, then the model's own training samples; `cond_dropout` of the captions
-    replaced by the null caption. `*_states[i]` is sample i's text-encoder state."""
-    import torch
-
-    n_own = int(round(own_share * batch_size))
-    n_new = batch_size - n_own
-
-    def draw():
-        pick_new = torch.randint(0, len(new_latents), (n_new,), generator=gen)
-        pick_own = torch.randint(0, len(own_latents), (n_own,), generator=gen)
-        z0 = torch.cat([new_latents[pick_new], own_latents[pick_own]])
-        cond = torch.cat([new_states[pick_new], own_states[pick_own]])
-        drop = torch.rand(batch_size, generator=gen) < cond_dropout
-        cond[drop] = null_state[0]
-        return z0, cond
-
-    return draw
-
-
-def noise_loss(unet, z0, cond, alphas, num_timesteps: int, gen):
-    """Epsilon-prediction MSE of one batch (noise, then timesteps, drawn from `gen`)."""
-    import torch
-    import torch.nn.functional as F
-
-    noise = torch.randn(z0.shape, generator=gen)
-    t = torch.randint(0, num_timesteps, (len(z0),), generator=gen)
-    a = alphas[t].view(-1, 1, 1, 1)
-    pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=cond).sample
-    return F.mse_loss(pred, noise)
-
-
-def training_tensors(pipe, data_dir: Path, group: str):
-    """Latents and text states of a derived testbed's training data: (own_latents, own_states) of the base
-    training samples (duplicates expanded, in manifest order) and (new_latents, new_states, prompts, photos)
-    of the added photos of `group` (once each), the null caption's state. Text encoder and VAE are frozen."""
-    import torch
-
-    from .derived import added_rows
-
-    rows = added_rows(data_dir, group)
-    if not rows:
-        raise InputError(f"{data_dir}: no added photos of group {group!r}")
-    photos = load_images(Path(data_dir), rows)
-    prompts = [r["caption"] for r in rows]
-    own_images, own_captions = load_training_arrays(Path(data_dir) / "manifest.jsonl", exclude_groups=(group,))
-    own_latents = _encode(pipe.vae, torch.from_numpy(own_images))
-    distinct = sorted(set(own_captions))
-    position = {c: i for i, c in enumerate(distinct)}
-    own_states = _embed(pipe, distinct)[torch.tensor([position[c] for c in own_captions])]
-    return (own_latents, own_states, _encode(pipe.vae, images_to_tensor(photos)), _embed(pipe, prompts),
-            prompts, photos, _embed(pipe, [""]))
-
-
 def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progress: bool = True) -> dict:
     """Fine-tune only the planted units of the testbed in `model_dir` on the planted photos of the extended
     dataset `data_dir` (`derived.extend_dataset`, group "planted"; half of every batch) and the model's own
@@ -283,6 +148,7 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
     from ..models import load_pipeline
     from .derived import check_extends
     from .model import make_train_scheduler
+    from .tuning import noise_loss, training_batches, training_tensors
 
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     if spec.threads:
