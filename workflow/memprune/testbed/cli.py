@@ -17,9 +17,9 @@ def _spec(cls, text: str, command: str):
 def cmd_extend_data(args) -> None:
     from pathlib import Path
 
-    from .derived import added_spec, extend_dataset
+    from .derived import AddedSpec, extend_dataset
 
-    extend_dataset(Path(args.data), added_spec(args.spec), Path(args.out))
+    extend_dataset(Path(args.data), _spec(AddedSpec, args.spec, "extend-data"), Path(args.out))
 
 
 def cmd_plant(args) -> None:

@@ -183,12 +183,17 @@ def generate_dataset(spec: DatasetSpec, out_dir: Path) -> Path:
                     "group": "generalization", "duplication": 1 if split == "train" else 0, "split": split,
                     **attrs,
                 })
-        (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp / "prompts").mkdir()
-        for name, lines in prompt_lists(rows).items():
-            (tmp / "prompts" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+        write_rows(tmp, rows)
         (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return out_dir / "manifest.jsonl"
+
+
+def write_rows(out_dir: Path, rows: list[dict]) -> None:
+    """A dataset's `manifest.jsonl` and its prompt sets `prompts/<name>.txt` (`prompt_lists`) in `out_dir`."""
+    (out_dir / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out_dir / "prompts").mkdir()
+    for name, lines in prompt_lists(rows).items():
+        (out_dir / "prompts" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
 
 
 def prompt_lists(rows: list[dict]) -> dict[str, list[str]]:

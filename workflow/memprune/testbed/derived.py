@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ..models import BASE_FILE, base_of, is_derived  # noqa: F401  (the loader's side of the format)
-from ..prompts import InputError, json_object
+from ..prompts import InputError
 from ..store import atomic_dir
-from .dataset import CAPTION_NAMES, CAPTION_WORDS, load_images, photo_crops, read_manifest
+from .dataset import (CAPTION_NAMES, CAPTION_WORDS, dataset_digest, load_images, photo_crops, read_manifest,
+                      write_rows)
 from .scenes import RESOLUTION
 
 GROUPS = ("planted", "finetuned")
@@ -53,21 +54,10 @@ class AddedSpec:
             raise InputError(f"added photos: k ({self.k}) and duplication ({self.duplication}) must be >= 1")
 
 
-def added_spec(text_or_dict) -> AddedSpec:
-    """An AddedSpec from a JSON object (text or dict); an InputError naming the bad field."""
-    fields = json_object(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
-    try:
-        return AddedSpec(**fields)
-    except TypeError as e:
-        raise InputError(f"added photos spec: {e} (fields: {', '.join(AddedSpec.__dataclass_fields__)})") from None
-
-
 def extend_dataset(base_data: Path, spec: AddedSpec, out_dir: Path) -> Path:
     """Write the base dataset plus `spec.k` new photos to `out_dir` atomically; return its manifest path.
     New rows: {caption, image: images/<group>_<i>.png, group, duplication, split: train}."""
     from PIL import Image
-
-    from .dataset import dataset_digest, prompt_lists, read_manifest
 
     base_data, out_dir = Path(base_data), Path(out_dir)
     rows = read_manifest(base_data / "manifest.jsonl")
@@ -83,11 +73,7 @@ def extend_dataset(base_data: Path, spec: AddedSpec, out_dir: Path) -> Path:
             Image.fromarray(img).save(tmp / rel, optimize=False)
             new_rows.append({"caption": cap, "image": rel, "group": spec.group, "duplication": spec.duplication,
                              "split": "train"})
-        all_rows = rows + new_rows
-        (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_rows))
-        (tmp / "prompts").mkdir()
-        for name, lines in prompt_lists(all_rows).items():
-            (tmp / "prompts" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+        write_rows(tmp, rows + new_rows)
         base_spec = json.loads((base_data / "spec.json").read_text()) if (base_data / "spec.json").exists() else {}
         (tmp / "spec.json").write_text(json.dumps({**base_spec, "added": asdict(spec),
                                                    "base_dataset_sha256": dataset_digest(base_data)}, indent=2) + "\n")
@@ -96,8 +82,6 @@ def extend_dataset(base_data: Path, spec: AddedSpec, out_dir: Path) -> Path:
 
 def added_rows(data_dir: Path, group: str | None = None) -> list[dict]:
     """The manifest rows of the added photos of `data_dir` (of `group`, or of any added group)."""
-    from .dataset import read_manifest
-
     return [r for r in read_manifest(Path(data_dir) / "manifest.jsonl")
             if (r["group"] == group if group else r["group"] in GROUPS)]
 
