@@ -127,3 +127,53 @@ checkpoint detected_prompts:
         PLAN.log(f"detection/{PLAN.det_tag}", "detected_{pset}"),
     shell:
         memprune("detect-top-k", "--scores {input} --top-k {params.top_k} --out {output}")
+
+
+# ---------------------------------------------------------------------------------------------- recovery
+# Is it gone? The recovery attack of "Finding Dori" (attacks/recovery.py) on every model of config `recovery`:
+# one job per model, merged into results/<name>/recovery.nc, recovery.csv (DoRI's table) and a figure.
+RECOVERY_MODELS = RECOVERY.by_path()
+
+
+rule recovery_model:
+    conda:
+        CONDA_ENV
+    input:
+        unpack(checkpoint_input(RECOVERY_MODELS, "recmodel")),
+        model=model_input(),
+        data=[PLAN.data_dir],
+    output:
+        f"{RECOVERY.dir}/{{recmodel}}.nc" if RECOVERY.enabled else [],
+    wildcard_constraints:
+        recmodel=_alternatives(RECOVERY_MODELS),
+    params:
+        variant=lambda wc, input: PLAN.variant_args(RECOVERY_MODELS[wc.recmodel], input.get("checkpoint")),
+        id=lambda wc: RECOVERY_MODELS[wc.recmodel].id,
+        groups=RECOVERY.groups_json() if RECOVERY.enabled else "",
+        spec=RECOVERY.spec if RECOVERY.enabled else "",
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        PLAN.log(f"recovery/{RECOVERY.tag}" if RECOVERY.enabled else "recovery", "{recmodel}"),
+    benchmark:
+        PLAN.bench(f"recovery/{RECOVERY.tag}" if RECOVERY.enabled else "recovery", "{recmodel}")
+    shell:
+        memprune("recover", f"{{params.variant}} --model {PLAN.model_dir} --data {PLAN.data_dir} --groups-json {{params.groups:q}} --spec {{params.spec:q}} "
+                 f"{RECOVERY.args() if RECOVERY.enabled else ''} --id {{params.id:q}} --device {config['model']['device']} "
+                 f"--dtype {config['model']['dtype']} --out {{output}}")
+
+
+rule recovery_table:
+    conda:
+        CONDA_ENV
+    input:
+        [RECOVERY.result(m) for m in RECOVERY.models],
+    output:
+        nc=RECOVERY.output,
+        csv=f"{PLAN.results}/recovery.csv",
+        figure=f"{PLAN.results}/figures/recovery.png",
+    log:
+        PLAN.log("recovery", "table"),
+    shell:
+        memprune("recovery-table", "--variants {input} --out {output.nc} --csv {output.csv} --figure {output.figure}")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from memprune.plan import Plan, options, prompts_digest
-from memprune.plan_eval import Attack, Detection, Evaluation
+from memprune.plan_eval import Attack, Detection, Evaluation, Recovery
 from memprune.prompts import read_prompts
 
 
@@ -19,6 +19,7 @@ def _detected_prompts(name):
 PLAN = Plan(config, Path(workflow.basedir), _detected_prompts)
 EVAL = Evaluation(PLAN)
 ATTACK = Attack(PLAN)
+RECOVERY = Recovery(PLAN)
 DETECT = Detection(PLAN)
 CONDA_ENV = "../envs/memprune.yaml"
 

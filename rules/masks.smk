@@ -14,15 +14,17 @@ rule masks:
         directory(f"{PLAN.results}/masks/{{method}}/{{mtag}}/{{collection}}"),
     params:
         params=lambda wc: json.dumps(PLAN.methods[wc.method].params),
+        localizer=lambda wc: PLAN.methods[wc.method].localizer,
         n=lambda wc: len(PLAN.collections[wc.collection].subsets),
         inputs=lambda wc, input: " ".join(f"--{k} {v}" for k, v in input.items() if k != "model"),
+        subsets=lambda wc: f"--subsets-json '{PLAN.subsets_json(wc.collection)}'" if PLAN.methods[wc.method].per_prompt else "",
     log:
         PLAN.log("masks/{method}/{mtag}", "{collection}"),
     benchmark:
         PLAN.bench("masks/{method}/{mtag}", "{collection}")
     shell:
-        memprune("locate", f"--model {PLAN.model_dir} --method {{wildcards.method}} --params {{params.params:q}} "
-                 f"--collection {{wildcards.collection}} --n-subsets {{params.n}} {{params.inputs}} "
+        memprune("locate", f"--model {PLAN.model_dir} --method {{params.localizer}} --params {{params.params:q}} "
+                 f"--collection {{wildcards.collection}} --n-subsets {{params.n}} {{params.inputs}} {{params.subsets}} "
                  f"--variant {config['activations']['variant']} --out {{output}}")
 
 
@@ -40,3 +42,49 @@ rule prune:
         PLAN.bench("prune/{method}/{mtag}", "{collection}_{subset}")
     shell:
         memprune("prune", f"--model {PLAN.model_dir} --masks {{input.masks}}/{{wildcards.subset}}.zarr --out {{output}}")
+
+
+# NeMo (a per-prompt localizer): its activation statistics and memorization threshold from non-memorized
+# prompts, then its search for every prompt of a set that a collection uses, stored as data; `rule masks` turns the stored
+# neurons into one mask store per subset (the union of its prompts' neurons).
+
+
+rule nemo_calibration:
+    conda:
+        CONDA_ENV
+    input:
+        model_input(),
+        prompts=lambda wc: PLAN.calibration_files(wc.method),
+    output:
+        f"{PLAN.results}/{{method}}/{{mtag}}/calibration.nc",
+    params:
+        params=lambda wc: json.dumps(PLAN.methods[wc.method].params),
+    log:
+        PLAN.log("nemo/{method}/{mtag}", "calibration"),
+    benchmark:
+        PLAN.bench("nemo/{method}/{mtag}", "calibration")
+    shell:
+        memprune("nemo-calibrate", f"--model {PLAN.model_dir} --prompts-files {{input.prompts}} --params {{params.params:q}} "
+                 f"--device {config['model']['device']} --dtype {config['model']['dtype']} --out {{output}}")
+
+
+rule nemo_neurons:
+    conda:
+        CONDA_ENV
+    input:
+        model_input(),
+        calibration=f"{PLAN.results}/{{method}}/{{mtag}}/calibration.nc",
+    output:
+        f"{PLAN.results}/{{method}}/{{mtag}}/neurons/{{pset}}.nc",
+    params:
+        params=lambda wc: json.dumps(PLAN.methods[wc.method].params),
+        prompts_file=lambda wc: PLAN.sets[wc.pset].file,
+        indices=lambda wc: json.dumps(PLAN.neuron_prompts(wc.pset)),
+    log:
+        PLAN.log("nemo/{method}/{mtag}", "{pset}"),
+    benchmark:
+        PLAN.bench("nemo/{method}/{mtag}", "{pset}")
+    shell:
+        memprune("nemo", f"--model {PLAN.model_dir} --prompts-file {{params.prompts_file}} --indices {{params.indices:q}} "
+                 f"--calibration {{input.calibration}} --params {{params.params:q}} --device {config['model']['device']} "
+                 f"--dtype {config['model']['dtype']} --out {{output}}")

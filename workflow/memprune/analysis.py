@@ -95,7 +95,8 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
         raise ValueError("analyze: every method must cover the same collections")
     n_max = max(len(c["masks"]) for c in methods[method_names[0]].values())
     sizes = {c: len(methods[method_names[0]][c]["masks"]) for c in names}
-    layers = steps = t = None
+    layers, grid, method_layers = [], {}, {}  # the union of the methods' layers, in order of appearance
+    steps = t = None
     attrs, n_prompts = {}, {}
     # Threads share the masks without copies: zarr decompression, numpy's bitwise ops and popcounts release the GIL
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -104,13 +105,16 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
             for ci, name in enumerate(names):
                 paths = methods[method][name]["masks"]
                 stores = list(pool.map(read_mask_set, paths))
-                if layers is None:
-                    layers, grid = stores[0].layers, stores[0].grid
+                own = method_layers.setdefault(mi, list(stores[0].layers))
+                for layer in own:
+                    if layer not in grid:
+                        layers.append(layer)
+                        grid[layer] = stores[0].grid[layer]
                 if steps is None and stores[0].steps is not None:
                     steps, t = stores[0].steps, stores[0].t
                 if steps is None:
                     raise ValueError(f"{paths[0]}: the first method must have per-timestep masks")
-                results[mi, ci] = _collection_overlap(stores, paths, layers, steps, t, seed, ci, pool)
+                results[mi, ci] = _collection_overlap(stores, paths, own, steps, t, seed, ci, pool)
                 n_prompts.setdefault(name, {int(ms.attrs.get("n_prompts", -1)) for ms in stores})
                 attrs.setdefault(method, {k: stores[0].attrs[k] for k in ("params", "model", "base_unet_sha256") if k in stores[0].attrs})
                 log.info("%s %s: %d subsets, mean density %.4f", method, name, len(stores), results[mi, ci][0].mean())
@@ -120,9 +124,10 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
     iou = np.full((M, C, 2, n_max, n_max, L, T), np.nan)
     iou_union = np.full((M, C, 2, n_max, n_max, L), np.nan)
     for (mi, ci), (d, du, pair, pair_u) in results.items():
-        n = d.shape[0]
-        dens[mi, ci, :n], dens_union[mi, ci, :n] = d, du
-        iou[mi, ci, :, :n, :n], iou_union[mi, ci, :, :n, :n] = pair, pair_u
+        n, at = d.shape[0], [layers.index(l) for l in method_layers[mi]]  # a method's layers; NaN on the others'
+        dens[mi, ci, :n, at], dens_union[mi, ci, :n, at] = np.moveaxis(d, 1, 0), du.T
+        iou[mi, ci, :, :n, :n, at] = np.moveaxis(pair, 3, 0)
+        iou_union[mi, ci, :, :n, :n, at] = np.moveaxis(pair_u, 3, 0)
     mean_iou = np.stack([np.stack([np.stack([mean_over_pairs(iou[mi, ci, m, : sizes[c], : sizes[c]]) for m in range(2)])
                                    for ci, c in enumerate(names)]) for mi in range(M)])  # (method, collection, mask_type, layer, step)
     mean_iou_union = np.stack([np.stack([np.stack([mean_over_pairs(iou_union[mi, ci, m, : sizes[c], : sizes[c]]) for m in range(2)])
@@ -164,9 +169,9 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
             "iou_union": ((*mct, "subset_i", "subset_j", "layer"), iou_union, {"long_name": "pairwise IOU of the applied masks (tau-unions)"}),
             "mean_iou": ((*mct, "layer", "step"), mean_iou, {"long_name": "mean IOU over subset pairs i<j"}),
             "mean_iou_union": ((*mct, "layer"), mean_iou_union, {"long_name": "mean IOU of the tau-unions over subset pairs i<j"}),
-            "mean_iou_over_layers": ((*mct, "step"), mean_iou.mean(axis=3),
+            "mean_iou_over_layers": ((*mct, "step"), np.nanmean(mean_iou, axis=3),
                                      {"long_name": "mean pairwise IOU averaged over layers (Figure 2, over time)"}),
-            "mean_iou_over_time": ((*mct, "layer"), mean_iou.mean(axis=4),
+            "mean_iou_over_time": ((*mct, "layer"), np.nanmean(mean_iou, axis=4),
                                    {"long_name": "mean pairwise IOU averaged over timesteps (Figure 2, over layers)"}),
         },
         coords={**coords, "mask_type": list(MASK_TYPES), "subset_i": np.arange(n_max), "subset_j": np.arange(n_max)},

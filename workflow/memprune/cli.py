@@ -80,7 +80,8 @@ def cmd_locate(args) -> None:
     from .locate import locate_collection
 
     locate_collection(args.method, _json_arg(args.params), args.model, args.collection, args.n_subsets, args.out,
-                      subsets_dir=args.subsets, null=args.null, reference_dir=args.reference, variant=args.variant)
+                      subsets_dir=args.subsets, null=args.null, reference_dir=args.reference, variant=args.variant,
+                      neurons=args.neurons, subsets=_json_arg(args.subsets_json) if args.subsets_json else None)
 
 
 def cmd_analyze(args) -> None:
@@ -222,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subsets", default=None, help="directory of the subsets' activation stores (from gather)")
     p.add_argument("--null", default=None, help="the null prompt's activation store")
     p.add_argument("--reference", default=None, help="directory of the imitated method's mask stores (random)")
+    p.add_argument("--neurons", default=None, help="a per-prompt localizer's search of the prompt set (`memprune nemo`)")
+    p.add_argument("--subsets-json", default=None, help='per-prompt localizers: {"<i>": [prompt indices], ...}')
     p.add_argument("--variant", choices=["paper", "reference"], default="paper", help="the activations' variant")
     p.add_argument("--out", required=True, help="directory: <i>.zarr per subset")
     p.set_defaults(func=cmd_locate)
@@ -289,9 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(sub)
     from .testbed.cli import add_testbed_plant_arguments
     add_testbed_plant_arguments(sub)
+    from .neurons import add_nemo_arguments
+    add_nemo_arguments(sub)
     from .attacks.cli import add_attack_arguments
 
     add_attack_arguments(sub)
+    from .attacks.recovery import add_recovery_arguments
+
+    add_recovery_arguments(sub)
     p = sub.add_parser("fetch-groundtruth",
                        help="download the training images of memorized prompts to <root>/<index>/0.png; report dead links")
     p.add_argument("--prompts", required=True, help=".jsonl prompt file with `url` per row")

@@ -64,7 +64,7 @@ def _read_statistics(path, layers, variant):
 
 def locate_collection(method: str, params: dict, model: str, collection: str, n_subsets: int, out: str | Path,
                       subsets_dir: str | None = None, null: str | None = None, reference_dir: str | None = None,
-                      variant: str = "paper") -> None:
+                      variant: str = "paper", neurons: str | None = None, subsets: dict | None = None) -> None:
     """Run `method` on every subset of `collection`; `<out>/<i>.zarr` per subset, written as one directory."""
     import torch
 
@@ -81,12 +81,22 @@ def locate_collection(method: str, params: dict, model: str, collection: str, n_
     weights = {name: lin.weight.detach().float().cpu() for name, lin in loc.observes(unet)}
     layers = list(weights)
     null_ds, null_sums = _read_statistics(null, layers, variant) if loc.statistics else (None, None)
+    searched = None
+    if loc.per_prompt:
+        from .neurons import read_neurons
+
+        if not neurons:
+            raise InputError(f"localizer {method}: needs --neurons (its per-prompt search, `memprune nemo`)")
+        searched = read_neurons(neurons, base_hash)
+        if subsets is None or len(subsets) != n_subsets:
+            raise InputError(f"localizer {method}: needs the {n_subsets} subsets' prompt indices (--subsets-json)")
     # One thread: the per-step ops are small, and OpenMP threads on a loaded machine made them ~20x slower
     # (measured); parallelism comes from Snakemake running collections and methods as separate jobs.
     torch.set_num_threads(1)
     with atomic_dir(Path(out)) as tmp:
         for i in range(n_subsets):
-            inputs = localize.Inputs(weights=weights, model=str(model), rng=np.random.default_rng(
+            inputs = localize.Inputs(weights=weights, model=str(model), neurons=searched,
+                                     subset_indices=None if subsets is None else list(subsets[str(i)]), rng=np.random.default_rng(
                 [int(params.get("seed", 0)), zlib.crc32(collection.encode()), i]))
             attrs = {}
             if loc.statistics:
@@ -106,6 +116,8 @@ def locate_collection(method: str, params: dict, model: str, collection: str, n_
                 if inputs.reference.attrs.get("base_unet_sha256") != base_hash:
                     raise InputError(f"{reference_dir}/{i}.zarr: masks of another model than {model}")
                 attrs = {k: inputs.reference.attrs[k] for k in ("prompts", "n_prompts") if k in inputs.reference.attrs}
+            if loc.per_prompt:
+                attrs = {"neurons": str(neurons)}
             ms = loc.locate(inputs, params)
             ms.attrs = {**attrs, **ms.attrs, "method": method, "params": params, "collection": collection,
                         "subset": i, "model": str(model), "base_unet_sha256": base_hash}

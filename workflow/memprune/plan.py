@@ -48,6 +48,8 @@ class Method:
     tag: str
     statistics: tuple[str, ...]
     reference: str | None  # the method whose masks it imitates (random)
+    localizer: str = ""  # the implementation (localize/<localizer>.py); the entry's name unless it sets `localizer`
+    per_prompt: bool = False  # reads a per-prompt search (NeMo's neurons) instead of activation captures
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class EvalModel:
         return None if self.collection is None else f"{self.collection}/{self.subset}"
 
 
-TAG_NAMES = {"sparsity": "sp"}  # parameter names shortened in path tags
+TAG_NAMES = {"sparsity": "sp", "theta_step": "dth", "theta_min": "thmin", "step_index": "at", "max_refine": "ref",
+             "max_calibration": "ncal", "calibration": "on"}  # parameter names shortened in path tags
 
 
 def prompts_digest(prompts: list[str]) -> str:
@@ -166,19 +169,30 @@ class Plan:
         shared = self.config["masks"]
         methods = {}
         for name, given in self.config["localizers"].items():
-            loc = localize.get(name)
-            params = loc.params({k: v for k, v in {**shared, **(given or {})}.items() if k in loc.defaults})
+            given = dict(given or {})
+            impl = given.pop("localizer", name)  # e.g. random_nemo: {localizer: random, like: nemo}
+            loc = localize.get(impl)
+            params = loc.params({k: v for k, v in {**shared, **given}.items() if k in loc.defaults})
             ref = params.get("like") if loc.reference else None
             if loc.reference and ref not in methods:
                 raise _key(f"localizers.{name}.like", f"{ref!r} is not a localizer listed before it; known: {sorted(methods)}")
-            own = "_".join(f"{TAG_NAMES.get(k, k)}{v}" for k, v in params.items() if k != "like")
+            if loc.per_prompt and not params.get("calibration"):
+                raise _key(f"localizers.{name}.calibration", "name the non-memorized prompt sets it calibrates on")
+            for set_name in params.get("calibration") or ():
+                if set_name not in self.sets or self.sets[set_name].detected:
+                    raise _key(f"localizers.{name}.calibration", f"{set_name!r} is not a prompt set read from a file")
+
+            def value(v):
+                return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+
+            own = "_".join(f"{TAG_NAMES.get(k, k)}{value(v)}" for k, v in params.items() if k != "like")
             if loc.statistics:
                 tag = f"{self.act_tag}_{own}"
             elif ref:
                 tag = f"{ref}-{methods[ref].tag}_{own}"
             else:
                 tag = own or "default"  # a method without parameters (oracle)
-            methods[name] = Method(name, params, tag, tuple(loc.statistics), ref)
+            methods[name] = Method(name, params, tag, tuple(loc.statistics), ref, impl, loc.per_prompt)
         if not methods:
             raise _key("localizers", "no localizer listed")
         return methods
@@ -211,6 +225,20 @@ class Plan:
 
     def mask_store(self, method: str, collection: str, subset: int) -> str:
         return f"{self.masks_dir(method, collection)}/{subset}.zarr"
+
+    def neurons(self, method: str, pset: str) -> str:
+        """A per-prompt localizer's search over the prompts of a set that its collections use (memprune.neurons)."""
+        return f"{self.results}/{method}/{self.methods[method].tag}/neurons/{pset}.nc"
+
+    def neuron_prompts(self, pset: str) -> list[int]:
+        """The indices of a prompt set's prompts in any subset of its collections (each searched once)."""
+        return sorted({i for c in self.collections.values() if c.set == pset for s in c.subsets for i in s})
+
+    def calibration(self, method: str) -> str:
+        return f"{self.results}/{method}/{self.methods[method].tag}/calibration.nc"
+
+    def calibration_files(self, method: str) -> list[str]:
+        return [self.sets[s].file for s in self.methods[method].params["calibration"]]
 
     def pruned(self, method: str, collection: str, subset: int) -> str:
         return f"{self.results}/pruned/{method}/{self.methods[method].tag}/{collection}/{subset}"
@@ -253,6 +281,8 @@ class Plan:
             inputs["null"] = f"{self.act_dir}/null.zarr"
         if m.reference:
             inputs["reference"] = self.masks_dir(m.reference, collection)
+        if m.per_prompt:
+            inputs["neurons"] = self.neurons(method, self.collections[collection].set)
         return inputs
 
     def all_mask_dirs(self) -> list[str]:

@@ -22,6 +22,10 @@ def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> l
             in_chunk = sum(1 for k in indices if k // n == chunk)
             parts.append([plan.capture_bench(col.set, chunk), in_chunk / (min((chunk + 1) * n, size) - chunk * n)])
         parts.append([plan.capture_bench(None), 1.0])
+    if m.per_prompt:  # its search, in proportion of the subset's prompts among those searched; calibration whole
+        searched = len(plan.neuron_prompts(col.set))
+        parts.append([plan.bench(f"nemo/{method}/{m.tag}", col.set), len(col.subsets[subset]) / searched])
+        parts.append([plan.bench(f"nemo/{method}/{m.tag}", "calibration"), 1.0])
     if m.reference:
         parts += [p for p in _benchmark_parts(plan, m.reference, collection, subset) if "/prune/" not in p[0]]
     parts.append([plan.masks_bench(method, collection), 1.0 / len(col.subsets)])
@@ -41,11 +45,20 @@ class Evaluation:
         for c in self.collections:
             if c not in plan.collections:
                 raise _key("evaluate.collections", f"unknown collection {c!r}; known: {sorted(plan.collections)}")
-        cap = ev.get("max_subsets")
-        pruned = {c: list(range(len(plan.collections[c].subsets) if cap is None else min(cap, len(plan.collections[c].subsets))))
-                  for c in self.collections}
         methods = plan._check_methods("evaluate.methods", ev["methods"] or list(plan.methods)[:1])
-        self.models = plan.models(ev["variants"], pruned, methods)
+        caps = ev.get("max_subsets")
+        if isinstance(caps, dict):
+            plan._check_methods("evaluate.max_subsets", list(caps))
+
+        def pruned(method):  # the first max_subsets subsets of each collection (per method when a mapping)
+            cap = caps.get(method) if isinstance(caps, dict) else caps
+            return {c: list(range(len(plan.collections[c].subsets) if cap is None else min(cap, len(plan.collections[c].subsets))))
+                    for c in self.collections}
+
+        self.models = plan.models(["none"], {}, methods)  # the unedited model first
+        for v in ev["variants"]:
+            for method in methods:
+                self.models += [m for m in plan.models([v], pruned(method), [method]) if m.id not in {x.id for x in self.models}]
         s = plan.config["sampling"]
         self.dir = f"{plan.results}/eval/steps{s['steps']}_g{s['guidance']}"
         mem_set = ev["memorized"] or (plan.collections[self.collections[0]].set if self.collections else None)
@@ -166,3 +179,53 @@ class Detection:
     def targets(self) -> list[str]:
         r = self.plan.results
         return [f"{r}/detection.nc", f"{r}/detection.csv"]
+
+
+@dataclass
+class Recovery:
+    """The recovery attack ("Finding Dori", attacks/recovery.py) on every compared model: one job per model
+    (results/<model>/recovery/<model path>.nc), merged into results/<model>/recovery.nc with a table and figure."""
+
+    plan: Plan
+
+    def __post_init__(self):
+        plan, rec = self.plan, self.plan.config.get("recovery") or {}
+        self.cfg = rec
+        self.enabled = bool(rec.get("targets")) and plan.is_testbed  # a testbed's photos are the targets
+        if not self.enabled:
+            self.models, self.sets, self.controls = [], [], []
+            return
+        first = plan.first_memorized()
+        self.sets = plan.file_sets("recovery.targets", rec["targets"])
+        self.controls = plan.file_sets("recovery.controls", rec.get("controls") or [])
+        pruned = plan._check_pruned("recovery.pruned", rec.get("pruned") if rec.get("pruned") is not None else ({first: [0]} if first else {}))
+        methods = plan._check_methods("recovery.methods", rec.get("methods") or list(plan.methods)[:1])
+        self.models = plan.models(rec.get("variants", ["none", "pruned"]), pruned, methods)
+        spec = {k: rec[k] for k in ("steps", "lr", "batch_size", "seed", "seeds", "sample_steps", "guidance",
+                                    "copy_threshold") if k in rec}
+        self.spec = json.dumps(spec)
+        inits = ",".join(rec.get("inits", ["prompt"]))
+        self.tag = (f"s{spec.get('steps', 50)}_lr{spec.get('lr', 0.1)}_b{spec.get('batch_size', 8)}_seed{spec.get('seed', 0)}"
+                    f"_n{rec.get('max_targets')}_new{rec.get('new_photos', 0)}_{inits.replace(',', '+')}")
+        self.dir = f"{plan.results}/recovery/{self.tag}"
+
+    def by_path(self) -> dict[str, EvalModel]:
+        return {m.path: m for m in self.models}
+
+    def result(self, model: EvalModel) -> str:
+        return f"{self.dir}/{model.path}.nc"
+
+    def groups_json(self) -> str:
+        return json.dumps({s: self.plan.sets[s].file for s in self.sets + self.controls})
+
+    def args(self) -> str:
+        rec = self.cfg
+        return (f"--inits {','.join(rec.get('inits', ['prompt']))} "
+                + options(max_targets=rec.get("max_targets"), new_photos=rec.get("new_photos") or None))
+
+    @property
+    def output(self) -> str:
+        return f"{self.plan.results}/recovery.nc"
+
+    def targets(self) -> list[str]:
+        return [self.output, f"{self.plan.results}/recovery.csv", f"{self.plan.results}/figures/recovery.png"] if self.enabled else []

@@ -100,7 +100,7 @@ WEN_TARGET_LOSS = 1.5
 
 def wen_mitigated_embeddings(pipe, prompts: list[str], seeds: list[int], cfg: SamplingConfig, lr: float = 0.05,
                              max_iters: int = 10, target_loss: float | None = WEN_TARGET_LOSS,
-                             progress: bool = False):
+                             progress: bool = False, init_embeds=None):
     """Wen et al.'s inference-time mitigation: per image, optimise the prompt's text embedding c so that the
     text-conditional part of the first denoising step's prediction becomes small.
 
@@ -119,6 +119,8 @@ def wen_mitigated_embeddings(pipe, prompts: list[str], seeds: list[int], cfg: Sa
     for every prompt) is held fixed; Wen et al. zero its gradient instead. Images are optimised in batches of
     `cfg.batch_size`, but each has its own parameter in AdamW, so stopping one does not move the others and the
     result does not depend on how the batch was cut.
+
+    `init_embeds` (N, L, D), optional: start from these embeddings instead of the prompts' (e.g. an attacker's).
 
     Returns (embeds (N, L, D) on the UNet's device, in the text encoder's dtype, to pass as
     `generate(..., prompt_embeds=embeds)`, whose unconditional branch stays the null prompt's embedding;
@@ -146,7 +148,8 @@ def wen_mitigated_embeddings(pipe, prompts: list[str], seeds: list[int], cfg: Sa
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[sl]]
         x_t = pipe.scheduler.scale_model_input(_initial_latents(pipe, gens, cfg) * pipe.scheduler.init_noise_sigma, t0)
         with torch.no_grad():
-            cond = pipe.encode_prompt(list(prompts[sl]), device, 1, False)[0]  # (b, L, D)
+            cond = (pipe.encode_prompt(list(prompts[sl]), device, 1, False)[0] if init_embeds is None
+                    else init_embeds[sl].to(device))  # (b, L, D); init_embeds: start from given embeddings
             uncond_out = unet(x_t, t0, encoder_hidden_states=null.expand(len(cond), -1, -1).to(unet.dtype)).sample
         bos = cond[:, :1].float()
         # One leaf per image: AdamW skips parameters without a gradient, so a stopped image stays put.

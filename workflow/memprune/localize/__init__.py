@@ -6,7 +6,9 @@ it between every method that reads it:
   `observes`    the layers it masks and reads (a function unet -> [(module name, Linear)], execution order);
   `statistics`  the per-prompt statistics it reads from capture (e.g. "ffn_input_sumsq": per (layer, timestep)
                 the sum over tokens of squared ff.net.2 inputs), () for none;
-  `reference`   whether it imitates another method's masks (the random control).
+  `reference`   whether it imitates another method's masks (the random control);
+  `per_prompt`  whether it reads a per-prompt search stored as data (NeMo: `memprune nemo` writes the neurons of
+                every prompt of a collection; its masks are the subsets' unions).
 `locate(inputs, params) -> MaskSet` is pure: tensors in (`Inputs`), masks out (`memprune.masks.MaskSet`).
 """
 
@@ -37,6 +39,8 @@ class Inputs:
     reference: object | None = None
     rng: np.random.Generator | None = None
     model: str | None = None  # the model's directory or hub id (the oracle reads its ground truth there)
+    neurons: object | None = None  # per-prompt search results of the collection (xarray Dataset; per_prompt methods)
+    subset_indices: list | None = None  # the subset's prompts (lines of its prompt set; per_prompt methods)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Localizer:
     statistics: tuple[str, ...] = ()
     reference: bool = False
     uses_timesteps: bool = True  # its masks have a per-timestep form (IOU over time)
+    per_prompt: bool = False
 
     def params(self, given: dict) -> dict:
         unknown = sorted(set(given) - set(self.defaults))

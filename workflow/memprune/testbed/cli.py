@@ -65,7 +65,7 @@ def add_testbed_plant_arguments(sub) -> None:
     training("plant", "planted testbed: fine-tune only a seeded fraction of the GEGLU units on the planted photos; "
              "write the derived model and its ground truth (planted.json)",
              "its extended dataset (`memprune extend-data`, group planted)",
-             "JSON of PlantSpec fields (fraction, steps, batch_size, lr, cond_dropout, seed, threads)",
+             "JSON of PlantSpec fields (fraction, steps, batch_size, lr, cond_dropout, own_share, hold_norms, seed, threads)",
              "output model directory (+ planted.json, planted/<i>.png)", cmd_plant)
     training("finetune-testbed", "finetune testbed: the paper's fine-tuning protocol (whole UNet, new photos "
              "duplicated); write the derived model",

@@ -35,9 +35,12 @@ PHOTOS_DIR = "planted"  # planted/<i>.png: the planted photos, in the order of t
 class PlantSpec:
     fraction: float = 0.05  # r: share of the GEGLU hidden units of each FFN layer that are trained
     steps: int = 1500
-    batch_size: int = 32  # half planted photos, half the model's own training data
+    batch_size: int = 32
     lr: float = 3e-3  # Adam, constant, no weight decay
     cond_dropout: float = 0.1
+    own_share: float = 0.5  # share of every batch drawn from the model's own training data (the rest: planted photos)
+    hold_norms: bool = False  # after each step, rescale each planted ff.net.2 column to its base L2 norm, so the
+    # answer does not show in |W| (otherwise the planted columns grow and the magnitude control finds them)
     seed: int = 0  # units, batches (the photos and captions come with the dataset: derived.AddedSpec)
     threads: int = 0  # 0: leave torch's default
 
@@ -136,8 +139,8 @@ def check_only_planted_changed(unet, base_state: dict, masks: dict) -> None:
 
 def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progress: bool = True) -> dict:
     """Fine-tune only the planted units of the testbed in `model_dir` on the planted photos of the extended
-    dataset `data_dir` (`derived.extend_dataset`, group "planted"; half of every batch) and the model's own
-    training data (the other half), epsilon loss with the training scheduler, text encoder and VAE frozen,
+    dataset `data_dir` (`derived.extend_dataset`, group "planted"; 1 - own_share of every batch) and the model's
+    own training data (own_share), epsilon loss with the training scheduler, text encoder and VAE frozen,
     `cond_dropout` of the captions replaced by ""; write the derived model (its UNet), `planted.json` (the
     ground truth) and `planted/<i>.png` to `out_dir` atomically. Returns the ground truth."""
     import torch
@@ -153,8 +156,9 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    if spec.batch_size < 2:
-        raise InputError("planted: batch_size must be >= 2 (half planted photos, half training data)")
+    n_own = int(round(spec.own_share * spec.batch_size))
+    if not 0 <= spec.own_share < 1 or not 0 <= n_own < spec.batch_size:
+        raise InputError(f"planted: own_share {spec.own_share} must leave planted photos in a batch of {spec.batch_size}")
     data_spec = check_extends(model_dir, data_dir, "planted")
     t0 = time.time()
     pipe = load_pipeline(model_dir, "cpu", "float32")
@@ -175,7 +179,9 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
     sched = make_train_scheduler()
     gen = torch.Generator().manual_seed(spec.seed)
     draw = training_batches(own_latents, own_states, new_latents, new_states, null_state, spec.batch_size,
-                            spec.cond_dropout, gen)
+                            spec.cond_dropout, gen, own_share=spec.own_share)
+    held = {name: (params[f"{name}.weight"], torch.as_tensor(idx), params[f"{name}.weight"].detach()[:, idx].norm(dim=0))
+            for name, idx in units.items()} if spec.hold_norms else {}
     unet.set_attn_processor(AttnProcessor())  # plain bmm attention: faster on CPU with tiny heads (train.py)
     unet.train()
     losses, window = [], []
@@ -184,6 +190,10 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
         z0, cond = draw()
         loss = noise_loss(unet, z0, cond, sched.alphas_cumprod, sched.config.num_train_timesteps, gen)
         masked_adam_step(opt, loss, trained, grad_masks)
+        with torch.no_grad():
+            for w, idx, norm in held.values():
+                cols = w[:, idx]
+                w[:, idx] = cols * (norm / cols.norm(dim=0).clamp_min(1e-12))
         window.append(loss.item())
         if len(window) == 100 or step == spec.steps - 1:
             losses.append(round(float(np.mean(window)), 5))

@@ -37,11 +37,19 @@ def _generate_plain(pipe, prompts, seeds, cfg, params, progress=False):
     return generate(pipe, prompts, seeds, cfg, progress=progress), {}
 
 
+def _generate_embeds_plain(pipe, embeds, seeds, cfg, params, progress=False):
+    from ..sampling import generate
+
+    return generate(pipe, [""] * len(seeds), seeds, cfg, progress=progress, prompt_embeds=embeds), {}
+
+
 @dataclass(frozen=True)
 class Variant:
     """`load(model, checkpoint, device, dtype, scheduler) -> pipeline`;
     `generate(pipe, prompts, seeds, cfg, params, progress) -> (images (N, H, W, 3) uint8, info dict)`, where
-    info holds per-image arrays (N,) or scalars the variant wants recorded (e.g. Wen's iterations)."""
+    info holds per-image arrays (N,) or scalars the variant wants recorded (e.g. Wen's iterations);
+    `generate_embeds(pipe, embeds (N, L, D), seeds, cfg, params, progress)`: the same from given text embeddings
+    (the recovery attack's), with the variant's inference-time mitigation, if any, applied on top of them."""
 
     name: str
     label: str
@@ -49,6 +57,7 @@ class Variant:
     needs_checkpoint: bool = False
     load: Callable = _load_base
     generate: Callable = _generate_plain
+    generate_embeds: Callable = _generate_embeds_plain
     description: str = ""
     default_params: dict = field(default_factory=dict)
 

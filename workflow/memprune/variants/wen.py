@@ -31,6 +31,15 @@ def _generate(pipe, prompts, seeds, cfg, params, progress=False):
                     "wen_seconds": seconds, "wen_lr": lr, "wen_max_iters": max_iters, "wen_target_loss": target}
 
 
-VARIANT = Variant(name="wen", label="Wen et al. (inference-time)", colour="tab:green", generate=_generate,
+def _generate_embeds(pipe, embeds, seeds, cfg, params, progress=False):
+    from ..sampling import generate, wen_mitigated_embeddings
+
+    mitigated, info = wen_mitigated_embeddings(
+        pipe, [""] * len(seeds), seeds, cfg, lr=params.get("lr", 0.05), max_iters=params.get("max_iters", 10),
+        target_loss=params.get("target_loss", WEN_TARGET_LOSS), progress=progress, init_embeds=embeds)
+    return generate(pipe, [""] * len(seeds), seeds, cfg, prompt_embeds=mitigated, progress=progress), info
+
+
+VARIANT = Variant(name="wen", label="Wen et al. (inference-time)", colour="tab:green", generate=_generate, generate_embeds=_generate_embeds,
                   description="Wen et al.'s text-embedding optimisation at the first step, then sampling",
                   default_params={"lr": 0.05, "max_iters": 10, "target_loss": WEN_TARGET_LOSS})

@@ -1,0 +1,140 @@
+"""NeMo (localize/nemo.py, memprune.neurons): z-scores, the threshold, the edit, and the search on a tiny model
+whose memorization is planted in one to_v channel."""
+
+import numpy as np
+import pytest
+import torch
+
+from memprune.localize import nemo
+
+
+def test_zscores_against_known_mean_and_std():
+    act = np.array([[1.0, 5.0, 2.0], [3.0, -1.0, 2.0]])
+    z = nemo.zscores(act, np.array([2.0, 1.0, 2.0]), np.array([0.5, 2.0, 0.0]))
+    np.testing.assert_allclose(z, [[2.0, 2.0, 0.0], [2.0, 1.0, 0.0]])
+    assert np.isinf(nemo.zscores(np.array([[3.0]]), np.array([2.0]), np.array([0.0])))[0, 0]
+
+
+def test_threshold_is_mean_plus_one_sd():
+    scores = np.array([0.2, 0.3, 0.4, 0.5])
+    assert nemo.threshold_of(scores) == pytest.approx(0.35 + np.std(scores, ddof=1))
+    with pytest.raises(Exception, match="calibration"):
+        nemo.threshold_of(np.array([0.3]))
+
+
+def test_ssim_of_identical_images_is_one_and_of_noise_low():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(4, 3, 8, 8, generator=g), torch.rand(4, 3, 8, 8, generator=g)
+    np.testing.assert_allclose(nemo.ssim(a, a).numpy(), 1.0, atol=1e-5)
+    assert float(nemo.ssim(a, b).max()) < 0.5
+
+
+def test_value_layers_are_down_and_mid_cross_attention_without_bias(tiny_pipe):
+    layers = nemo.value_layers(tiny_pipe.unet)
+    names = [n for n, _ in layers]
+    assert names and all(n.endswith("attn2.to_v") for n in names)
+    assert all(n.startswith(("down_blocks.", "mid_block.")) for n in names) and names[-1].startswith("mid_block.")
+    assert all(lin.bias is None for _, lin in layers)
+
+
+class _ToyDenoiser(torch.nn.Module):
+    """A stand-in with the UNet's call and config: two value layers read the text; the prediction is
+    eps = x + 0.5 tanh(conv(x)) + sum_c mean_tokens(to_v(y))_c * P_c, with a fixed spatial pattern P_c per
+    value channel (small weights, so a normal prompt's prediction follows its noise). Channel `planted` of the
+    first layer answers only to a direction v of the text embedding (every other row is orthogonal to v), so a
+    trigger embedding (+ 10 v on every token) makes its pattern dominate: the same prediction at every seed,
+    as a memorized prompt's. Only that channel makes it so."""
+
+    def __init__(self, dim, planted, size=8, channels=4):
+        super().__init__()
+        from types import SimpleNamespace
+
+        g = torch.Generator().manual_seed(0)
+        self.config = SimpleNamespace(in_channels=channels, sample_size=size)
+        self.to_v = torch.nn.ModuleList([torch.nn.Linear(dim, 12, bias=False), torch.nn.Linear(dim, 20, bias=False)])
+        self.v = torch.randn(dim, generator=g)
+        self.v /= self.v.norm()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        with torch.no_grad():
+            for lin in self.to_v:
+                lin.weight.copy_(0.3 * torch.randn(lin.weight.shape, generator=g))
+                lin.weight -= (lin.weight @ self.v)[:, None] * self.v[None, :]
+            self.to_v[0].weight[planted] = 20.0 * self.v
+        self.register_buffer("patterns", 0.02 * torch.randn(32, channels, size, size, generator=g))
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    @property
+    def dtype(self):
+        return torch.float32
+
+    def forward(self, x, t, encoder_hidden_states):
+        from types import SimpleNamespace
+
+        v = torch.cat([lin(encoder_hidden_states).mean(1) for lin in self.to_v], dim=1)  # (B, 32)
+        eps = x + 0.5 * torch.tanh(self.conv(x)) + torch.einsum("bc,chw...->bhw...", v, self.patterns.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return SimpleNamespace(sample=eps)
+
+
+def test_search_finds_the_planted_channel_and_refinement_keeps_it(tiny_pipe):
+    from diffusers import DDIMScheduler
+
+    planted, dim = 3, 16
+    model = _ToyDenoiser(dim, planted)
+    layers = [(f"v{i}", lin) for i, lin in enumerate(model.to_v)]
+    g = torch.Generator().manual_seed(2)
+    calib = torch.randn(12, 6, dim, generator=g)  # non-memorized "prompts": text embeddings (tokens x dim)
+    trigger = torch.randn(1, 6, dim, generator=g) + 10.0 * model.v
+    probe = nemo.Probe(model, DDIMScheduler(), layers, seeds=list(range(6)), steps=10, step_index=1)
+    act = nemo.text_activations(layers, calib)
+    mean, std = act.mean(0), act.std(0, ddof=1)
+    scores = np.array([nemo.pairwise_max(probe.deltas(calib[i : i + 1])).max() for i in range(len(calib))])
+    threshold = nemo.threshold_of(scores)
+    a = nemo.text_activations(layers, trigger)[0]
+    z = nemo.zscores(a, mean, std)
+    assert z[planted] > 5 and int(np.argmax(z)) == planted
+    result = nemo.nemo_search(probe, trigger, a, z, threshold, dict(nemo.DEFAULTS))
+    assert result["memorized"] and result["score"] > scores.max()  # above every non-memorized prompt
+    assert result["initial"] == [planted]  # theta = 5 picks it at once
+    assert result["refined"] == [planted]  # refinement keeps the planted channel, and only it
+    assert result["refined_similarity"] < threshold
+    assert result["score_blocked"] < threshold < result["score"]
+    # a wider initial set (theta low, k high) is refined back to the planted channel
+    wide = nemo.nemo_search(probe, trigger, a, z, threshold, {**nemo.DEFAULTS, "theta": 1.0, "k": 3})
+    assert len(wide["initial"]) > 3 and wide["refined"] == [planted]
+
+
+def test_union_masks_and_the_edit_zero_exactly_the_chosen_rows(tiny_pipe):
+    import copy
+
+    import xarray as xr
+
+    from memprune.edits import apply
+    from memprune.localize import Inputs
+
+    layers = nemo.value_layers(tiny_pipe.unet)
+    widths = [lin.out_features for _, lin in layers]
+    n = sum(widths)
+    refined = np.zeros((3, n), bool)
+    refined[0, [1, widths[0] + 2]] = True
+    refined[1, [n - 1]] = True
+    refined[2, [5]] = True  # not in the subset below
+    ds = xr.Dataset({"refined": (("prompt", "channel"), refined), "memorized": ("prompt", np.ones(3, bool))},
+                    coords={"prompt": np.array(["a", "b", "c"], dtype=object), "pool_index": ("prompt", [4, 7, 9])},
+                    attrs={"layers": [name for name, _ in layers], "threshold": 0.5})
+    weights = {name: lin.weight.detach() for name, lin in layers}
+    ms = nemo.locate(Inputs(weights=weights, neurons=ds, subset_indices=[7, 4]), {})
+    assert sorted(ms.attrs["prompts"]) == ["a", "b"] and ms.n_set() == {layers[0][0]: 1, layers[1][0]: 1, layers[-1][0]: 1}
+    unet = copy.deepcopy(tiny_pipe.unet)
+    apply(unet, ms.layer_masks())
+    for li, (name, _) in enumerate(layers):
+        w, w0 = unet.get_submodule(name).weight, tiny_pipe.unet.get_submodule(name).weight
+        zero_rows = set(torch.nonzero((w == 0).all(dim=1)).flatten().tolist())
+        expect = {1} if li == 0 else ({2} if li == 1 else ({widths[-1] - 1} if li == len(layers) - 1 else set()))
+        assert zero_rows == expect
+        keep = [r for r in range(w.shape[0]) if r not in expect]
+        assert torch.equal(w[keep], w0[keep])
+    with pytest.raises(Exception, match="not searched"):
+        nemo.locate(Inputs(weights=weights, neurons=ds, subset_indices=[4, 5]), {})

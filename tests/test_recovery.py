@@ -1,0 +1,66 @@
+"""The recovery attack (attacks/recovery.py, "Finding Dori"): the search lowers its loss; on the shipped planted
+testbed it brings back a planted photo from an embedding that does not produce it, and does not conjure a photo
+the model never saw."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memprune.attacks import recovery
+
+REPO = Path(__file__).resolve().parents[1]
+PLANTED = REPO / "resources" / "testbed_planted"
+
+
+def _fixed_loss(unet, scheduler, z0, y, n=16):
+    g = torch.Generator().manual_seed(123)
+    noise = torch.randn((n, *z0.shape[1:]), generator=g)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g)
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=y.expand(n, -1, -1)).sample
+    return float(((pred - noise) ** 2).mean())
+
+
+def test_search_lowers_its_own_loss(tiny_pipe):
+    image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    size = tiny_pipe.unet.config.sample_size * tiny_pipe.vae_scale_factor
+    image = image[:size, :size] if size <= 32 else np.resize(image, (size, size, 3))
+    z0 = recovery.image_latent(tiny_pipe, image)
+    start = recovery.embed(tiny_pipe, ["a photo"])
+    spec = recovery.RecoverySpec(steps=30, batch_size=4)
+    tiny_pipe.unet.requires_grad_(False)
+    with torch.enable_grad():
+        y, losses = recovery.search(tiny_pipe.unet, tiny_pipe.scheduler, z0, start, spec, torch.Generator().manual_seed(0))
+    assert losses.shape == (30,) and np.isfinite(losses).all()
+    assert _fixed_loss(tiny_pipe.unet, tiny_pipe.scheduler, z0, y) < _fixed_loss(tiny_pipe.unet, tiny_pipe.scheduler, z0, start)
+
+
+def test_recovers_a_planted_photo_but_not_one_never_seen():
+    from memprune.models import load_pipeline
+    from memprune.testbed.planted import planted_images, read_ground_truth
+    from memprune.variants import get
+
+    torch.manual_seed(0)
+    truth = read_ground_truth(PLANTED)
+    photos = planted_images(PLANTED, truth)
+    pipe = load_pipeline(PLANTED, "cpu", "float32")
+    never_seen = np.ascontiguousarray(photos[1][::-1, :, ::-1])  # upside down, channels swapped: not a training photo
+    unrelated = "a red circle at the left on a white background"
+    targets = [{"prompt": truth["prompts"][0], "group": "planted", "image": photos[0], "unrelated": unrelated},
+               {"prompt": truth["prompts"][1], "group": "never_seen", "image": never_seen, "unrelated": unrelated}]
+    spec = recovery.RecoverySpec(seeds=[0, 1, 2])
+    res = recovery.attack_targets(pipe, get("none"), {}, targets, ["unrelated"], spec, [unrelated, truth["prompts"][2]])
+    before, after = res["before"][:, 0], res["after"][:, 0]
+    # the unrelated prompt does not produce the planted photo; the embedding found from it does
+    assert not recovery.copied(before[0], spec.copy_threshold) and recovery.copied(after[0], spec.copy_threshold)
+    # the same budget does not produce a photo the model never saw
+    assert not recovery.copied(after[1], spec.copy_threshold)
+    ds = recovery.recovery_dataset("none", targets, ["unrelated"], spec, res, {})
+    assert ds.recovered.values.tolist() == [[1], [0]] and ds.loss.shape == (2, 1, spec.steps)
+
+
+def test_copied_needs_most_seeds():
+    sim = np.array([[0.5, 0.5, 0.1], [0.5, 0.1, 0.1], [0.5, 0.5, 0.5, 0.1][:3]])
+    assert recovery.copied(sim, 0.4).tolist() == [True, False, True]

@@ -1,0 +1,326 @@
+"""Is it gone? The recovery attack of "Finding Dori" (Kowalczuk, Hintersdorf, Struppek et al., ICML 2026): for a
+model variant and a training image x_0, optimise a text-conditioning embedding y (the text encoder's output, what
+cross-attention reads) to minimise the variant's denoising loss on that image,
+
+    L(y) = || target - f_theta(sqrt(a_t) z_0 + sqrt(1 - a_t) eps, t, y) ||^2,   z_0 = VAE(x_0),
+
+with fresh noise eps and timesteps t drawn every step (target = eps for epsilon models, v for v-prediction), by
+Adam (DoRI: lr 0.1, 50 steps, batch 8), starting from the original prompt's embedding (or an unrelated prompt's,
+or random: `INITS`). Then generate from y with several seeds and score copy similarity to x_0 with the
+evaluation's metric and threshold: a target is recovered when most seeds copy it. MR (memorization rate) of a
+variant = share of its targets recovered. The same seeds also generate from the starting embedding (for the
+prompt start: the original prompt), so "copy rate of the original prompt" and "MR after recovery" come from one run.
+
+The variant is loaded through the registry (`memprune.variants`), so every model the plan compares can be
+attacked. An inference-time mitigation (Wen et al.) is not part of the UNet the attacker optimises against: the
+search runs on its UNet (the unedited one) and the variant's `generate_embeds` then applies the mitigation on top
+of the found embedding, as a deployed mitigation would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..prompts import InputError
+
+log = logging.getLogger(__name__)
+
+INITS = ("prompt", "unrelated", "random")
+
+
+@dataclass
+class RecoverySpec:
+    steps: int = 50  # DoRI: Adam, lr 0.1, 50 steps, batch 8
+    lr: float = 0.1
+    batch_size: int = 8
+    seed: int = 0  # noise and timesteps of the search; random starts
+    seeds: list = field(default_factory=lambda: [0, 1, 2, 3])  # generation seeds after the search
+    sample_steps: int = 20
+    guidance: float = 2.0
+    copy_threshold: float = 0.4
+
+
+def image_latent(pipe, image: np.ndarray):
+    """(1, C, h, w) scaled posterior mean of one (H, W, 3) uint8 image."""
+    import torch
+
+    from ..testbed.dataset import images_to_tensor
+
+    x = images_to_tensor(image[None]).to(pipe.vae.device, pipe.vae.dtype)
+    with torch.no_grad():
+        return pipe.vae.encode(x).latent_dist.mean.float() * pipe.vae.config.scaling_factor
+
+
+def embed(pipe, prompts: list[str]):
+    import torch
+
+    with torch.no_grad():
+        return pipe.encode_prompt(prompts, pipe.unet.device, 1, False)[0].float()
+
+
+def start_embedding(pipe, init: str, prompt: str, unrelated: str, reference, gen):
+    """The search's start: the prompt's embedding, an unrelated prompt's, or Gaussian noise with the per-(token,
+    dim) mean and sd of `reference` (embeddings of real prompts)."""
+    import torch
+
+    if init == "prompt":
+        return embed(pipe, [prompt])
+    if init == "unrelated":
+        return embed(pipe, [unrelated])
+    if init == "random":
+        mean, std = reference.mean(0, keepdim=True), reference.std(0, keepdim=True)
+        return mean + std * torch.randn(mean.shape, generator=gen)
+    raise InputError(f"recovery: unknown init {init!r}; known: {list(INITS)}")
+
+
+def search(unet, scheduler, z0, start, spec: RecoverySpec, gen):
+    """DoRI's search: returns (embedding (1, L, D) float32, loss per step (steps,))."""
+    import torch
+    import torch.nn.functional as F
+
+    alphas = scheduler.alphas_cumprod.float()
+    n_t = scheduler.config.num_train_timesteps
+    v_pred = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+    y = start.detach().clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([y], lr=spec.lr)
+    losses = np.zeros(spec.steps)
+    z0 = z0.float().expand(spec.batch_size, -1, -1, -1)
+    for step in range(spec.steps):
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, n_t, (spec.batch_size,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * z0 if v_pred else noise
+        dev, dt = unet.device, unet.dtype
+        pred = unet(x_t.to(dev, dt), t.to(dev), encoder_hidden_states=y.expand(spec.batch_size, -1, -1).to(dt)).sample
+        loss = F.mse_loss(pred.float(), target.to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses[step] = loss.item()
+    return y.detach(), losses
+
+
+def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list[str], spec: RecoverySpec,
+                   reference_prompts: list[str], progress: bool = False) -> dict:
+    """Run the search for every (target, init) against `pipe` and generate from the start and the found
+    embedding with `spec.seeds`. `targets`: {prompt, group, image (H, W, 3) uint8, unrelated}. Returns arrays."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..metrics import ssim_matrix
+    from ..sampling import SamplingConfig
+
+    cfg = SamplingConfig(steps=spec.sample_steps, guidance=spec.guidance, batch_size=max(8, len(spec.seeds)))
+    unet = pipe.unet
+    unet.requires_grad_(False)
+    reference = embed(pipe, reference_prompts)
+    gen = torch.Generator().manual_seed(spec.seed)
+    T, I, S = len(targets), len(inits), len(spec.seeds)
+    before, after = np.full((T, I, S), np.nan), np.full((T, I, S), np.nan)
+    losses, seconds = np.full((T, I, spec.steps), np.nan), np.full((T, I), np.nan)
+    examples = np.zeros((T, I, 2, *targets[0]["image"].shape), np.uint8) if targets else None
+    for ti, target in enumerate(tqdm(targets, desc="recovery", disable=not progress)):
+        z0 = image_latent(pipe, target["image"])
+        for ii, init in enumerate(inits):
+            start = start_embedding(pipe, init, target["prompt"], target["unrelated"], reference, gen)
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                y, losses[ti, ii] = search(unet, pipe.scheduler, z0, start, spec, gen)
+            seconds[ti, ii] = time.perf_counter() - t0
+            for k, emb in enumerate((start, y)):
+                images, _ = variant.generate_embeds(pipe, emb.expand(S, -1, -1).to(unet.dtype), list(spec.seeds), cfg, params)
+                sim = ssim_matrix(images, target["image"][None])[:, 0]
+                (before if k == 0 else after)[ti, ii] = sim
+                examples[ti, ii, k] = images[0]
+            log.info("recovery %s [%s] %s: SSIM %.2f -> %.2f, loss %.4f -> %.4f, %.1fs", target["group"], init,
+                     target["prompt"][:40], np.median(before[ti, ii]), np.median(after[ti, ii]),
+                     losses[ti, ii, 0], losses[ti, ii, -1], seconds[ti, ii])
+    return {"before": before, "after": after, "loss": losses, "seconds": seconds, "examples": examples}
+
+
+def copied(sim: np.ndarray, threshold: float) -> np.ndarray:
+    """(..., seed) -> (...) bool: SSIM >= threshold in more than half the seeds (the evaluation's rule)."""
+    return (sim >= threshold).sum(-1) * 2 > sim.shape[-1]
+
+
+def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spec: RecoverySpec, res: dict,
+                     attrs: dict):
+    import xarray as xr
+
+    ds = xr.Dataset(
+        {
+            "ssim_original": (("target", "init", "seed"), res["before"],
+                              {"long_name": "SSIM to the target of generations from the start embedding (init=prompt: the original prompt)"}),
+            "ssim_recovered": (("target", "init", "seed"), res["after"],
+                               {"long_name": "SSIM to the target of generations from the recovered embedding"}),
+            "loss": (("target", "init", "search_step"), res["loss"], {"long_name": "the search's denoising loss per step"}),
+            "seconds": (("target", "init"), res["seconds"], {"long_name": "seconds of the search (generation apart)"}),
+            "copied_original": (("target", "init"), copied(res["before"], spec.copy_threshold).astype(np.uint8)),
+            "recovered": (("target", "init"), copied(res["after"], spec.copy_threshold).astype(np.uint8)),
+            "examples": (("target", "init", "which", "y", "x", "rgb"), res["examples"],
+                         {"long_name": "the first seed's generation from the start and from the recovered embedding"}),
+            "target_image": (("target", "y", "x", "rgb"), np.stack([t["image"] for t in targets])),
+        },
+        coords={"target": np.arange(len(targets)), "prompt": ("target", np.array([t["prompt"] for t in targets], dtype=object)),
+                "group": ("target", np.array([t["group"] for t in targets], dtype=object)),
+                "init": list(inits), "seed": list(spec.seeds), "search_step": np.arange(spec.steps),
+                "which": ["original", "recovered"]},
+        attrs={"variant": variant_id, "spec": json.dumps(asdict(spec)), **attrs},
+    )
+    return ds
+
+
+def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, data_dir: str, groups: dict,
+                inits: list[str], spec: RecoverySpec, out: str | Path, variant_id: str, max_targets: int | None,
+                new_photos: int = 0, device="auto", dtype="auto", progress=False) -> None:
+    """The recovery attack on one variant: targets are the first `max_targets` prompts of each group
+    (`groups`: {group: prompt list}) with their training photos from the testbed dataset `data_dir`, plus
+    `new_photos` crops the model never saw (captions from the dataset's grammar); written to `out` (netCDF)."""
+    from ..evaluate.groundtruth import GroundTruth
+    from ..store import write_netcdf
+    from .extraction import resolve_variant
+
+    v, params = resolve_variant(variant, params)
+    truth = GroundTruth(data=data_dir)
+    targets = []
+    all_prompts = [p for ps in groups.values() for p in ps]
+    for group, prompts in groups.items():
+        for k, prompt in enumerate(prompts[:max_targets]):
+            image = truth.first_image(prompt)
+            if image is None:
+                raise InputError(f"{data_dir}: no training image for the {group} prompt {prompt[:60]!r}")
+            targets.append({"prompt": prompt, "group": group, "image": image,
+                            "unrelated": all_prompts[(all_prompts.index(prompt) + len(all_prompts) // 2) % len(all_prompts)]})
+    if new_photos:
+        from ..testbed.derived import new_photos as make_new
+
+        images, captions = make_new(Path(data_dir), new_photos, seed=10_000 + spec.seed)
+        for image, caption in zip(images, captions):
+            targets.append({"prompt": caption, "group": "never_seen", "image": image, "unrelated": all_prompts[0]})
+    if not targets:
+        raise InputError("recovery: no targets (config key recovery.targets)")
+    pipe = v.load(model, checkpoint, device, dtype, None)
+    res = attack_targets(pipe, v, params, targets, inits, spec, all_prompts[:64], progress=progress)
+    ds = recovery_dataset(variant_id, targets, inits, spec, res, {"model": str(model), "checkpoint": str(checkpoint or ""),
+                                                                  "variant_name": v.name, "variant_params": json.dumps(params)})
+    write_netcdf(ds, out)
+
+
+def summary(paths: list[Path]):
+    """recovery.nc: the variants' files along `variant`, and per (variant, group, init) the copy rate of the
+    start (original prompt) and MR after recovery, mean SSIM of both."""
+    import xarray as xr
+
+    parts = [xr.load_dataset(p) for p in paths]
+    ds = xr.concat(parts, dim="variant", join="outer").assign_coords(variant=[p.attrs["variant"] for p in parts])
+    groups = list(dict.fromkeys(str(g) for g in parts[0]["group"].values))
+    rows = []
+    for v in ds.variant.values:
+        d = ds.sel(variant=v)
+        for g in groups:
+            sel = d.where(d.group == g, drop=True)
+            for init in ds.init.values:
+                s = sel.sel(init=init)
+                rows.append({"variant": str(v), "group": g, "init": str(init), "targets": int(s.sizes["target"]),
+                             "copy_rate_original": float(s.copied_original.mean()), "mr_recovered": float(s.recovered.mean()),
+                             "ssim_original": float(s.ssim_original.mean()), "ssim_recovered": float(s.ssim_recovered.mean()),
+                             "seconds_per_target": float(s.seconds.mean())})
+    return ds, rows
+
+
+def recovery_figure(ds, path) -> None:
+    """Per variant (rows): for the first two targets of each group, the target, the generation from the
+    original prompt and from the recovered embedding (init = prompt), with their median SSIM to the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..store import atomic_file
+
+    init = "prompt" if "prompt" in ds.init.values else str(ds.init.values[0])
+    picks = []
+    for g in dict.fromkeys(str(x) for x in np.ravel(ds.group.values)):
+        idx = [i for i, x in enumerate(np.ravel(ds.group.values)[: ds.sizes["target"]]) if str(x) == g][:2]
+        picks += idx
+    variants = [str(v) for v in ds.variant.values]
+    fig, axes = plt.subplots(len(variants), 3 * len(picks), figsize=(1.1 * 3 * len(picks), 1.4 * len(variants)),
+                             squeeze=False)
+    groups = np.ravel(ds.group.values)[: ds.sizes["target"]]
+    for r, v in enumerate(variants):
+        for c, t in enumerate(picks):
+            target = ds.target_image.isel(target=t)
+            ax = axes[r, 3 * c]
+            ax.imshow((target.isel(variant=0) if "variant" in target.dims else target).values.astype(np.uint8))
+            ax.set_title(f"{groups[t]}", fontsize=6)
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(v, fontsize=6)
+            for k, which in enumerate(("original", "recovered")):
+                ax = axes[r, 3 * c + 1 + k]
+                ax.imshow(ds.examples.sel(variant=v, init=init, which=which).isel(target=t).values.astype(np.uint8))
+                ax.set_xticks([]), ax.set_yticks([])
+                s = float(ds[f"ssim_{which}"].sel(variant=v, init=init).isel(target=t).median())
+                ax.set_title(f"{which[:4]} {s:.2f}", fontsize=6)
+    fig.suptitle("recovery attack: original prompt vs recovered embedding (median SSIM to the target)", fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def add_recovery_arguments(sub) -> None:
+    """Register `recover` and `recovery-table`."""
+    from ..cliargs import add_model_args
+    from ..prompts import json_object, read_prompts
+
+    def run(args):
+        groups = {g: read_prompts(Path(f)) for g, f in json_object(args.groups_json).items()}
+        spec = RecoverySpec(**json_object(args.spec))
+        run_variant(args.model, args.variant, args.checkpoint, args.variant_params or {}, args.data, groups,
+                    args.inits.split(","), spec, args.out, args.id or args.variant, args.max_targets, args.new_photos,
+                    args.device, args.dtype, progress=not args.no_progress)
+
+    def table(args):
+        import pandas as pd
+
+        from ..store import atomic_file, write_netcdf
+
+        ds, rows = summary([Path(p) for p in args.variants])
+        frame = pd.DataFrame(rows)
+        ds.attrs["table"] = frame.to_json(orient="records")
+        write_netcdf(ds, args.out)
+        with atomic_file(Path(args.csv)) as tmp:
+            frame.to_csv(tmp, index=False)
+        print(frame.to_string(index=False))
+        if args.figure:
+            recovery_figure(ds, Path(args.figure))
+
+    p = sub.add_parser("recover", help="recovery attack (Finding Dori) on one model variant: MR after a text-embedding search")
+    add_model_args(p, sampling=False)
+    p.add_argument("--variant", required=True, help="a registry name (none, pruned, wen)")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--variant-params", type=json_object, default=None)
+    p.add_argument("--id", default=None, help="the variant's id in the table")
+    p.add_argument("--data", required=True, help="the testbed dataset (the targets' training photos)")
+    p.add_argument("--groups-json", required=True, help='{group: prompt file}: targets and controls')
+    p.add_argument("--inits", default="prompt", help=f"comma-separated starts: {','.join(INITS)}")
+    p.add_argument("--spec", default="{}", help="JSON of RecoverySpec fields")
+    p.add_argument("--max-targets", type=int, default=None)
+    p.add_argument("--new-photos", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=run)
+    p = sub.add_parser("recovery-table", help="merge recovery files: recovery.nc, DoRI's table, figure")
+    p.add_argument("--variants", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--figure", default=None)
+    p.set_defaults(func=table)
