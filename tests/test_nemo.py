@@ -1,6 +1,8 @@
 """NeMo (localize/nemo.py, memprune.neurons): z-scores, the threshold, the edit, and the search on a tiny model
 whose memorization is planted in one to_v channel."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,60 @@ def test_union_masks_and_the_edit_zero_exactly_the_chosen_rows(tiny_pipe):
         assert torch.equal(w[keep], w0[keep])
     with pytest.raises(Exception, match="not searched"):
         nemo.locate(Inputs(weights=weights, neurons=ds, subset_indices=[4, 5]), {})
+
+
+def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
+    """NeMo and its random control run as localizers of the DAG: iou.nc holds them under their own (value)
+    layers beside Wanda's FFN layers; the neurons file records every searched prompt; a killed search leaves no
+    file, and the rerun gives the same neurons."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import xarray as xr
+
+    from conftest import REPO, snakemake, write_config
+    from memprune.masks import read_mask_set
+
+    mem = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:6]
+    ctrl = (REPO / "resources/prompts/testbed/single.txt").read_text().splitlines()[:6]
+    nemo_params = {"calibration": ["ctrl"], "seeds": 3, "steps": 4, "max_refine": 20}
+    write_config(tmp_path, tiny_model, {"mem": mem, "ctrl": ctrl},
+                 {"m": {"set": "mem", "n_subsets": 2, "size": 3, "seed": 1},
+                  "c": {"set": "ctrl", "n_subsets": 2, "size": 3, "seed": 1, "control": True}},
+                 localizers={"wanda": {}, "nemo": nemo_params, "random_nemo": {"localizer": "random", "like": "nemo"}})
+    snakemake(tmp_path, "results/iou.nc")
+    ds = xr.open_dataset(tmp_path / "results/iou.nc", engine="h5netcdf").load()
+    assert list(ds.localizer.values) == ["wanda", "nemo", "random_nemo"]
+    value = [l for l in ds.layer.values if str(l).endswith("attn2.to_v")]
+    ffn = [l for l in ds.layer.values if str(l).endswith("ff.net.2")]
+    assert value and ffn
+    assert np.isnan(ds.mean_iou_union.sel(localizer="nemo", layer=ffn[0], mask_type="found")).all()
+    assert np.isnan(ds.mean_iou_union.sel(localizer="wanda", layer=value[0], mask_type="found")).all()
+    tag = next((tmp_path / "results/tiny/masks/nemo").iterdir()).name
+    ms = read_mask_set(tmp_path / f"results/tiny/masks/nemo/{tag}/m/0.zarr")
+    rnd = read_mask_set(next((tmp_path / "results/tiny/masks/random_nemo").iterdir()) / "m/0.zarr")
+    assert set(ms.kinds.values()) == {"rows"} and rnd.n_set() == ms.n_set()  # equal counts per layer
+    neurons = tmp_path / f"results/tiny/nemo/{tag}/neurons/mem.nc"
+    searched = xr.open_dataset(neurons, engine="h5netcdf").load()
+    from memprune.subsets import draw_subsets
+
+    assert searched.pool_index.values.tolist() == sorted({i for s in draw_subsets(6, 2, 3, 1) for i in s})
+    assert (searched.n_refined <= searched.n_initial).all() and searched.attrs["threshold"] > 0
+
+    out = tmp_path / "killed.nc"
+    cmd = [sys.executable, "-m", "memprune", "nemo", "--model", str(tiny_model), "--prompts-file", str(tmp_path / "mem.txt"),
+           "--indices", json.dumps(searched.pool_index.values.tolist()), "--calibration", str(tmp_path / f"results/tiny/nemo/{tag}/calibration.nc"),
+           "--params", json.dumps({**nemo.DEFAULTS, **nemo_params}), "--device", "cpu", "--dtype", "float32",
+           "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stderr:  # killed once the first prompt's search is done, before the file is written
+        if "INFO nemo 1/" in line:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    subprocess.run(cmd, check=True, capture_output=True)
+    again = xr.open_dataset(out, engine="h5netcdf").load()
+    np.testing.assert_array_equal(again.refined.values, searched.refined.values)

@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO
 
 from memprune.plan import Plan
+from memprune.prompts import InputError
 from memprune.plan_eval import Attack, Detection, Evaluation
 from memprune.subsets import draw_subsets
 
@@ -117,3 +118,26 @@ def test_derived_testbed_configs_plan_their_own_data_and_targets(name, group, co
 
 def test_the_default_config_is_the_planted_testbed():
     assert (REPO / "config.yaml").read_text() == (REPO / "config/testbed_planted.yaml").read_text()
+
+
+def test_recovery_plans_every_compared_model_on_testbeds_only():
+    from memprune.plan_eval import Recovery
+
+    rec = Recovery(Plan(load("config.yaml"), REPO))
+    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo", "wen"]
+    assert rec.sets == ["planted", "memorized"] and rec.controls == ["single"]
+    assert rec.targets()[0] == "results/testbed_planted/recovery.nc"
+    assert all(rec.result(m).startswith(rec.dir) for m in rec.models) and len({rec.result(m) for m in rec.models}) == 5
+    assert not Recovery(Plan(load("config/sd15.yaml"), REPO)).enabled  # SD: no training photos shipped
+
+
+def test_nemo_entries_name_calibration_sets_and_random_nemo_imitates_it():
+    cfg = load("config.yaml")
+    plan = Plan(cfg, REPO)
+    assert plan.methods["nemo"].per_prompt and plan.methods["random_nemo"].localizer == "random"
+    assert plan.methods["random_nemo"].reference == "nemo"
+    assert plan.mask_inputs("nemo", "plant_k10") == {"neurons": plan.neurons("nemo", "planted")}
+    assert plan.neuron_prompts("planted") == sorted({i for s in plan.collections["plant_k10"].subsets for i in s})
+    bad = {**cfg, "localizers": {**cfg["localizers"], "nemo": {"calibration": ["nope"]}}}
+    with pytest.raises(InputError, match="localizers.nemo.calibration"):
+        Plan(bad, REPO)

@@ -90,8 +90,11 @@ class Capture:
     timesteps: np.ndarray  # (step,) the scheduler's t of each UNet call
 
 
-def capture(pipe, prompts: list[str], seed: int, sampling, normalize_tokens: bool = False) -> Capture:
+def capture(pipe, prompts: list[str], seed: int, sampling, normalize_tokens: bool = False,
+            prompt_embeds=None) -> Capture:
     """Sample every prompt once (same seed for all, as the paper) with hooks on; return their statistics.
+    `prompt_embeds` (N, L, D), optional: text embeddings in place of the prompts' (e.g. the recovery attack's);
+    `prompts` then only label them.
 
     Timesteps are whatever the scheduler makes (PNDM: 51 UNet calls for 50 steps); nothing assumes a count.
     """
@@ -111,7 +114,8 @@ def capture(pipe, prompts: list[str], seed: int, sampling, normalize_tokens: boo
         batch = prompts[start : start + bs]
         rec = FFNInputRecorder(pipe.unet, layers, normalize_tokens)
         with rec:
-            generate(pipe, batch, [seed] * len(batch), sampling)
+            generate(pipe, batch, [seed] * len(batch), sampling,
+                     prompt_embeds=None if prompt_embeds is None else prompt_embeds[start : start + bs])
         sumsq, t = rec.result()
         if steps_t is not None and not np.array_equal(t, steps_t):
             raise RuntimeError("scheduler timesteps changed between batches")

@@ -71,7 +71,9 @@ def localization_dataset(stores: dict[str, dict[str, list[str]]], truth: dict, i
                          percents_of_r: tuple[float, ...] = (1, 2, 5)):
     """localization.nc: per (localizer, collection, subset) the weight-level precision and recall of the subset's
     union mask against the planted units of `truth` (planted.json), and recall@k for k = m x r (`percents_of_r`),
-    beside what a random mask scores (`random_*`). `stores`: {localizer: {collection: [mask store paths]}}."""
+    beside what a random mask scores (`random_*`). `stores`: {localizer: {collection: [mask store paths]}}.
+    A localizer whose masks lie on none of the FFN layers (NeMo's value channels) holds no planted unit:
+    precision and recall 0, density the share of its own layers' channels it masks."""
     import xarray as xr
 
     from .masks import read_mask_set
@@ -89,6 +91,12 @@ def localization_dataset(stores: dict[str, dict[str, list[str]]], truth: dict, i
         for ci, col in enumerate(cols):
             for si, path in enumerate(stores[loc].get(col, [])):
                 ms = read_mask_set(path)
+                if not set(ms.layers) & set(in_features):  # a localizer of other layers (NeMo: attn2.to_v)
+                    n_set = sum(ms.n_set().values())
+                    prec[li, ci, si], rec[li, ci, si] = (0.0 if n_set else np.nan), 0.0
+                    at[li, ci, si] = 0.0
+                    dens[li, ci, si] = n_set / sum(ms.grid[l][1] for l in ms.layers)
+                    continue
                 masks = {l: full_mask(m.kind, m.mask, ms.grid[l]) for l, m in ms.layer_masks().items()}
                 prec[li, ci, si], rec[li, ci, si] = weight_precision_recall(masks, planted)
                 ranked = recall_at({l: m for l, m in masks.items() if l in in_features}, planted, percents)
