@@ -156,12 +156,13 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
     from conftest import REPO, snakemake, write_config
     from memprune.masks import read_mask_set
 
-    mem = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:6]
-    ctrl = (REPO / "resources/prompts/testbed/single.txt").read_text().splitlines()[:6]
-    nemo_params = {"calibration": ["ctrl"], "seeds": 3, "steps": 4, "max_refine": 20}
+    mem = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:4]
+    ctrl = (REPO / "resources/prompts/testbed/single.txt").read_text().splitlines()[:4]
+    nemo_params = {"calibration": ["ctrl"], "seeds": 3, "steps": 4, "max_refine": 8}
     write_config(tmp_path, tiny_model, {"mem": mem, "ctrl": ctrl},
-                 {"m": {"set": "mem", "n_subsets": 2, "size": 3, "seed": 1},
-                  "c": {"set": "ctrl", "n_subsets": 2, "size": 3, "seed": 1, "control": True}},
+                 {"m": {"set": "mem", "n_subsets": 2, "size": 2, "seed": 1},
+                  "c": {"set": "ctrl", "n_subsets": 2, "size": 2, "seed": 1, "control": True}},
+                 sampling={"steps": 4, "guidance": 3.0, "batch_size": 4, "seed": 0},
                  localizers={"wanda": {}, "nemo": nemo_params, "random_nemo": {"localizer": "random", "like": "nemo"}})
     snakemake(tmp_path, "results/iou.nc")
     ds = xr.open_dataset(tmp_path / "results/iou.nc", engine="h5netcdf").load()
@@ -179,7 +180,7 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
     searched = xr.open_dataset(neurons, engine="h5netcdf").load()
     from memprune.subsets import draw_subsets
 
-    assert searched.pool_index.values.tolist() == sorted({i for s in draw_subsets(6, 2, 3, 1) for i in s})
+    assert searched.pool_index.values.tolist() == sorted({i for s in draw_subsets(4, 2, 2, 1) for i in s})
     assert (searched.n_refined <= searched.n_initial).all() and searched.attrs["threshold"] > 0
 
     out = tmp_path / "killed.nc"

@@ -1,0 +1,79 @@
+"""What each localizer's masks cost per prompt and per subset, read from the Snakemake benchmark files of one run
+(benchmarks/<model>/...; wall seconds `s` and CPU seconds `cpu_time` of each job, so the figures come from the
+same run and the same machine load):
+
+* Wanda (and the activation control): capture (the chunk jobs of the collection's prompt set, per prompt, plus
+  the null-prompt run) + its masks job per subset;
+* NeMo: its search (the neurons job of the prompt set, per searched prompt) + calibration + masks per subset.
+Prints one JSON line per (localizer, collection) and the ratio NeMo / Wanda per prompt.
+
+    python benchmarks/localizer_costs.py --model testbed_planted --config config.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+
+def read(path: Path) -> dict:
+    import pandas as pd
+
+    row = pd.read_csv(path, sep="\t").iloc[0]
+    return {"s": float(row["s"]), "cpu": float(row["cpu_time"])}
+
+
+def main() -> None:
+    import yaml
+
+    from memprune.plan import Plan
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "config.yaml"))
+    ap.add_argument("--root", default=".", help="the workflow's directory (where benchmarks/ lies)")
+    args = ap.parse_args()
+    import jsonschema  # noqa: F401  (the plan reads the config as validated; defaults filled below)
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load(open(args.config))
+    validate(cfg, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    plan = Plan(cfg, ROOT)
+    root = Path(args.root)
+    per_prompt = {}
+    for name, m in plan.methods.items():
+        if m.reference:
+            continue
+        for cname, col in plan.collections.items():
+            n_sub, size = len(col.subsets), len(col.subsets[0])
+            masks = read(root / plan.masks_bench(name, cname))
+            if m.per_prompt:
+                search = read(root / plan.bench(f"nemo/{name}/{m.tag}", col.set))
+                cal = read(root / plan.bench(f"nemo/{name}/{m.tag}", "calibration"))
+                n = len(plan.neuron_prompts(col.set))
+                prompt_s, prompt_cpu = search["s"] / n, search["cpu"] / n
+                extra = {"calibration_s": cal["s"]}
+            elif m.statistics:
+                chunks = [read(root / plan.capture_bench(col.set, k)) for k in range((plan.sets[col.set].size + plan.chunk_size() - 1) // plan.chunk_size())]
+                n = plan.sets[col.set].size
+                prompt_s, prompt_cpu = sum(c["s"] for c in chunks) / n, sum(c["cpu"] for c in chunks) / n
+                extra = {"null_capture_s": read(root / plan.capture_bench(None))["s"]}
+            else:
+                prompt_s = prompt_cpu = 0.0
+                extra = {}
+            per_prompt[name, cname] = prompt_s
+            print(json.dumps({"localizer": name, "collection": cname, "seconds_per_prompt": round(prompt_s, 2),
+                              "cpu_seconds_per_prompt": round(prompt_cpu, 2), "masks_seconds_per_subset": round(masks["s"] / n_sub, 2),
+                              "seconds_per_subset": round(prompt_s * size + masks["s"] / n_sub, 1), **extra}))
+    for (name, cname), s in per_prompt.items():
+        if plan.methods[name].per_prompt and per_prompt.get(("wanda", cname)):
+            print(json.dumps({"ratio": f"{name} / wanda seconds per prompt", "collection": cname,
+                              "value": round(s / per_prompt["wanda", cname], 1)}))
+
+
+if __name__ == "__main__":
+    main()
