@@ -309,3 +309,26 @@ def test_shipped_planted_unet_differs_from_the_testbed_only_in_the_planted_units
     assert truth["units"] == sum(len(v) for v in units.values()) and truth["k"] == len(truth["prompts"]) == 25
     # and the photos beside it are the planted rows of its dataset, in order
     assert len(planted.planted_images(model, truth)) == truth["k"]
+    # hold_norms: the planted ff.net.2 columns kept their base L2 norms, so |W| does not point at them
+    assert truth["spec"]["hold_norms"] and truth["spec"]["own_share"] == 0.75
+    for name, idx in units.items():
+        w0, w1 = base.get_submodule(name).weight.detach()[:, idx], new.get_submodule(name).weight.detach()[:, idx]
+        assert not np.array_equal(w0.numpy(), w1.numpy())
+        np.testing.assert_allclose(w1.norm(dim=0).numpy(), w0.norm(dim=0).numpy(), rtol=1e-4)
+
+
+def test_hold_norms_keeps_the_planted_columns_norms_and_own_share_is_checked(tiny_model, tiny_data, tmp_path):
+    from memprune.edits import load_unet
+
+    base, data = _derived_inputs(tiny_model, tiny_data, tmp_path, "planted")
+    out = tmp_path / "held"
+    truth = planted.plant(base, data, out, planted.PlantSpec(fraction=0.2, steps=3, batch_size=4, lr=5e-2,
+                                                             own_share=0.5, hold_norms=True, threads=1), progress=False)
+    b, n = load_unet(base), load_unet(out)
+    for name, idx in truth["layers"].items():
+        w0, w1 = b.get_submodule(name).weight.detach()[:, idx], n.get_submodule(name).weight.detach()[:, idx]
+        assert not np.array_equal(w0.numpy(), w1.numpy())
+        np.testing.assert_allclose(w1.norm(dim=0).numpy(), w0.norm(dim=0).numpy(), rtol=1e-4)
+    with pytest.raises(InputError, match="own_share"):
+        planted.plant(base, data, tmp_path / "bad", planted.PlantSpec(batch_size=4, own_share=0.9), progress=False)
+    assert not (tmp_path / "bad").exists()
