@@ -141,3 +141,10 @@ def test_nemo_entries_name_calibration_sets_and_random_nemo_imitates_it():
     bad = {**cfg, "localizers": {**cfg["localizers"], "nemo": {"calibration": ["nope"]}}}
     with pytest.raises(InputError, match="localizers.nemo.calibration"):
         Plan(bad, REPO)
+
+
+def test_max_subsets_mapping_names_known_localizers():
+    cfg = load("config.yaml")
+    bad = {**cfg, "evaluate": {**cfg["evaluate"], "max_subsets": {"wandaa": 2}}}
+    with pytest.raises(InputError, match="evaluate.max_subsets"):
+        Evaluation(Plan(bad, REPO))
