@@ -54,12 +54,8 @@ def main() -> None:
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=16)
     rng = np.random.default_rng(0)
 
-    from types import SimpleNamespace
-
-    hooks = SimpleNamespace(layers=layers, offsets=probe_offsets)  # the Probe's blocking hooks, without its noise
-
     def sims(prompt, channels, image):
-        with nemo.Probe.blocking(hooks, channels):
+        with nemo.blocking(layers, channels):
             images = generate(pipe, [prompt] * len(seeds), seeds, cfg)
         return ssim_matrix(images, image[None])[:, 0]
 

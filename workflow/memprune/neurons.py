@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .prompts import InputError
+from .sampling import text_embeddings as _embed
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,6 @@ def _setup(model: str, params: dict, device: str, dtype: str):
         raise InputError("config key localizers.nemo.seeds: NeMo's score needs >= 2 seeds")
     probe = nemo.Probe(pipe.unet, pipe.scheduler, layers, seeds, int(params["steps"]), int(params["step_index"]))
     return pipe, layers, probe, unet_sha256(pipe.unet)
-
-
-def _embed(pipe, prompts: list[str]):
-    import torch
-
-    with torch.no_grad():
-        return torch.cat([pipe.encode_prompt(prompts[i : i + 64], pipe.unet.device, 1, False)[0]
-                          for i in range(0, len(prompts), 64)])
 
 
 def _channel_coords(layers) -> dict:

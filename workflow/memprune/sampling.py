@@ -55,6 +55,15 @@ def generate(pipe, prompts: list[str], seeds: list[int], cfg: SamplingConfig, pr
     return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
 
 
+def text_embeddings(pipe, prompts: list[str], batch: int = 64):
+    """(N, L, D) the text encoder's outputs for `prompts` (no guidance branch), in batches, without gradients."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([pipe.encode_prompt(prompts[i : i + batch], pipe.unet.device, 1, False)[0]
+                          for i in range(0, len(prompts), batch)])
+
+
 def _initial_latents(pipe, gens, cfg: SamplingConfig):
     import torch
 

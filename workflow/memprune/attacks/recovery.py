@@ -58,10 +58,9 @@ def image_latent(pipe, image: np.ndarray):
 
 
 def embed(pipe, prompts: list[str]):
-    import torch
+    from ..sampling import text_embeddings
 
-    with torch.no_grad():
-        return pipe.encode_prompt(prompts, pipe.unet.device, 1, False)[0].float()
+    return text_embeddings(pipe, prompts).float()
 
 
 def start_embedding(pipe, init: str, prompt: str, unrelated: str, reference, gen):

@@ -129,6 +129,27 @@ def pairwise_max(deltas):
     return best
 
 
+@contextlib.contextmanager
+def blocking(layers: list, channels):
+    """Zero the given global channel indices (of the concatenated `layers`' outputs) while the context lasts."""
+    handles = []
+    offsets = np.cumsum([0] + [lin.out_features for _, lin in layers])
+    channels = np.asarray(sorted(channels), dtype=np.int64)
+    for li, (_, lin) in enumerate(layers):
+        local = (channels[(channels >= offsets[li]) & (channels < offsets[li + 1])] - offsets[li]).tolist()
+        if local:
+            def hook(module, inputs, out, idx=local):
+                out = out.clone()
+                out[..., idx] = 0
+                return out
+            handles.append(lin.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class Probe:
     """The first-step noise difference of one model for a fixed set of seeds, with channels blocked on demand.
     `runs` counts UNet evaluations (the search's cost)."""
@@ -151,25 +172,8 @@ class Probe:
         self.x_in = scheduler.scale_model_input(self.x, self.t)
         self.runs = 0
 
-    @contextlib.contextmanager
     def blocking(self, channels):
-        """Zero the given global channel indices (of the concatenated layers) in to_v's output."""
-        handles = []
-        channels = np.asarray(sorted(channels), dtype=np.int64)
-        for li, (_, lin) in enumerate(self.layers):
-            lo, hi = self.offsets[li], self.offsets[li + 1]
-            local = (channels[(channels >= lo) & (channels < hi)] - lo).tolist()
-            if local:
-                def hook(module, inputs, out, idx=local):
-                    out = out.clone()
-                    out[..., idx] = 0
-                    return out
-                handles.append(lin.register_forward_hook(hook))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        return blocking(self.layers, channels)
 
     def deltas(self, embed, blocked=()):
         """(S, C, H, W) float32 in [0, 1]: eps(x_T, t, y) - x_T, min-max normalised per (seed, channel)."""
