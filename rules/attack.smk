@@ -177,3 +177,28 @@ rule recovery_table:
         PLAN.log("recovery", "table"),
     shell:
         memprune("recovery-table", "--variants {input} --out {output.nc} --csv {output.csv} --figure {output.figure}")
+
+
+# ---------------------------------------------------------------------------------------------- adversarial
+# Adversarial fine-tuning (attacks/adversarial.py), the registry variant `adversarial`: trained once per model
+# when a compared variant list names it; evaluation, the attack and the recovery attack load its checkpoint.
+if ADVERSARIAL.enabled:
+
+    rule adversarial_finetune:
+        conda:
+            CONDA_ENV
+        input:
+            model=model_input(),
+            data=[PLAN.data_dir],
+        output:
+            directory(ADVERSARIAL.output),
+        params:
+            spec=ADVERSARIAL.spec_json(),
+        threads: 2
+        log:
+            PLAN.log("adversarial", PLAN.trained_tag()),
+        benchmark:
+            PLAN.bench("adversarial", PLAN.trained_tag())
+        shell:
+            memprune("adversarial-finetune", f"--model {PLAN.model_dir} --data {PLAN.data_dir} {ADVERSARIAL.args()} "
+                     f"--spec {{params.spec:q}} --no-progress --out {{output}}")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from memprune.plan import Plan, options, prompts_digest
-from memprune.plan_eval import Attack, Detection, Evaluation, Recovery
+from memprune.plan_eval import Adversarial, Attack, Detection, Evaluation, Recovery
 from memprune.prompts import read_prompts
 
 
@@ -20,6 +20,7 @@ PLAN = Plan(config, Path(workflow.basedir), _detected_prompts)
 EVAL = Evaluation(PLAN)
 ATTACK = Attack(PLAN)
 RECOVERY = Recovery(PLAN)
+ADVERSARIAL = Adversarial(PLAN)
 DETECT = Detection(PLAN)
 CONDA_ENV = "../envs/memprune.yaml"
 
@@ -60,7 +61,8 @@ def checkpoint_input(models, wildcard):
 
     def inputs(wildcards):
         model = models[getattr(wildcards, wildcard)]
-        return {"checkpoint": PLAN.checkpoint_of(model)} if model.method else {}
+        path = PLAN.checkpoint_of(model)
+        return {"checkpoint": path} if path else {}
 
     return inputs
 

@@ -31,7 +31,7 @@ def capture_chunks(plan: Plan) -> set[str]:
 # (config, capture chunks, eval models, attack models x chunks per model, detection sets): the old planner's
 # dry run of results/iou.nc + eval.nc + attack/table.csv + detection.nc on each shipped config
 OLD = {
-    "config/testbed.yaml": (12, 16, (3, 10), 3),  # + NeMo and its random control on 2 subsets, NeMo attacked
+    "config/testbed.yaml": (12, 17, (3, 10), 3),  # + NeMo and its random control on 2 subsets, NeMo attacked, adversarial
     "config/sd15.yaml": (116, 12, (2, 63), 2),
     "config/sd2.yaml": (66, 12, (2, 28), 2),
 }
@@ -124,10 +124,10 @@ def test_recovery_plans_every_compared_model_on_testbeds_only():
     from memprune.plan_eval import Recovery
 
     rec = Recovery(Plan(load("config.yaml"), REPO))
-    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo", "wen"]
+    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo", "wen", "adversarial"]
     assert rec.sets == ["planted", "memorized"] and rec.controls == ["single"]
     assert rec.targets()[0] == "results/testbed_planted/recovery.nc"
-    assert all(rec.result(m).startswith(rec.dir) for m in rec.models) and len({rec.result(m) for m in rec.models}) == 5
+    assert all(rec.result(m).startswith(rec.dir) for m in rec.models) and len({rec.result(m) for m in rec.models}) == 6
     assert not Recovery(Plan(load("config/sd15.yaml"), REPO)).enabled  # SD: no training photos shipped
 
 
@@ -148,3 +148,25 @@ def test_max_subsets_mapping_names_known_localizers():
     bad = {**cfg, "evaluate": {**cfg["evaluate"], "max_subsets": {"wandaa": 2}}}
     with pytest.raises(InputError, match="evaluate.max_subsets"):
         Evaluation(Plan(bad, REPO))
+
+
+def test_adversarial_is_trained_once_per_testbed_and_every_comparison_loads_it():
+    from memprune.plan_eval import Adversarial, Recovery
+
+    cfg = load("config.yaml")
+    plan = Plan(cfg, REPO)
+    adv = Adversarial(plan)
+    assert adv.enabled and adv.sets == ["planted"] and adv.output.startswith("results/testbed_planted/adversarial/")
+    for models in (Evaluation(plan).models, Recovery(plan).models):
+        (m,) = [m for m in models if m.variant == "adversarial"]
+        assert plan.checkpoint_of(m) == adv.output and m.method is None
+    assert "--prompts-file resources/prompts/testbed_planted/planted.txt" in adv.args()
+    assert "targets" not in json.loads(adv.spec_json()) and json.loads(adv.spec_json())["rounds"] == 3
+    changed = Plan({**cfg, "adversarial": {**cfg["adversarial"], "rounds": 1}}, REPO)
+    assert changed.trained_checkpoint() != adv.output  # another spec, another checkpoint
+    off = {**cfg, "evaluate": {**cfg["evaluate"], "variants": ["none"]}, "recovery": {**cfg["recovery"], "variants": ["none"]}}
+    assert not Adversarial(Plan(off, REPO)).enabled
+    sd = load("config/sd15.yaml")
+    sd["evaluate"]["variants"] = ["none", "adversarial"]
+    with pytest.raises(InputError, match="testbed"):
+        Evaluation(Plan(sd, REPO))

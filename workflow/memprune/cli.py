@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .attacks.recovery import add_recovery_arguments
 
     add_recovery_arguments(sub)
+    from .attacks.adversarial import add_adversarial_arguments
+
+    add_adversarial_arguments(sub)
     p = sub.add_parser("fetch-groundtruth",
                        help="download the training images of memorized prompts to <root>/<index>/0.png; report dead links")
     p.add_argument("--prompts", required=True, help=".jsonl prompt file with `url` per row")

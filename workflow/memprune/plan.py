@@ -63,6 +63,7 @@ class EvalModel:
     method: str | None = None
     collection: str | None = None
     subset: int | None = None
+    checkpoint: str | None = None  # a trained variant's (adversarial), written by its training rule
 
     @property
     def subset_label(self) -> str | None:
@@ -332,6 +333,9 @@ class Plan:
         out = []
         for v in variants:
             entry = registry.get(v)
+            if entry.trained:
+                out.append(EvalModel(v, v, f"{v}/{self.trained_tag()}", checkpoint=self.trained_checkpoint()))
+                continue
             if not entry.needs_checkpoint:
                 out.append(EvalModel(v, v, v))
                 continue
@@ -345,7 +349,20 @@ class Plan:
         return out
 
     def checkpoint_of(self, model: EvalModel) -> str | None:
+        if model.checkpoint:
+            return model.checkpoint
         return None if model.method is None else self.pruned(model.method, model.collection, model.subset)
+
+    def trained_tag(self) -> str:
+        """The adversarial fine-tune's folder name: its rounds and search budget, and a digest of its whole block."""
+        a = self.config.get("adversarial") or {}
+        digest = hashlib.sha256(json.dumps(a, sort_keys=True).encode()).hexdigest()[:8]
+        return f"r{a.get('rounds', 3)}_s{a.get('search_steps', 50)}_{digest}"
+
+    def trained_checkpoint(self) -> str:
+        if not self.is_testbed:
+            raise _key("variants", "the adversarial variant fine-tunes on a testbed's dataset; this model has none")
+        return f"{self.results}/adversarial/{self.trained_tag()}/checkpoint"
 
     def _check_methods(self, key: str, methods: list[str]) -> list[str]:
         bad = [m for m in methods if m not in self.methods]

@@ -229,3 +229,28 @@ class Recovery:
 
     def targets(self) -> list[str]:
         return [self.output, f"{self.plan.results}/recovery.csv", f"{self.plan.results}/figures/recovery.png"] if self.enabled else []
+
+
+@dataclass
+class Adversarial:
+    """Adversarial fine-tuning (attacks/adversarial.py): one training job per model when a compared variant is
+    trained (the registry's `adversarial`), writing the checkpoint the plan's models point to."""
+
+    plan: Plan
+
+    def __post_init__(self):
+        from . import variants
+
+        plan, a = self.plan, self.plan.config.get("adversarial") or {}
+        self.cfg = a
+        used = {v for key in ("evaluate", "attack", "recovery") for v in (plan.config.get(key) or {}).get("variants") or []}
+        self.enabled = any(variants.get(v).trained for v in used)
+        self.sets = plan.file_sets("adversarial.targets", a.get("targets", ["memorized"])) if self.enabled else []
+        self.output = plan.trained_checkpoint() if self.enabled else None
+
+    def spec_json(self) -> str:
+        return json.dumps({k: v for k, v in self.cfg.items() if k not in ("targets", "max_targets", "threads")})
+
+    def args(self) -> str:
+        files = " ".join(self.plan.sets[s].file for s in self.sets)
+        return f"--prompts-file {files} " + options(max_targets=self.cfg.get("max_targets"), threads=self.cfg.get("threads", 2))

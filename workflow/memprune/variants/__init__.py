@@ -55,6 +55,7 @@ class Variant:
     label: str
     colour: str
     needs_checkpoint: bool = False
+    trained: bool = False  # its checkpoint comes from the plan's training rule (adversarial), not a localizer's masks
     load: Callable = _load_base
     generate: Callable = _generate_plain
     generate_embeds: Callable = _generate_embeds_plain
