@@ -124,10 +124,10 @@ def test_recovery_plans_every_compared_model_on_testbeds_only():
     from memprune.plan_eval import Recovery
 
     rec = Recovery(Plan(load("config.yaml"), REPO))
-    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo", "wen", "adversarial"]
+    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo", "pruned:wanda_10", "wen", "adversarial"]
     assert rec.sets == ["planted", "memorized"] and rec.controls == ["single"]
     assert rec.targets()[0] == "results/testbed_planted/recovery.nc"
-    assert all(rec.result(m).startswith(rec.dir) for m in rec.models) and len({rec.result(m) for m in rec.models}) == 6
+    assert all(rec.result(m).startswith(rec.dir) for m in rec.models) and len({rec.result(m) for m in rec.models}) == 7
     assert not Recovery(Plan(load("config/sd15.yaml"), REPO)).enabled  # SD: no training photos shipped
 
 
@@ -164,7 +164,7 @@ def test_adversarial_is_trained_once_per_testbed_and_every_comparison_loads_it()
     assert "targets" not in json.loads(adv.spec_json()) and json.loads(adv.spec_json())["rounds"] == 3
     changed = Plan({**cfg, "adversarial": {**cfg["adversarial"], "rounds": 1}}, REPO)
     assert changed.trained_checkpoint() != adv.output  # another spec, another checkpoint
-    off = {**cfg, "evaluate": {**cfg["evaluate"], "variants": ["none"]}, "recovery": {**cfg["recovery"], "variants": ["none"]}}
+    off = {**cfg, **{k: {**cfg[k], "variants": ["none"]} for k in ("evaluate", "attack", "recovery")}}
     assert not Adversarial(Plan(off, REPO)).enabled
     sd = load("config/sd15.yaml")
     sd["evaluate"]["variants"] = ["none", "adversarial"]
