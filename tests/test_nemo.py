@@ -158,7 +158,7 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
 
     mem = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:4]
     ctrl = (REPO / "resources/prompts/testbed/single.txt").read_text().splitlines()[:4]
-    nemo_params = {"calibration": ["ctrl"], "seeds": 3, "steps": 4, "max_refine": 8}
+    nemo_params = {"calibration": ["ctrl"], "seeds": 3, "steps": 4, "max_refine": 4}
     write_config(tmp_path, tiny_model, {"mem": mem, "ctrl": ctrl},
                  {"m": {"set": "mem", "n_subsets": 2, "size": 2, "seed": 1},
                   "c": {"set": "ctrl", "n_subsets": 2, "size": 2, "seed": 1, "control": True}},
@@ -185,7 +185,7 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
 
     out = tmp_path / "killed.nc"
     cmd = [sys.executable, "-m", "memprune", "nemo", "--model", str(tiny_model), "--prompts-file", str(tmp_path / "mem.txt"),
-           "--indices", json.dumps(searched.pool_index.values.tolist()), "--calibration", str(tmp_path / f"results/tiny/nemo/{tag}/calibration.nc"),
+           "--indices", json.dumps(searched.pool_index.values.tolist()[:2]), "--calibration", str(tmp_path / f"results/tiny/nemo/{tag}/calibration.nc"),
            "--params", json.dumps({**nemo.DEFAULTS, **nemo_params}), "--device", "cpu", "--dtype", "float32",
            "--no-progress", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -196,5 +196,5 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
     proc.wait()
     assert not out.exists()
     subprocess.run(cmd, check=True, capture_output=True)
-    again = xr.open_dataset(out, engine="h5netcdf").load()
-    np.testing.assert_array_equal(again.refined.values, searched.refined.values)
+    again = xr.open_dataset(out, engine="h5netcdf").load()  # the first two searched prompts, as the DAG found them
+    np.testing.assert_array_equal(again.refined.values, searched.refined.values[:2])

@@ -107,7 +107,7 @@ def test_few_step_training_writes_a_loadable_pipeline(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     manifest = generate_dataset(SMALL, tmp_path / "data")
-    spec = TrainSpec(vae_steps=3, vae_batch=4, unet_steps=3, batch_size=4, warmup=1, decoder_steps=2,
+    spec = TrainSpec(vae_steps=3, vae_batch=4, unet_steps=3, cooldown_steps=2, batch_size=4, warmup=1, decoder_steps=2,
                         model=tiny_spec())
     out = train_testbed(manifest, tmp_path / "model", spec, BPE, progress=False)
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
