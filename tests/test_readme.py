@@ -44,17 +44,33 @@ def test_readme_shows_the_two_setup_commands_and_snakemake_lines():
     assert len(LINES) >= 8
 
 
-@pytest.mark.parametrize("before, command", LINES, ids=[" ".join(c)[:70] for _, c in LINES])
-def test_readme_snakemake_line_dry_runs_as_written(before, command, tmp_path):
-    pytest.importorskip("snakemake_executor_plugin_slurm")
+def _dry_run(before, command, wd):
     for entry in CLONE_ENTRIES:
-        (tmp_path / entry).symlink_to(REPO / entry)
+        (wd / entry).symlink_to(REPO / entry)
     for cmd in before:  # e.g. `cp config.yaml my.yaml`
         if cmd[0] in ("cp", "mkdir"):
-            subprocess.run(cmd, cwd=tmp_path, check=True)
+            subprocess.run(cmd, cwd=wd, check=True)
     argv = [sys.executable, "-m", "snakemake", *command[1:]]
     if "-n" not in argv:
         argv.insert(3, "-n")
-    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+    return subprocess.run(argv, cwd=wd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory):
+    """Every line's dry run, as many at once as there are cores (each is one single-threaded DAG build)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = [pool.submit(_dry_run, before, command, tmp_path_factory.mktemp("readme"))
+                   for before, command in LINES]
+        return [f.result() for f in futures]
+
+
+@pytest.mark.parametrize("index", range(len(LINES)), ids=[" ".join(c)[:70] for _, c in LINES])
+def test_readme_snakemake_line_dry_runs_as_written(index, dry_runs):
+    command, proc = LINES[index][1], dry_runs[index]
     assert proc.returncode == 0, f"{' '.join(command)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert "Job stats" in proc.stdout or "Nothing to be done" in proc.stdout + proc.stderr
