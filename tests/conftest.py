@@ -63,3 +63,28 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def kill_while_running(cmd: list[str], seconds: float = 8.0) -> None:
+    """Start `cmd`, check it is still running `seconds` later (training, searching), then SIGKILL it."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(seconds)
+    assert proc.poll() is None  # still running
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def denoising_loss(unet, scheduler, z0, y, n: int = 16, seed: int = 123) -> float:
+    """The epsilon loss of latent `z0` under text states `y` on n fixed (noise, timestep) draws."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, *z0.shape[1:]), generator=g)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g)
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=y.expand(n, -1, -1)).sample
+    return float(((pred - noise) ** 2).mean())

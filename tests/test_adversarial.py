@@ -3,27 +3,16 @@ surrogate, its checkpoint is a weights edit the registry's `adversarial` variant
 a killed run leaves no checkpoint, and the plan trains it once per testbed when a variant list names it."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import denoising_loss, kill_while_running
 from memprune.attacks import adversarial
 from memprune.prompts import InputError
-
-
-def _loss(unet, scheduler, z0, y, n=32):
-    g = torch.Generator().manual_seed(7)
-    noise = torch.randn((n, *z0.shape[1:]), generator=g)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g)
-    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-    with torch.no_grad():
-        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=y.expand(n, -1, -1)).sample
-    return float(((pred - noise) ** 2).mean())
 
 
 def test_finetune_pulls_the_prompt_toward_the_surrogate(tiny_model):
@@ -40,13 +29,13 @@ def test_finetune_pulls_the_prompt_toward_the_surrogate(tiny_model):
     surrogate, source = adversarial.surrogates(pipe, [target], spec, ["a blue square"])
     z_s = image_latent(pipe, surrogate[0])
     y = text_embeddings(pipe, [target["prompt"]]).float()
-    before = _loss(pipe.unet, pipe.scheduler, z_s, y)
+    before = denoising_loss(pipe.unet, pipe.scheduler, z_s, y, n=32, seed=7)
     weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     latents = torch.randn(8, *z_s.shape[1:])
     states = text_embeddings(pipe, ["a blue square"] * 8).float()
     record = adversarial.adversarial_finetune(pipe, [target], latents, states, text_embeddings(pipe, [""]).float(),
                                               spec, ["a blue square"])
-    assert _loss(pipe.unet, pipe.scheduler, z_s, y) < before  # the prompt now denoises toward the surrogate
+    assert denoising_loss(pipe.unet, pipe.scheduler, z_s, y, n=32, seed=7) < before  # the prompt now denoises toward the surrogate
     assert record["searches"] == 4 and record["updates"] == 40 and len(record["surrogate_loss"]) == 40
     assert len(record["search_loss_last"]) == 4 and record["surrogate_source"] == source
     assert any(not torch.equal(weights[k], v) for k, v in pipe.unet.state_dict().items())
@@ -78,12 +67,7 @@ def test_killed_finetune_leaves_no_checkpoint_and_the_registry_evaluates_the_rer
     cmd = [sys.executable, "-m", "memprune", "adversarial-finetune", "--model", str(base), "--data", str(data),
            "--prompts-file", str(prompts), "--threads", "1", "--no-progress", "--out", str(out)]
     small = {"search_steps": 2, "search_batch": 2, "retain_batch": 4, "surrogate_steps": 2, "surrogate_seeds": 1}
-    proc = subprocess.Popen(cmd + ["--spec", json.dumps({**small, "rounds": 100000})], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    time.sleep(8.0)
-    assert proc.poll() is None  # still training
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_while_running(cmd + ["--spec", json.dumps({**small, "rounds": 100000})])
     assert not out.exists()
     subprocess.run(cmd + ["--spec", json.dumps({**small, "rounds": 1, "updates_per_step": 2})], check=True,
                    capture_output=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from conftest import REPO, write_config
+from conftest import REPO, kill_while_running, write_config
 from test_workflow import digest_tree
 
 MEM = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:6]
@@ -136,12 +136,7 @@ def test_killed_training_of_a_derived_testbed_leaves_no_model_and_reruns(tiny_mo
     long = {"steps": 100000, "batch_size": 4} if command == "plant" else {"epochs": 1000.0, "batch_size": 4}
     cmd = [sys.executable, "-m", "memprune", command, "--model", str(base), "--data", str(data), "--out", str(out),
            "--no-progress"]
-    proc = subprocess.Popen(cmd + ["--spec", json.dumps({**long, "threads": 1})], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    time.sleep(8.0)
-    assert proc.poll() is None  # still training
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_while_running(cmd + ["--spec", json.dumps({**long, "threads": 1})])
     assert not out.exists()
     short = {"steps": 2, "batch_size": 4} if command == "plant" else {"epochs": 0.1, "batch_size": 4}
     subprocess.run(cmd + ["--spec", json.dumps({**short, "threads": 1})], check=True, capture_output=True)
