@@ -50,6 +50,10 @@ def test_subset_prompts_from_the_models_json(tmp_path):
     with pytest.raises(InputError, match="give prompts_file, indices"):
         read_models(json.dumps({"none": {"variant": "none", "scores": "n.nc"},
                                 "a": {"variant": "pruned", "subset": "c/0", "scores": "x.nc"}}))
+    # a trained variant (adversarial fine-tuning) has a checkpoint but is one model, tested on every prompt
+    trained = read_models(json.dumps({"none": {"variant": "none", "scores": "n.nc"},
+                                      "adversarial": {"variant": "adversarial", "scores": "a.nc"}}))
+    assert [(m.vid, m.subset, m.per_subset) for m in trained] == [("none", None, False), ("adversarial", None, False)]
 
 
 def test_copy_rate_majority_of_seeds_and_nan_prompts_skipped():

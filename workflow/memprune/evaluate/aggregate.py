@@ -16,7 +16,7 @@ import numpy as np
 
 from ..prompts import InputError
 from .groundtruth import GroundTruth
-from .prompts import REFERENCE, ModelEntry, fair_split, needs_checkpoint, read_models, subset_prompts
+from .prompts import REFERENCE, ModelEntry, fair_split, one_per_subset, read_models, subset_prompts
 from .score import MetricOptions
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def summary_table(ds, per_subset: list[str] | None = None):
     import pandas as pd
 
     vids = [str(v) for v in ds.variant.values]
-    per_subset = [v for v in vids if needs_checkpoint(v)] if per_subset is None else per_subset
+    per_subset = [v for v in vids if one_per_subset(v)] if per_subset is None else per_subset
 
     def mean(a) -> float:
         return float(np.nanmean(a)) if not np.isnan(a).all() else np.nan

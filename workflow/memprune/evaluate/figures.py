@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .groundtruth import GroundTruth
-from .prompts import needs_checkpoint
+from .prompts import one_per_subset
 from .score import Samples
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def plot_fid_time(ds, path) -> None:
     for i, v in enumerate(vids):
         colour = style[v][0]
         fid = ds.frechet_distance.sel(variant=v).values
-        a1.bar(i, np.nanmean(fid), yerr=np.nanstd(fid) if needs_checkpoint(v) else None, color=colour, capsize=4)
+        a1.bar(i, np.nanmean(fid), yerr=np.nanstd(fid) if one_per_subset(v) else None, color=colour, capsize=4)
         samp = np.nanmean(ds.sampling_seconds.sel(variant=v).values)
         mask = np.nanmean(ds.mask_seconds.sel(variant=v).values)
         a2.bar(i, samp, color=colour)

@@ -67,11 +67,13 @@ class ModelEntry:
         return self.subset is not None
 
 
-def needs_checkpoint(vid: str) -> bool:
-    """Whether the variant of id `vid` (`pruned:wanda`) is one edited model per subset (registry entry)."""
+def one_per_subset(vid: str) -> bool:
+    """Whether the variant of id `vid` (`pruned:wanda`) is one edited model per subset (registry entry): it
+    needs a checkpoint made from a subset's masks; a trained one (adversarial) is one model, as the unedited."""
     from .. import variants
 
-    return variants.get(vid.partition(":")[0]).needs_checkpoint
+    entry = variants.get(vid.partition(":")[0])
+    return entry.needs_checkpoint and not entry.trained
 
 
 def read_models(text: str | Path) -> list[ModelEntry]:
@@ -93,7 +95,7 @@ def read_models(text: str | Path) -> list[ModelEntry]:
     for key, e in spec.items():
         if not isinstance(e, dict) or "variant" not in e or "scores" not in e:
             raise InputError(f"models JSON ({source}): {key}: needs at least \"variant\" and \"scores\"")
-        per_subset = needs_checkpoint(e["variant"])
+        per_subset = one_per_subset(e["variant"])
         missing = [k for k in ("subset", "prompts_file", "indices") if per_subset and k not in e]
         if missing:
             raise InputError(f"models JSON ({source}): {key}: variant {e['variant']} is one model per subset: "
