@@ -93,12 +93,11 @@ def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_s
     """Fine-tune `pipe.unet` in place (see the module's docstring). `targets`: {prompt, image (H, W, 3) uint8};
     retained_*: (N, C, h, w) latents and (N, L, D) text states of the data to keep. Returns the run's record."""
     import torch
-    import torch.nn.functional as F
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from tqdm.auto import tqdm
 
     from ..sampling import text_embeddings
-    from .recovery import RecoverySpec, image_latent, search
+    from .recovery import RecoverySpec, denoising_loss, image_latent, search
 
     t0 = time.perf_counter()
     unet, sched = pipe.unet, pipe.scheduler
@@ -107,18 +106,8 @@ def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_s
     z_target = torch.cat([image_latent(pipe, t["image"]) for t in targets])
     z_surr = torch.cat([image_latent(pipe, im) for im in surrogate_images])
     y_prompt = text_embeddings(pipe, [t["prompt"] for t in targets]).float()
-    alphas, n_t = sched.alphas_cumprod.float(), sched.config.num_train_timesteps
-    v_pred = sched.config.get("prediction_type", "epsilon") == "v_prediction"
     rspec = RecoverySpec(steps=spec.search_steps, lr=spec.search_lr, batch_size=spec.search_batch, seed=spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
-
-    def denoise_loss(z0, cond):
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, n_t, (len(z0),), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        target = a.sqrt() * noise - (1 - a).sqrt() * z0 if v_pred else noise
-        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=cond).sample
-        return F.mse_loss(pred.float(), target)
 
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -144,11 +133,11 @@ def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_s
         z_s = z_surr[idx].repeat(2 * spec.noises, 1, 1, 1)
         unet.train().requires_grad_(True)
         for _ in range(spec.updates_per_step):
-            loss_s = denoise_loss(z_s, cond)
+            loss_s = denoising_loss(unet, sched, z_s, cond, gen)
             r = torch.randint(0, len(retained_latents), (spec.retain_batch,), generator=gen)
             states = retained_states[r].clone()
             states[torch.rand(spec.retain_batch, generator=gen) < spec.cond_dropout] = null_state[0]
-            loss_r = denoise_loss(retained_latents[r], states)
+            loss_r = denoising_loss(unet, sched, retained_latents[r], states, gen)
             loss = loss_s + spec.retain_weight * loss_r
             opt.zero_grad(set_to_none=True)
             loss.backward()

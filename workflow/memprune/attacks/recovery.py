@@ -78,27 +78,34 @@ def start_embedding(pipe, init: str, prompt: str, unrelated: str, reference, gen
     raise InputError(f"recovery: unknown init {init!r}; known: {list(INITS)}")
 
 
-def search(unet, scheduler, z0, start, spec: RecoverySpec, gen):
-    """DoRI's search: returns (embedding (1, L, D) float32, loss per step (steps,))."""
+def denoising_loss(unet, scheduler, z0, cond, gen):
+    """The model's training loss on latents z0 (N, C, h, w) under text states cond (N, L, D): fresh noise, then
+    timesteps, drawn from `gen`; the target is eps for epsilon models, v for v-prediction ones."""
     import torch
     import torch.nn.functional as F
 
     alphas = scheduler.alphas_cumprod.float()
-    n_t = scheduler.config.num_train_timesteps
     v_pred = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z0),), generator=gen)
+    a = alphas[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    target = a.sqrt() * noise - (1 - a).sqrt() * z0 if v_pred else noise
+    dev, dt = unet.device, unet.dtype
+    pred = unet(x_t.to(dev, dt), t.to(dev), encoder_hidden_states=cond.to(dt)).sample
+    return F.mse_loss(pred.float(), target.to(dev))
+
+
+def search(unet, scheduler, z0, start, spec: RecoverySpec, gen):
+    """DoRI's search: returns (embedding (1, L, D) float32, loss per step (steps,))."""
+    import torch
+
     y = start.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([y], lr=spec.lr)
     losses = np.zeros(spec.steps)
     z0 = z0.float().expand(spec.batch_size, -1, -1, -1)
     for step in range(spec.steps):
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, n_t, (spec.batch_size,), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * z0 if v_pred else noise
-        dev, dt = unet.device, unet.dtype
-        pred = unet(x_t.to(dev, dt), t.to(dev), encoder_hidden_states=y.expand(spec.batch_size, -1, -1).to(dt)).sample
-        loss = F.mse_loss(pred.float(), target.to(dev))
+        loss = denoising_loss(unet, scheduler, z0, y.expand(spec.batch_size, -1, -1), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
