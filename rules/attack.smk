@@ -131,7 +131,8 @@ checkpoint detected_prompts:
 
 # ---------------------------------------------------------------------------------------------- recovery
 # Is it gone? The recovery attack of "Finding Dori" (attacks/recovery.py) on every model of config `recovery`:
-# one job per model, merged into results/<name>/recovery.nc, recovery.csv (DoRI's table) and a figure.
+# one job per model, merged into results/<name>/recovery.nc, recovery.csv (DoRI's table) and a figure. Wen's job
+# reuses the unedited model's searches (the same UNet, the same draws) and only generates with its mitigation.
 RECOVERY_MODELS = RECOVERY.by_path()
 
 
@@ -142,6 +143,7 @@ rule recovery_model:
         unpack(checkpoint_input(RECOVERY_MODELS, "recmodel")),
         model=model_input(),
         data=[PLAN.data_dir],
+        searches=lambda wc: RECOVERY.searches_from(RECOVERY_MODELS[wc.recmodel]),
     output:
         f"{RECOVERY.dir}/{{recmodel}}.nc" if RECOVERY.enabled else [],
     wildcard_constraints:
@@ -151,6 +153,7 @@ rule recovery_model:
         id=lambda wc: RECOVERY_MODELS[wc.recmodel].id,
         groups=RECOVERY.groups_json() if RECOVERY.enabled else "",
         spec=RECOVERY.spec if RECOVERY.enabled else "",
+        reuse=lambda wc, input: f"--searches-from {input.searches}" if input.searches else "",
     threads: 2
     resources:
         gpu=1,
@@ -161,7 +164,7 @@ rule recovery_model:
     shell:
         memprune("recover", f"{{params.variant}} --model {PLAN.model_dir} --data {PLAN.data_dir} --groups-json {{params.groups:q}} --spec {{params.spec:q}} "
                  f"{RECOVERY.args() if RECOVERY.enabled else ''} --id {{params.id:q}} --device {config['model']['device']} "
-                 f"--dtype {config['model']['dtype']} --out {{output}}")
+                 f"--dtype {config['model']['dtype']} {{params.reuse}} --out {{output}}")
 
 
 rule recovery_table:

@@ -128,6 +128,12 @@ def test_recovery_plans_every_compared_model_on_testbeds_only():
     assert rec.sets == ["planted", "memorized"] and rec.controls == ["single"]
     assert rec.targets()[0] == "results/testbed_planted/recovery.nc"
     assert all(rec.result(m).startswith(rec.dir) for m in rec.models) and len({rec.result(m) for m in rec.models}) == 7
+    by_variant = {m.variant: m for m in rec.models if m.method is None}
+    assert rec.searches_from(by_variant["wen"]) == [rec.result(by_variant["none"])]  # Wen reuses the unedited searches
+    assert all(rec.searches_from(m) == [] for m in rec.models if m.variant != "wen")
+    cfg = load("config.yaml")
+    alone = Recovery(Plan({**cfg, "recovery": {**cfg["recovery"], "variants": ["wen"]}}, REPO))
+    assert alone.searches_from(alone.models[0]) == []  # no unedited model attacked: Wen runs its own searches
     assert not Recovery(Plan(load("config/sd15.yaml"), REPO)).enabled  # SD: no training photos shipped
 
 

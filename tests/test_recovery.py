@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import pytest
+
 from conftest import denoising_loss
 from memprune.attacks import recovery
 
@@ -55,3 +57,30 @@ def test_recovers_a_planted_photo_but_not_one_never_seen():
 def test_copied_needs_most_seeds():
     sim = np.array([[0.5, 0.5, 0.1], [0.5, 0.1, 0.1], [0.5, 0.5, 0.5, 0.1][:3]])
     assert recovery.copied(sim, 0.4).tolist() == [True, False, True]
+
+
+def test_wen_reuses_the_unedited_searches_exactly(tiny_pipe, tmp_path):
+    """Wen's job takes the unedited model's searches from its recovery file: the same result as running them."""
+    from memprune.prompts import InputError
+    from memprune.store import write_netcdf
+    from memprune.variants import get
+
+    size = tiny_pipe.unet.config.sample_size * tiny_pipe.vae_scale_factor
+    image = (np.random.default_rng(1).random((size, size, 3)) * 255).astype(np.uint8)
+    targets = [{"prompt": "a photo of a cat", "group": "memorized", "image": image, "unrelated": "a red square"}]
+    inits, spec = ["prompt", "random"], recovery.RecoverySpec(steps=4, batch_size=2, seeds=[0, 1], sample_steps=3)
+    refs = ["a photo of a cat", "a red square", "a dog"]
+    plain = recovery.attack_targets(tiny_pipe, get("none"), {}, targets, inits, spec, refs)
+    path = tmp_path / "none.nc"
+    write_netcdf(recovery.recovery_dataset("none", targets, inits, spec, plain, {"checkpoint": "", "variant_name": "none"}), path)
+    params = {"max_iters": 2}
+    fresh = recovery.attack_targets(tiny_pipe, get("wen"), params, targets, inits, spec, refs)
+    reused = recovery.attack_targets(tiny_pipe, get("wen"), params, targets, inits, spec, refs,
+                                     searches=recovery.read_searches(path, targets, inits, spec))
+    for key in ("embedding", "loss", "before", "after"):
+        np.testing.assert_array_equal(reused[key], fresh[key], err_msg=key)
+    np.testing.assert_array_equal(reused["embedding"], plain["embedding"])
+    with pytest.raises(InputError, match="none.nc.*its steps is 4, not 5"):
+        recovery.read_searches(path, targets, inits, recovery.RecoverySpec(steps=5, batch_size=2))
+    with pytest.raises(InputError, match="none.nc.*its starts"):
+        recovery.read_searches(path, targets, ["prompt"], spec)

@@ -14,7 +14,9 @@ prompt start: the original prompt), so "copy rate of the original prompt" and "M
 The variant is loaded through the registry (`memprune.variants`), so every model the plan compares can be
 attacked. An inference-time mitigation (Wen et al.) is not part of the UNet the attacker optimises against: the
 search runs on its UNet (the unedited one) and the variant's `generate_embeds` then applies the mitigation on top
-of the found embedding, as a deployed mitigation would.
+of the found embedding, as a deployed mitigation would. Its searches are then the unedited model's, step for
+step, so `searches` (`run_variant(searches_from=...)`, `recover --searches-from`) reuses them from that model's
+recovery file (which stores every start and found embedding) instead of running them again.
 """
 
 from __future__ import annotations
@@ -114,9 +116,11 @@ def search(unet, scheduler, z0, start, spec: RecoverySpec, gen):
 
 
 def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list[str], spec: RecoverySpec,
-                   reference_prompts: list[str], progress: bool = False) -> dict:
+                   reference_prompts: list[str], progress: bool = False, searches: dict | None = None) -> dict:
     """Run the search for every (target, init) against `pipe` and generate from the start and the found
-    embedding with `spec.seeds`. `targets`: {prompt, group, image (H, W, 3) uint8, unrelated}. Returns arrays."""
+    embedding with `spec.seeds`. `targets`: {prompt, group, image (H, W, 3) uint8, unrelated}. `searches`: the
+    searches already run against this UNet ({embedding (T, I, 2, L, D): start and found, loss, seconds}, from
+    `read_searches`), used instead of running them again. Returns arrays."""
     import torch
     from tqdm.auto import tqdm
 
@@ -132,14 +136,20 @@ def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list
     before, after = np.full((T, I, S), np.nan), np.full((T, I, S), np.nan)
     losses, seconds = np.full((T, I, spec.steps), np.nan), np.full((T, I), np.nan)
     examples = np.zeros((T, I, 2, *targets[0]["image"].shape), np.uint8) if targets else None
+    embeddings = np.zeros((T, I, 2, *reference.shape[1:]), np.float32)
     for ti, target in enumerate(tqdm(targets, desc="recovery", disable=not progress)):
         z0 = image_latent(pipe, target["image"])
         for ii, init in enumerate(inits):
-            start = start_embedding(pipe, init, target["prompt"], target["unrelated"], reference, gen)
-            t0 = time.perf_counter()
-            with torch.enable_grad():
-                y, losses[ti, ii] = search(unet, pipe.scheduler, z0, start, spec, gen)
-            seconds[ti, ii] = time.perf_counter() - t0
+            if searches is not None:
+                start, y = (torch.from_numpy(searches["embedding"][ti, ii, k])[None] for k in (0, 1))
+                losses[ti, ii], seconds[ti, ii] = searches["loss"][ti, ii], searches["seconds"][ti, ii]
+            else:
+                start = start_embedding(pipe, init, target["prompt"], target["unrelated"], reference, gen)
+                t0 = time.perf_counter()
+                with torch.enable_grad():
+                    y, losses[ti, ii] = search(unet, pipe.scheduler, z0, start, spec, gen)
+                seconds[ti, ii] = time.perf_counter() - t0
+            embeddings[ti, ii] = torch.cat([start, y]).cpu().numpy()
             for k, emb in enumerate((start, y)):
                 images, _ = variant.generate_embeds(pipe, emb.expand(S, -1, -1).to(unet.dtype), list(spec.seeds), cfg, params)
                 sim = ssim_matrix(images, target["image"][None])[:, 0]
@@ -148,7 +158,34 @@ def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list
             log.info("recovery %s [%s] %s: SSIM %.2f -> %.2f, loss %.4f -> %.4f, %.1fs", target["group"], init,
                      target["prompt"][:40], np.median(before[ti, ii]), np.median(after[ti, ii]),
                      losses[ti, ii, 0], losses[ti, ii, -1], seconds[ti, ii])
-    return {"before": before, "after": after, "loss": losses, "seconds": seconds, "examples": examples}
+    return {"before": before, "after": after, "loss": losses, "seconds": seconds, "examples": examples,
+            "embedding": embeddings}
+
+
+SEARCH_FIELDS = ("steps", "lr", "batch_size", "seed")  # what a search depends on besides the UNet and its targets
+
+
+def read_searches(path: str | Path, targets: list[dict], inits: list[str], spec: RecoverySpec) -> dict:
+    """The searches of the recovery file `path`, checked to be the ones this run would do: the same targets
+    (prompt and group, in order), starts and search spec, made against the unedited UNet."""
+    import xarray as xr
+
+    with xr.open_dataset(path) as ds:
+        theirs = json.loads(ds.attrs.get("spec", "{}"))
+        problems = []
+        if "embedding" not in ds:
+            problems.append("it stores no embeddings (made by an older memprune: delete it to rerun)")
+        if ds.attrs.get("checkpoint") or ds.attrs.get("variant_name") != "none":
+            problems.append(f"it attacks {ds.attrs.get('variant')!r}, not the unedited UNet")
+        if [str(p) for p in ds.prompt.values] != [t["prompt"] for t in targets] or \
+                [str(g) for g in ds.group.values] != [t["group"] for t in targets]:
+            problems.append("its targets differ")
+        if [str(i) for i in ds.init.values] != list(inits):
+            problems.append(f"its starts are {[str(i) for i in ds.init.values]}, not {list(inits)}")
+        problems += [f"its {k} is {theirs.get(k)}, not {getattr(spec, k)}" for k in SEARCH_FIELDS if theirs.get(k) != getattr(spec, k)]
+        if problems:
+            raise InputError(f"{path}: cannot reuse its searches: " + "; ".join(problems))
+        return {k: ds[k].values for k in ("embedding", "loss", "seconds")}
 
 
 def copied(sim: np.ndarray, threshold: float) -> np.ndarray:
@@ -173,6 +210,8 @@ def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spe
             "examples": (("target", "init", "which", "y", "x", "rgb"), res["examples"],
                          {"long_name": "the first seed's generation from the start and from the recovered embedding"}),
             "target_image": (("target", "y", "x", "rgb"), np.stack([t["image"] for t in targets])),
+            "embedding": (("target", "init", "which", "token", "dim"), res["embedding"],
+                          {"long_name": "the search's start (which=original) and found (which=recovered) text embedding"}),
         },
         coords={"target": np.arange(len(targets)), "prompt": ("target", np.array([t["prompt"] for t in targets], dtype=object)),
                 "group": ("target", np.array([t["group"] for t in targets], dtype=object)),
@@ -185,10 +224,11 @@ def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spe
 
 def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, data_dir: str, groups: dict,
                 inits: list[str], spec: RecoverySpec, out: str | Path, variant_id: str, max_targets: int | None,
-                new_photos: int = 0, device="auto", dtype="auto", progress=False) -> None:
+                new_photos: int = 0, device="auto", dtype="auto", progress=False, searches_from: str | None = None) -> None:
     """The recovery attack on one variant: targets are the first `max_targets` prompts of each group
     (`groups`: {group: prompt list}) with their training photos from the testbed dataset `data_dir`, plus
-    `new_photos` crops the model never saw (captions from the dataset's grammar); written to `out` (netCDF)."""
+    `new_photos` crops the model never saw (captions from the dataset's grammar); written to `out` (netCDF).
+    `searches_from`: the unedited model's recovery file, whose searches an inference-time variant reuses."""
     from ..evaluate.groundtruth import GroundTruth
     from ..store import write_netcdf
     from .extraction import resolve_variant
@@ -212,10 +252,16 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
             targets.append({"prompt": caption, "group": "never_seen", "image": image, "unrelated": all_prompts[0]})
     if not targets:
         raise InputError("recovery: no targets (config key recovery.targets)")
+    searches = None
+    if searches_from:
+        if checkpoint or v.attacked_as != "none":
+            raise InputError(f"--searches-from: the variant {v.name!r} is not attacked through the unedited UNet")
+        searches = read_searches(searches_from, targets, inits, spec)
     pipe = v.load(model, checkpoint, device, dtype, None)
-    res = attack_targets(pipe, v, params, targets, inits, spec, all_prompts[:64], progress=progress)
+    res = attack_targets(pipe, v, params, targets, inits, spec, all_prompts[:64], progress=progress, searches=searches)
     ds = recovery_dataset(variant_id, targets, inits, spec, res, {"model": str(model), "checkpoint": str(checkpoint or ""),
-                                                                  "variant_name": v.name, "variant_params": json.dumps(params)})
+                                                                  "variant_name": v.name, "variant_params": json.dumps(params),
+                                                                  "searches_from": str(searches_from or "")})
     write_netcdf(ds, out)
 
 
@@ -292,7 +338,7 @@ def add_recovery_arguments(sub) -> None:
         spec = RecoverySpec(**json_object(args.spec))
         run_variant(args.model, args.variant, args.checkpoint, args.variant_params or {}, args.data, groups,
                     args.inits.split(","), spec, args.out, args.id or args.variant, args.max_targets, args.new_photos,
-                    args.device, args.dtype, progress=not args.no_progress)
+                    args.device, args.dtype, progress=not args.no_progress, searches_from=args.searches_from)
 
     def table(args):
         import pandas as pd
@@ -321,6 +367,8 @@ def add_recovery_arguments(sub) -> None:
     p.add_argument("--spec", default="{}", help="JSON of RecoverySpec fields")
     p.add_argument("--max-targets", type=int, default=None)
     p.add_argument("--new-photos", type=int, default=0)
+    p.add_argument("--searches-from", default=None,
+                   help="the unedited model's recovery file: an inference-time variant (wen) reuses its searches")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=run)

@@ -56,6 +56,7 @@ class Variant:
     colour: str
     needs_checkpoint: bool = False
     trained: bool = False  # its checkpoint comes from the plan's training rule (adversarial), not a localizer's masks
+    attacked_as: str | None = None  # an inference-time mitigation: the variant whose UNet an attacker optimises against
     load: Callable = _load_base
     generate: Callable = _generate_plain
     generate_embeds: Callable = _generate_embeds_plain
