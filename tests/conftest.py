@@ -25,6 +25,24 @@ def tiny_model(tmp_path_factory) -> Path:
     return save_untrained_pipeline(tmp_path_factory.mktemp("models") / "tiny", BPE, tiny_spec())
 
 
+WORKFLOW_SETS = {"mem": (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:10],
+                 "ctrl": (REPO / "resources/prompts/testbed/generalization.txt").read_text().splitlines()[:8]}
+WORKFLOW_COLLECTIONS = {
+    "m5": {"set": "mem", "n_subsets": 3, "size": 5, "seed": 0},
+    "c4": {"set": "ctrl", "n_subsets": 2, "size": 4, "seed": 0, "control": True},
+}
+
+
+@pytest.fixture(scope="session")
+def workflow_run(tiny_model, tmp_path_factory):
+    """One DAG run to results/iou.nc on the tiny model (2 sets, 2 collections), shared by the workflow tests and
+    the fault tests (a killed run from scratch must end byte-identical to it)."""
+    wd = tmp_path_factory.mktemp("wf")
+    write_config(wd, tiny_model, WORKFLOW_SETS, WORKFLOW_COLLECTIONS)
+    snakemake(wd, "results/iou.nc")
+    return wd
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_model):
     from memprune.models import load_pipeline

@@ -4,13 +4,10 @@ a fine-tuned UNet fits the same format."""
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from conftest import REPO, snakemake, write_config
 
 from memprune.edits import LayerMask, apply, load_edited_pipeline, load_unet, read_manifest, unet_sha256
 from memprune.prompts import InputError
@@ -138,25 +135,3 @@ def test_export_loads_with_from_pretrained(edits, tmp_path):
     expected = load_edited_pipeline(ckpts["rows"], device="cpu", dtype="float32").unet.state_dict()
     assert all(torch.equal(exported[k], v) for k, v in expected.items())
     assert not list((tmp_path / "full").rglob("*.bin"))  # safetensors only
-
-
-def test_prune_rule_in_the_dag_zeroes_the_union_mask(tiny_model, tmp_path):
-    """masks -> prune in a tiny workflow: the checkpoint zeroes exactly the subset's union mask."""
-    import yaml
-
-    from memprune.masks import read_mask_set
-
-    mem = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:4]
-    write_config(tmp_path, tiny_model, {"mem": mem}, {"m2": {"set": "mem", "n_subsets": 2, "size": 2, "seed": 0}})
-    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    tag = f"seed0_steps{cfg['sampling']['steps']}_g{cfg['sampling']['guidance']}_paper_sp0.05_tau3"
-    target = f"results/tiny/pruned/wanda/{tag}/m2/1"
-    snakemake(tmp_path, target)
-    manifest = read_manifest(tmp_path / target)
-    ms = read_mask_set(tmp_path / f"results/tiny/masks/wanda/{tag}/m2/1.zarr")
-    assert manifest["zeroed"] == ms.n_set() and manifest["zeroed_total"] > 0
-    assert manifest["method"] == "wanda" and manifest["params"] == {"sparsity": 0.05, "tau": 3}
-    assert (tmp_path / f"logs/tiny/prune/wanda/{tag}/m2_1.log").exists()
-    assert (tmp_path / f"benchmarks/tiny/prune/wanda/{tag}/m2_1.tsv").exists()
-    load_edited_pipeline(tmp_path / target, device="cpu")  # the base path recorded in the manifest resolves
-    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(tmp_path, "-n", target))

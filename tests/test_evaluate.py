@@ -302,6 +302,28 @@ def eval_run(tiny_model, tmp_path_factory):
     return wd
 
 
+def test_prune_rule_in_the_dag_zeroes_the_union_mask(eval_run):
+    """masks -> prune in the evaluation's DAG: each checkpoint zeroes exactly its subset's union mask."""
+    import yaml
+
+    from memprune.edits import load_edited_pipeline, read_manifest
+    from memprune.masks import read_mask_set
+
+    wd = eval_run
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    tag = f"seed0_steps{cfg['sampling']['steps']}_g{cfg['sampling']['guidance']}_paper_sp0.05_tau3"
+    for subset in (0, 1):
+        target = f"results/tiny/pruned/wanda/{tag}/m5/{subset}"
+        manifest = read_manifest(wd / target)
+        ms = read_mask_set(wd / f"results/tiny/masks/wanda/{tag}/m5/{subset}.zarr")
+        assert manifest["zeroed"] == ms.n_set() and manifest["zeroed_total"] > 0
+        assert manifest["method"] == "wanda" and manifest["params"] == {"sparsity": 0.05, "tau": 3}
+        assert (wd / f"logs/tiny/prune/wanda/{tag}/m5_{subset}.log").exists()
+        assert (wd / f"benchmarks/tiny/prune/wanda/{tag}/m5_{subset}.tsv").exists()
+    load_edited_pipeline(wd / target, device="cpu")  # the base path recorded in the manifest resolves
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(wd, "-n", target))
+
+
 def test_end_to_end_evaluation(eval_run):
     wd = eval_run
     ds = xr.open_dataset(wd / "results/tiny/eval.nc", engine="h5netcdf")

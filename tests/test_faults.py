@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from conftest import REPO, kill_while_running, write_config
+from conftest import REPO, WORKFLOW_COLLECTIONS, WORKFLOW_SETS, kill_while_running, write_config
 from test_workflow import digest_tree
 
 MEM = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:6]
@@ -67,23 +67,20 @@ def _accepted_outputs(wd: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_sigkill_at_several_points_then_rerun_is_byte_identical(tiny_model, tmp_path):
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    _setup(ref, tiny_model)
-    _run(ref, "results/iou.nc")
-
+def test_sigkill_at_several_points_then_rerun_is_byte_identical(tiny_model, workflow_run, tmp_path):
+    """The shared workflow run's config, run again from scratch in another directory and SIGKILLed three times:
+    what is left always opens, and the rerun's masks and iou.nc are byte-identical to the uninterrupted run's."""
     wd = tmp_path / "killed"
     wd.mkdir()
-    _setup(wd, tiny_model)
+    write_config(wd, tiny_model, WORKFLOW_SETS, WORKFLOW_COLLECTIONS)
     for seconds in (4.0, 9.0, 14.0):
         _kill_after(wd, seconds)
         _accepted_outputs(wd)  # whatever exists is complete
         _run(wd, "--unlock")
     _run(wd, "results/iou.nc", "--rerun-incomplete")
-    assert digest_tree(wd / "results/tiny/masks") == digest_tree(ref / "results/tiny/masks")
+    assert digest_tree(wd / "results/tiny/masks") == digest_tree(workflow_run / "results/tiny/masks")
     xr.testing.assert_identical(xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf").load(),
-                                xr.open_dataset(ref / "results/iou.nc", engine="h5netcdf").load())
+                                xr.open_dataset(workflow_run / "results/iou.nc", engine="h5netcdf").load())
 
 
 def test_killed_capture_leaves_no_store(tiny_model, tmp_path):

@@ -160,8 +160,7 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
     ctrl = (REPO / "resources/prompts/testbed/single.txt").read_text().splitlines()[:4]
     nemo_params = {"calibration": ["ctrl"], "seeds": 3, "steps": 4, "max_refine": 4}
     write_config(tmp_path, tiny_model, {"mem": mem, "ctrl": ctrl},
-                 {"m": {"set": "mem", "n_subsets": 2, "size": 2, "seed": 1},
-                  "c": {"set": "ctrl", "n_subsets": 2, "size": 2, "seed": 1, "control": True}},
+                 {"m": {"set": "mem", "n_subsets": 2, "size": 2, "seed": 1}},  # ctrl: NeMo's calibration only
                  sampling={"steps": 4, "guidance": 3.0, "batch_size": 4, "seed": 0},
                  localizers={"wanda": {}, "nemo": nemo_params, "random_nemo": {"localizer": "random", "like": "nemo"}})
     snakemake(tmp_path, "results/iou.nc")

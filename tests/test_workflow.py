@@ -2,21 +2,15 @@
 
 import hashlib
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import REPO, snakemake, write_config
+from conftest import REPO, WORKFLOW_COLLECTIONS as COLLECTIONS, WORKFLOW_SETS, snakemake, write_config
 
-MEM = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:10]
-CTRL = (REPO / "resources/prompts/testbed/generalization.txt").read_text().splitlines()[:8]
-COLLECTIONS = {
-    "m5": {"set": "mem", "n_subsets": 3, "size": 5, "seed": 0},
-    "c4": {"set": "ctrl", "n_subsets": 2, "size": 4, "seed": 0, "control": True},
-}
+MEM, CTRL = WORKFLOW_SETS["mem"], WORKFLOW_SETS["ctrl"]
 
 
 def planned_jobs(proc) -> dict[str, int]:
@@ -36,14 +30,6 @@ def digest_tree(path: Path) -> str:
             h.update(p.relative_to(path).as_posix().encode())
             h.update(p.read_bytes())
     return h.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def workflow_run(tiny_model, tmp_path_factory):
-    wd = tmp_path_factory.mktemp("wf")
-    write_config(wd, tiny_model, {"mem": MEM, "ctrl": CTRL}, COLLECTIONS)
-    snakemake(wd, "results/iou.nc")
-    return wd
 
 
 def test_end_to_end_outputs(workflow_run):
@@ -93,17 +79,6 @@ def _model(wd: Path) -> Path:
     import yaml
 
     return Path(yaml.safe_load((wd / "config.yaml").read_text())["model"]["path"])
-
-
-def test_masks_and_iou_are_byte_identical_on_rerun(workflow_run):
-    wd = workflow_run
-    masks = wd / "results/tiny/masks"
-    before = digest_tree(masks)
-    iou_before = xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf").load()
-    snakemake(wd, "--forceall", "results/iou.nc")
-    assert digest_tree(masks) == before
-    iou_after = xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf").load()
-    xr.testing.assert_identical(iou_before, iou_after)
 
 
 def test_nan_activations_stop_masks_and_leave_nothing(workflow_run, tmp_path):
