@@ -141,7 +141,7 @@ def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list
         z0 = image_latent(pipe, target["image"])
         for ii, init in enumerate(inits):
             if searches is not None:
-                start, y = (torch.from_numpy(searches["embedding"][ti, ii, k])[None] for k in (0, 1))
+                start, y = (torch.from_numpy(searches["embedding"][ti, ii, k])[None].to(unet.device) for k in (0, 1))
                 losses[ti, ii], seconds[ti, ii] = searches["loss"][ti, ii], searches["seconds"][ti, ii]
             else:
                 start = start_embedding(pipe, init, target["prompt"], target["unrelated"], reference, gen)
