@@ -154,7 +154,7 @@ rule recovery_model:
         groups=RECOVERY.groups_json() if RECOVERY.enabled else "",
         spec=RECOVERY.spec if RECOVERY.enabled else "",
         reuse=lambda wc, input: f"--searches-from {input.searches}" if input.searches else "",
-    threads: RECOVERY.cfg.get("threads", 1) if RECOVERY.enabled else 1  # 1: two jobs at once on 2 cores (benchmarks/recovery_threads.py)
+    threads: RECOVERY.cfg.get("threads", 1)  # 1: two jobs at once on 2 cores (benchmarks/recovery_threads.py)
     resources:
         gpu=1,
     log:

@@ -145,14 +145,6 @@ class Attack:
     def result(self, model: EvalModel) -> str:
         return f"{self.dir}/{model.path}.nc"
 
-    def searches_from(self, model: EvalModel) -> list[str]:
-        """The recovery file whose searches `model` reuses: an inference-time variant's (Wen) are the unedited
-        model's, when that model is attacked too; [] otherwise."""
-        from . import variants
-
-        base = variants.get(model.variant).attacked_as
-        return [self.result(m) for m in self.models if base and m.variant == base and m.method is None][:1]
-
     def chunk_range(self, k: int) -> tuple[int, int]:
         n = self.cfg["chunk_size"]
         return k * n, (k + 1) * n

@@ -138,7 +138,7 @@ def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list
     examples = np.zeros((T, I, 2, *targets[0]["image"].shape), np.uint8) if targets else None
     embeddings = np.zeros((T, I, 2, *reference.shape[1:]), np.float32)
     for ti, target in enumerate(tqdm(targets, desc="recovery", disable=not progress)):
-        z0 = image_latent(pipe, target["image"])
+        z0 = image_latent(pipe, target["image"]) if searches is None else None  # reused searches: no latent needed
         for ii, init in enumerate(inits):
             if searches is not None:
                 start, y = (torch.from_numpy(searches["embedding"][ti, ii, k])[None].to(unet.device) for k in (0, 1))
