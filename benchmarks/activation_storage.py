@@ -38,10 +38,10 @@ def main() -> None:
     import torch
     import xarray as xr
 
-    from memprune.activations import Capture, capture_to_dataset
-    from memprune.locate import statistic_sums
-    from memprune.scores_packed import memorized_masks_packed
-    from memprune.store import open_zarr, write_zarr
+    from memprune.capture.hooks import Capture, capture_to_dataset
+    from memprune.capture.gather import statistic_sums
+    from memprune.localize.wanda_packed import memorized_masks_packed
+    from memprune.formats.store import open_zarr, write_zarr
 
     rng = np.random.default_rng(args.seed)
     layers = [f"layer{i:02d}.ff.net.2" for i in range(len(SD15_IN))]

@@ -9,7 +9,7 @@ import argparse
 import statistics
 import time
 
-from memprune.activations import FFNInputRecorder
+from memprune.capture.hooks import FFNInputRecorder
 from memprune.models import ffn_layers, load_pipeline
 from memprune.sampling import SamplingConfig, generate
 

@@ -31,7 +31,7 @@ def read(path: Path) -> dict:
 def main() -> None:
     import yaml
 
-    from memprune.plan import Plan
+    from memprune.plan.config import Plan
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "config.yaml"))

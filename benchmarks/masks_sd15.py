@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from memprune.analysis import layer_overlap
-from memprune.masks import MaskSet, read_mask_set, write_mask_set
-from memprune.overlap import mean_over_pairs
-from memprune.store import write_zarr
-from memprune.scores import memorized_mask
-from memprune.scores_packed import memorized_masks_packed, union_over_timesteps_packed
+from memprune.analysis.density_iou import layer_overlap
+from memprune.formats.masks import MaskSet, read_mask_set, write_mask_set
+from memprune.analysis.overlap import mean_over_pairs
+from memprune.formats.store import write_zarr
+from memprune.localize.wanda_scores import memorized_mask
+from memprune.localize.wanda_packed import memorized_masks_packed, union_over_timesteps_packed
 
 SD15 = [(320, 1280)] * 2 + [(640, 2560)] * 2 + [(1280, 5120)] * 2 + [(1280, 5120)] + [(1280, 5120)] * 3 + [(640, 2560)] * 3 + [(320, 1280)] * 3
 

@@ -36,11 +36,11 @@ def main() -> None:
 
     import torch
 
-    from memprune.evaluate.groundtruth import GroundTruth
+    from memprune.evaluate.training_images import TrainingImages
     from memprune.localize import nemo
-    from memprune.metrics import ssim_matrix
+    from memprune.evaluate.metrics import ssim_matrix
     from memprune.models import load_pipeline
-    from memprune.neurons import read_neurons
+    from memprune.localize.nemo_search import read_neurons
     from memprune.sampling import SamplingConfig, generate
 
     torch.set_num_threads(args.threads)
@@ -49,7 +49,7 @@ def main() -> None:
     ds = read_neurons(args.neurons)
     layers = nemo.value_layers(pipe.unet)
     probe_offsets = np.cumsum([0] + [lin.out_features for _, lin in layers])
-    truth = GroundTruth(data=args.data)
+    truth = TrainingImages(data=args.data)
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=16)
     rng = np.random.default_rng(0)

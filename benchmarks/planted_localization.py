@@ -40,23 +40,23 @@ def main() -> None:
     import torch
 
     from memprune import localize
-    from memprune.activations import capture
-    from memprune.edits import apply
-    from memprune.localization import random_baseline, recall_at, weight_precision_recall
-    from memprune.metrics import copy_rate
+    from memprune.capture.hooks import capture
+    from memprune.formats.edits import apply
+    from memprune.localize.known_answer import random_baseline, recall_at, weight_precision_recall
+    from memprune.evaluate.metrics import copy_rate
     from memprune.models import ffn_layers, load_pipeline
     from memprune.sampling import SamplingConfig, generate
-    from memprune.scores_packed import unpack
-    from memprune.testbed.dataset import load_images, read_ground_truth
+    from memprune.localize.wanda_packed import unpack
+    from memprune.testbed.dataset import load_images, read_checked_manifest
     from memprune.testbed.planted import oracle_masks, planted_images
-    from memprune.testbed.planted import read_ground_truth as read_planted
+    from memprune.testbed.planted import read_planted_units as read_planted
     from memprune.testbed.report import own_photo_ssim
     from memprune.testbed.scenes import prompt_following
 
     torch.set_num_threads(args.threads)
     model, data = Path(args.model), Path(args.data)
     truth = read_planted(model)
-    rows = read_ground_truth(model, data)
+    rows = read_planted_units(model, data)
     planted = {l: np.array(v) for l, v in truth["layers"].items()}
     rng = np.random.default_rng(args.subset_seed)
     subset = sorted(rng.choice(truth["k"], size=args.subset_size, replace=False).tolist())

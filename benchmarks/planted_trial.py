@@ -46,19 +46,19 @@ def main() -> None:
 
     import torch
 
-    from memprune.edits import apply
-    from memprune.metrics import copy_rate, ssim_matrix
+    from memprune.formats.edits import apply
+    from memprune.evaluate.metrics import copy_rate, ssim_matrix
     from memprune.models import load_pipeline
     from memprune.sampling import SamplingConfig, generate
-    from memprune.testbed.dataset import load_images, read_ground_truth
+    from memprune.testbed.dataset import load_images, read_checked_manifest
     from memprune.testbed.planted import oracle_masks, planted_images
-    from memprune.testbed.planted import read_ground_truth as read_planted
+    from memprune.testbed.planted import read_planted_units as read_planted
     from memprune.testbed.report import own_photo_ssim
     from memprune.testbed.scenes import prompt_following
 
     torch.set_num_threads(args.threads)
     data = Path(args.data)
-    rows = read_ground_truth(Path(args.model), data)
+    rows = read_planted_units(Path(args.model), data)
     truth = read_planted(Path(args.model))
     new_own = planted_images(Path(args.model), truth)
     dup = [r for r in rows if r["group"] == "duplicated"]

@@ -43,21 +43,21 @@ def main() -> None:
 
     import torch
 
-    from memprune.edits import LayerMask, apply
-    from memprune.locate import locate_collection
-    from memprune.masks import read_mask_set
-    from memprune.metrics import copy_rate
+    from memprune.formats.edits import LayerMask, apply
+    from memprune.localize.run import locate_collection
+    from memprune.formats.masks import read_mask_set
+    from memprune.evaluate.metrics import copy_rate
     from memprune.models import ffn_layers, load_pipeline
     from memprune.sampling import SamplingConfig, generate
-    from memprune.store import open_zarr
-    from memprune.testbed.dataset import load_images, read_ground_truth
+    from memprune.formats.store import open_zarr
+    from memprune.testbed.dataset import load_images, read_checked_manifest
     from memprune.testbed.report import own_photo_ssim
     from memprune.testbed.scenes import prompt_following
 
     act_dir = Path(args.activations)
     subset_store = act_dir / "subsets" / args.collection / f"{args.subset}.zarr"
     subset_prompts = set(map(str, open_zarr(subset_store, load=False)["prompt"].values))
-    rows = read_ground_truth(Path(args.model), Path(args.data))
+    rows = read_checked_manifest(Path(args.model), Path(args.data))
     dup = [r for r in rows if r["group"] == "duplicated" and r["caption"] not in subset_prompts]
     held = [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"]
     own = load_images(Path(args.data), dup)

@@ -44,20 +44,20 @@ def main() -> None:
 
     import torch
 
-    from memprune.activations import BRANCHES, capture
+    from memprune.capture.hooks import BRANCHES, capture
     from memprune.attacks import recovery
-    from memprune.evaluate.groundtruth import GroundTruth
+    from memprune.evaluate.training_images import TrainingImages
     from memprune.localize import Inputs, get
-    from memprune.metrics import ssim_matrix
+    from memprune.evaluate.metrics import ssim_matrix
     from memprune.models import ffn_layers, load_pipeline
-    from memprune.overlap import pairwise_iou
-    from memprune.prompts import read_prompts
+    from memprune.analysis.overlap import pairwise_iou
+    from memprune.formats.prompts import read_prompts
     from memprune.sampling import SamplingConfig
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, "cpu", "float32")
     pipe.unet.requires_grad_(False)
-    truth = GroundTruth(data=args.data)
+    truth = TrainingImages(data=args.data)
     spec = recovery.RecoverySpec()
     sampling = SamplingConfig(steps=args.capture_steps, guidance=args.guidance, batch_size=16)
     weights = {n: lin.weight.detach().float() for n, lin in ffn_layers(pipe.unet)}

@@ -27,14 +27,14 @@ def searches(model: str, data: str, prompts: str, targets: int, threads: int) ->
     import torch
 
     from memprune.attacks import recovery
-    from memprune.evaluate.groundtruth import GroundTruth
+    from memprune.evaluate.training_images import TrainingImages
     from memprune.models import load_pipeline
-    from memprune.prompts import read_prompts
+    from memprune.formats.prompts import read_prompts
 
     torch.set_num_threads(threads)
     pipe = load_pipeline(model, "cpu", "float32")
     pipe.unet.requires_grad_(False)
-    truth = GroundTruth(data=data)
+    truth = TrainingImages(data=data)
     spec = recovery.RecoverySpec()
     gen = torch.Generator().manual_seed(0)
     work = []

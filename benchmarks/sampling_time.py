@@ -15,9 +15,10 @@ import time
 import yaml
 
 from memprune.models import load_pipeline
-from memprune.prompts import read_prompts
-from memprune.edits import load_edited_pipeline
-from memprune.sampling import SamplingConfig, generate, wen_mitigated_embeddings
+from memprune.formats.prompts import read_prompts
+from memprune.formats.edits import load_edited_pipeline
+from memprune.sampling import SamplingConfig, generate
+from memprune.mitigate.wen import wen_mitigated_embeddings
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="cpu only for a plumbing check (fp32, slow)")
     ap.add_argument("--deadline", type=float, default=150, help="seconds: skip what would start after this")
     args = ap.parse_args()
-    from memprune.activations import capture
+    from memprune.capture.hooks import capture
     from memprune.sampling import SamplingConfig, generate
 
     t_start = time.time()

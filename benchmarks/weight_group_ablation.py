@@ -58,10 +58,10 @@ def main() -> None:
     import yaml
 
     from memprune.attacks.extraction import generate_candidates, identify
-    from memprune.metrics import copy_rate
+    from memprune.evaluate.metrics import copy_rate
     from memprune.models import load_pipeline
     from memprune.sampling import SamplingConfig, generate
-    from memprune.testbed.dataset import load_images, read_ground_truth
+    from memprune.testbed.dataset import load_images, read_checked_manifest
     from memprune.testbed.report import own_photo_ssim
     from memprune.testbed.scenes import prompt_following
 
@@ -71,7 +71,7 @@ def main() -> None:
         sys.exit(f"unknown setting(s) {unknown}; known: {list(GROUPS)}")
     attack_cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["attack"]
     data = Path(args.data)
-    rows = read_ground_truth(Path(args.model), data)
+    rows = read_checked_manifest(Path(args.model), data)
     dup = [r for r in rows if r["group"] == "duplicated"]
     held = [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"]
     own = load_images(data, dup)

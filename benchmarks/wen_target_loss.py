@@ -40,16 +40,17 @@ def main() -> None:
 
     import yaml
 
-    from memprune.metrics import copy_rate
+    from memprune.evaluate.metrics import copy_rate
     from memprune.models import load_pipeline
-    from memprune.prompts import read_prompts
-    from memprune.sampling import SamplingConfig, generate, wen_mitigated_embeddings
-    from memprune.testbed.dataset import load_images, read_ground_truth
+    from memprune.formats.prompts import read_prompts
+    from memprune.sampling import SamplingConfig, generate
+    from memprune.mitigate.wen import wen_mitigated_embeddings
+    from memprune.testbed.dataset import load_images, read_checked_manifest
     from memprune.testbed.report import own_photo_ssim
 
     wen = yaml.safe_load((ROOT / "config.yaml").read_text())["mitigation"]["wen"]
     data = Path(args.data)
-    dup = [r for r in read_ground_truth(Path(args.model), data) if r["group"] == "duplicated"]
+    dup = [r for r in read_checked_manifest(Path(args.model), data) if r["group"] == "duplicated"]
     own = load_images(data, dup)
     mem = [r["caption"] for r in dup]
     non = read_prompts(Path(args.nonmemorized))

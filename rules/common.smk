@@ -1,12 +1,12 @@
-# Wiring only: the plan (memprune.plan, pure and unit-tested) turns the config into prompt sets, collections,
+# Wiring only: the plan (memprune.plan.config, pure and unit-tested) turns the config into prompt sets, collections,
 # localizers, compared models, paths and command arguments. Prompt files are read when the plan is built, so a
 # bad file stops the run before any job starts, naming the file and line.
 import json
 from pathlib import Path
 
-from memprune.plan import Plan, options, prompts_digest
-from memprune.plan_eval import Adversarial, Attack, Detection, Evaluation, Recovery
-from memprune.prompts import read_prompts
+from memprune.plan.config import Plan, options, prompts_digest
+from memprune.plan.compare import Adversarial, Attack, Detection, Evaluation, Recovery
+from memprune.formats.prompts import read_prompts
 
 
 def _detected_prompts(name):

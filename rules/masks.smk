@@ -1,7 +1,7 @@
 # Localization: every localizer of config `localizers` (workflow/memprune/localize/) on every subset of each
 # collection, one job per (method, collection) writing one mask store per subset; paths carry the method and its
 # parameters (masks/<method>/<tag>/<collection>/<i>.zarr). Pruned checkpoints (the common edit path,
-# memprune.edits) are made per subset when evaluation or the attack asks for them.
+# memprune.formats.edits) are made per subset when evaluation or the attack asks for them.
 
 
 rule masks:

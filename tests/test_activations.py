@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from memprune.activations import FFNInputRecorder, capture
+from memprune.capture.hooks import FFNInputRecorder, capture
 from memprune.models import ffn_layers
-from memprune.prompts import InputError
+from memprune.errors import InputError
 from memprune.sampling import SamplingConfig
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import denoising_loss, kill_while_running
-from memprune.attacks import adversarial
-from memprune.prompts import InputError
+from memprune.mitigate import adversarial
+from memprune.errors import InputError
 
 
 def test_finetune_pulls_the_prompt_toward_the_surrogate(tiny_model):
@@ -53,7 +53,13 @@ def test_spec_and_surrogate_refuse_bad_values(tiny_pipe):
 def test_killed_finetune_leaves_no_checkpoint_and_the_registry_evaluates_the_rerun(tiny_model, tmp_path):
     import shutil
 
-    from memprune.testbed.dataset import TRAIN_RECORD_NAME, DatasetSpec, dataset_digest, generate_dataset, read_manifest
+    from memprune.testbed.dataset import (
+        TRAIN_RECORD_NAME,
+        DatasetSpec,
+        dataset_digest,
+        generate_dataset,
+        read_manifest,
+    )
 
     data = tmp_path / "data"
     generate_dataset(DatasetSpec(seed=1, n_duplicated=2, duplication=2, n_single=2, renders_per_scene=1), data)

@@ -10,7 +10,7 @@ from conftest import REPO, snakemake, write_config
 from test_workflow import planned_jobs
 from memprune.attacks.detection import detection_scores, roc_auc, top_k_prompts, tpr_at_fpr
 from memprune.attacks.extraction import format_table, identify, largest_clique, pairwise_tiled_distances
-from memprune.metrics import tiled_l2
+from memprune.evaluate.metrics import tiled_l2
 
 
 def _image(seed=0):
@@ -160,7 +160,7 @@ def test_detection_ranks_the_planted_prompt_first(tiny_model):
 
 
 def test_top_k_prompts(tmp_path):
-    from memprune.store import write_netcdf
+    from memprune.formats.store import write_netcdf
 
     files = []
     for name, prompts, scores in [("a", ["p1", "p2", "p3"], [0.5, 3.0, 1.0]), ("b", ["q1", "p3"], [2.0, 1.0])]:
@@ -252,7 +252,7 @@ def test_attack_refuses_ground_truth_from_another_testbed_dataset(tmp_path):
     import json
 
     from memprune.attacks.extraction import attack_chunk
-    from memprune.prompts import InputError
+    from memprune.errors import InputError
     from memprune.sampling import SamplingConfig
     from memprune.testbed.dataset import DatasetSpec, generate_dataset
 

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import REPO, snakemake, write_config
 from memprune.cli import main
-from memprune.prompts import InputError, read_prompts
+from memprune.errors import InputError
+from memprune.formats.prompts import read_prompts
 
 
 def test_sample_cli_writes_pngs_and_index(tiny_model, tmp_path):

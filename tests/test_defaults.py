@@ -44,7 +44,7 @@ def test_report_threshold_defaults_agree():
 
 def test_wen_defaults_agree():
     from memprune import variants
-    from memprune.sampling import wen_mitigated_embeddings
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     schema = schema_defaults("mitigation", "wen")
     signature = inspect.signature(wen_mitigated_embeddings).parameters

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from memprune.edits import LayerMask, apply, load_edited_pipeline, load_unet, read_manifest, unet_sha256
-from memprune.prompts import InputError
+from memprune.formats.edits import LayerMask, apply, load_edited_pipeline, load_unet, read_manifest, unet_sha256
+from memprune.errors import InputError
 
 
 def _layers(model):
@@ -26,7 +26,7 @@ def _layers(model):
 def edits(tiny_model, tmp_path_factory):
     """Checkpoints of a weight mask (ff.net.2), a rows mask (to_v and ff.net.2 rows, which have a bias) and a
     columns mask, with the masks used."""
-    from memprune.edits import write_masked_edit
+    from memprune.formats.edits import write_masked_edit
 
     wd = tmp_path_factory.mktemp("edits")
     unet, ffn, to_v = _layers(tiny_model)
@@ -75,7 +75,7 @@ def test_apply_refuses_a_mask_of_the_wrong_shape_or_layer(tiny_model):
 
 
 def test_a_fine_tuned_unet_fits_the_same_manifest(tiny_model, tmp_path):
-    from memprune.edits import write_weights_edit
+    from memprune.formats.edits import write_weights_edit
 
     unet = load_unet(tiny_model)
     with torch.no_grad():
@@ -101,7 +101,7 @@ def test_wrong_base_is_refused_with_both_hashes(edits, tiny_model, tmp_path):
 def test_tampered_or_refilled_checkpoints_are_refused(edits, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from memprune.edits import file_sha256
+    from memprune.formats.edits import file_sha256
 
     ckpts, _ = edits
     bad = tmp_path / "bad"

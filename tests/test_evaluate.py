@@ -10,10 +10,10 @@ import pytest
 import xarray as xr
 
 from conftest import REPO, snakemake, write_config
-from memprune.evaluate.groundtruth import GroundTruth
+from memprune.evaluate.training_images import TrainingImages
 from memprune.evaluate.prompts import fair_split, read_models, subset_prompts
-from memprune.metrics import copy_rate
-from memprune.prompts import InputError
+from memprune.evaluate.metrics import copy_rate
+from memprune.errors import InputError
 
 MEM = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:10]
 NON = (REPO / "resources/prompts/testbed/heldout.txt").read_text().splitlines()[:3]
@@ -69,7 +69,7 @@ def test_ground_truth_directory_layout_and_clear_error(tmp_path):
     prompts.write_text("first\nsecond\n")
     (tmp_path / "gt" / "1").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "gt" / "1" / "a.png")
-    gt = GroundTruth(None, tmp_path / "gt", prompts)
+    gt = TrainingImages(None, tmp_path / "gt", prompts)
     assert gt.images("second").shape == (1, 8, 8, 3)
     with pytest.raises(InputError, match=r"memorized prompt 0 .*gt/0/\*\.png"):
         gt.images("first")
@@ -99,7 +99,7 @@ def test_ground_truth_from_the_testbed_manifest(tmp_path):
     rows = read_manifest(data / "manifest.jsonl")
     dup = next(r["caption"] for r in rows if r["group"] == "duplicated")
     heldout = next(r for r in rows if r["split"] == "heldout")
-    gt = GroundTruth(data)
+    gt = TrainingImages(data)
     assert gt.rows == rows and gt.attributes[heldout["caption"]]["shape"] == heldout["shape"]
     assert gt.images(dup).shape == (1, 32, 32, 3) and gt.images(heldout["caption"]).shape == (1, 32, 32, 3)
     # what the attack reads: the train split's images, None where a prompt has none there
@@ -112,7 +112,7 @@ def test_ground_truth_from_the_testbed_manifest(tmp_path):
     model.mkdir()
     (model / "memprune_train.json").write_text(json.dumps({"dataset_sha256": "0" * 64}))
     with pytest.raises(InputError, match="trained on another testbed dataset"):
-        GroundTruth(data, model=model)
+        TrainingImages(data, model=model)
 
 
 @pytest.fixture
@@ -306,8 +306,8 @@ def test_prune_rule_in_the_dag_zeroes_the_union_mask(eval_run):
     """masks -> prune in the evaluation's DAG: each checkpoint zeroes exactly its subset's union mask."""
     import yaml
 
-    from memprune.edits import load_edited_pipeline, read_manifest
-    from memprune.masks import read_mask_set
+    from memprune.formats.edits import load_edited_pipeline, read_manifest
+    from memprune.formats.masks import read_mask_set
 
     wd = eval_run
     cfg = yaml.safe_load((wd / "config.yaml").read_text())

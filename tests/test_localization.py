@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from memprune.localization import random_baseline, recall_at, unit_ranking, weight_precision_recall
+from memprune.localize.known_answer import random_baseline, recall_at, unit_ranking, weight_precision_recall
 
 
 def test_precision_recall_of_hand_made_masks():
@@ -41,8 +41,8 @@ def test_random_baseline():
 
 
 def test_localization_dataset_scores_stored_masks(tmp_path):
-    from memprune.localization import localization_dataset
-    from memprune.masks import MaskSet, write_mask_set
+    from memprune.localize.known_answer import localization_dataset
+    from memprune.formats.masks import MaskSet, write_mask_set
     from memprune.localize import pack
 
     planted = {"a": [1], "b": [0, 2]}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from memprune import localize
-from memprune.scores import memorized_mask, union_over_timesteps
-from memprune.scores_packed import unpack
+from memprune.localize.wanda_scores import memorized_mask, union_over_timesteps
+from memprune.localize.wanda_packed import unpack
 
 
 def _inputs(seed=0, out_f=6, in_f=40, steps=4, n=3, planted=None, weight=None):
@@ -97,7 +97,7 @@ def test_random_keeps_the_counts_per_row_and_step_and_is_seeded():
 def test_oracle_returns_the_planted_columns_and_refuses_a_model_without_an_answer(tmp_path):
     import json
 
-    from memprune.prompts import InputError
+    from memprune.errors import InputError
 
     inputs = _inputs()
     inputs.model = str(tmp_path)

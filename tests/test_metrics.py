@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from memprune.metrics import (ClipScorer, CopySimilarity, clip_score, cosine_matrix, frechet_distance, ssim_matrix)
-from memprune.prompts import InputError
+from memprune.evaluate.metrics import (
+    ClipScorer,
+    CopySimilarity,
+    clip_score,
+    cosine_matrix,
+    frechet_distance,
+    ssim_matrix,
+)
+from memprune.errors import InputError
 
 SHIPPED_CLIP = REPO / "resources" / "testbed_clip"
 

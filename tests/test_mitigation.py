@@ -23,7 +23,7 @@ def text_embeddings(pipe, prompts):
 
 
 def test_optimisation_lowers_its_own_loss_and_keeps_shapes(tiny_pipe):
-    from memprune.sampling import wen_mitigated_embeddings
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     embeds, info = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(), lr=0.05, max_iters=5, target_loss=None)
     assert embeds.shape == text_embeddings(tiny_pipe, PROMPTS).shape
@@ -36,7 +36,8 @@ def test_optimisation_lowers_its_own_loss_and_keeps_shapes(tiny_pipe):
 
 
 def test_initial_loss_is_the_l2_norm_of_the_text_conditional_prediction(tiny_pipe):
-    from memprune.sampling import _initial_latents, wen_mitigated_embeddings
+    from memprune.sampling import _initial_latents
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     _, info = wen_mitigated_embeddings(tiny_pipe, PROMPTS[:2], SEEDS[:2], cfg(), max_iters=0)
     sched = tiny_pipe.scheduler
@@ -53,7 +54,7 @@ def test_initial_loss_is_the_l2_norm_of_the_text_conditional_prediction(tiny_pip
 
 
 def test_stops_per_prompt_when_the_target_is_reached(tiny_pipe):
-    from memprune.sampling import wen_mitigated_embeddings
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     _, first = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(), max_iters=0)
     # above every initial loss: nothing to do, embeddings unchanged
@@ -74,7 +75,7 @@ def test_stops_per_prompt_when_the_target_is_reached(tiny_pipe):
 
 
 def test_deterministic_and_independent_of_the_batch_cut(tiny_pipe):
-    from memprune.sampling import wen_mitigated_embeddings
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     a, info_a = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(4), max_iters=3, target_loss=None)
     b, info_b = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(4), max_iters=3, target_loss=None)
@@ -86,7 +87,8 @@ def test_deterministic_and_independent_of_the_batch_cut(tiny_pipe):
 
 def test_generation_with_the_embeddings_keeps_the_null_prompt_unconditional(tiny_pipe):
     """Unoptimised embeddings give exactly the prompt's images: the negative branch is the null prompt's."""
-    from memprune.sampling import generate, wen_mitigated_embeddings
+    from memprune.sampling import generate
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     unchanged, _ = wen_mitigated_embeddings(tiny_pipe, PROMPTS, SEEDS, cfg(), max_iters=0)
     plain = generate(tiny_pipe, PROMPTS, SEEDS, cfg())
@@ -98,7 +100,7 @@ def test_generation_with_the_embeddings_keeps_the_null_prompt_unconditional(tiny
 
 def test_works_for_v_prediction(tmp_path):
     from memprune.models import load_pipeline
-    from memprune.sampling import wen_mitigated_embeddings
+    from memprune.mitigate.wen import wen_mitigated_embeddings
     from memprune.testbed.model import save_untrained_pipeline
 
     model = save_untrained_pipeline(tmp_path / "v", BPE, tiny_spec(), prediction_type="v_prediction")
@@ -109,7 +111,7 @@ def test_works_for_v_prediction(tmp_path):
 
 
 def test_bad_arguments():
-    from memprune.sampling import wen_mitigated_embeddings
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     with pytest.raises(ValueError, match="seeds"):
         wen_mitigated_embeddings(None, ["a"], [0, 1], cfg())
@@ -121,7 +123,8 @@ def test_wen_variant_through_eval_sample_records_its_optimisation(tiny_model, ti
     import json
 
     from memprune.evaluate.sample import sample_variant
-    from memprune.sampling import generate, wen_mitigated_embeddings
+    from memprune.sampling import generate
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     (tmp_path / "mem.txt").write_text("".join(p + "\n" for p in PROMPTS[:2]))
     params = {"lr": 0.05, "max_iters": 3, "target_loss": None}

@@ -1,4 +1,4 @@
-"""NeMo (localize/nemo.py, memprune.neurons): z-scores, the threshold, the edit, and the search on a tiny model
+"""NeMo (localize/nemo.py, memprune.localize.nemo_search): z-scores, the threshold, the edit, and the search on a tiny model
 whose memorization is planted in one to_v channel."""
 
 import json
@@ -113,7 +113,7 @@ def test_union_masks_and_the_edit_zero_exactly_the_chosen_rows(tiny_pipe):
 
     import xarray as xr
 
-    from memprune.edits import apply
+    from memprune.formats.edits import apply
     from memprune.localize import Inputs
 
     layers = nemo.value_layers(tiny_pipe.unet)
@@ -154,7 +154,7 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
     import xarray as xr
 
     from conftest import REPO, snakemake, write_config
-    from memprune.masks import read_mask_set
+    from memprune.formats.masks import read_mask_set
 
     mem = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:4]
     ctrl = (REPO / "resources/prompts/testbed/single.txt").read_text().splitlines()[:4]
@@ -177,7 +177,7 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
     assert set(ms.kinds.values()) == {"rows"} and rnd.n_set() == ms.n_set()  # equal counts per layer
     neurons = tmp_path / f"results/tiny/nemo/{tag}/neurons/mem.nc"
     searched = xr.open_dataset(neurons, engine="h5netcdf").load()
-    from memprune.subsets import draw_subsets
+    from memprune.plan.subsets import draw_subsets
 
     assert searched.pool_index.values.tolist() == sorted({i for s in draw_subsets(4, 2, 2, 1) for i in s})
     assert (searched.n_refined <= searched.n_initial).all() and searched.attrs["threshold"] > 0

@@ -2,8 +2,8 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from memprune.analysis import random_like_packed
-from memprune.overlap import density, iou, mean_over_pairs, pairwise_iou
+from memprune.analysis.density_iou import random_like_packed
+from memprune.analysis.overlap import density, iou, mean_over_pairs, pairwise_iou
 
 
 def pack(m):
@@ -46,7 +46,7 @@ def test_pairwise_iou_symmetric_and_one_on_identical(masks):
 
 
 def _mask_store(path, rng, layers=(("a", 6, 20), ("b", 4, 16)), steps=5, with_steps=True):
-    from memprune.masks import MaskSet, write_mask_set
+    from memprune.formats.masks import MaskSet, write_mask_set
 
     per_step, union = {}, {}
     for name, out_f, in_f in layers:
@@ -63,7 +63,7 @@ def _mask_store(path, rng, layers=(("a", 6, 20), ("b", 4, 16)), steps=5, with_st
 def test_analysis_does_not_depend_on_the_number_of_threads(tmp_path):
     import xarray as xr
 
-    from memprune.analysis import analyze
+    from memprune.analysis.density_iou import analyze
 
     rng = np.random.default_rng(0)
     collections = {"mem": {"control": False, "masks": [str(_mask_store(tmp_path / f"m{i}.zarr", rng)) for i in range(3)]},

@@ -10,10 +10,10 @@ import yaml
 
 from conftest import REPO
 
-from memprune.plan import Plan
-from memprune.prompts import InputError
-from memprune.plan_eval import Attack, Detection, Evaluation
-from memprune.subsets import draw_subsets
+from memprune.plan.config import Plan
+from memprune.errors import InputError
+from memprune.plan.compare import Attack, Detection, Evaluation
+from memprune.plan.subsets import draw_subsets
 
 
 def load(name: str) -> dict:
@@ -78,7 +78,7 @@ def test_closed_loop_plan_waits_for_detection():
 
 
 def test_method_reference_and_unknown_names_are_refused():
-    from memprune.prompts import InputError
+    from memprune.errors import InputError
 
     cfg = load("config/testbed.yaml")
     with pytest.raises(InputError, match="localizers: unknown|unknown localizer"):
@@ -121,7 +121,7 @@ def test_the_default_config_is_the_planted_testbed():
 
 
 def test_recovery_plans_every_compared_model_on_testbeds_only():
-    from memprune.plan_eval import Recovery
+    from memprune.plan.compare import Recovery
 
     rec = Recovery(Plan(load("config.yaml"), REPO))
     assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo", "pruned:wanda_10", "wen", "adversarial"]
@@ -157,7 +157,7 @@ def test_max_subsets_mapping_names_known_localizers():
 
 
 def test_adversarial_is_trained_once_per_testbed_and_every_comparison_loads_it():
-    from memprune.plan_eval import Adversarial, Recovery
+    from memprune.plan.compare import Adversarial, Recovery
 
     cfg = load("config.yaml")
     plan = Plan(cfg, REPO)

@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from memprune.prompts import InputError
+from memprune.errors import InputError
 from memprune.testbed import planted
 from memprune.testbed.derived import new_photos
-from memprune.testbed.planted import (PlantSpec, choose_units, masked_adam_step, oracle_masks, planted_parameters,
-                                      read_ground_truth)
+from memprune.testbed.planted import (
+    PlantSpec,
+    choose_units,
+    masked_adam_step,
+    oracle_masks,
+    planted_parameters,
+    read_planted_units,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +33,7 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture()
 def unet(tiny_model):
-    from memprune.edits import load_unet
+    from memprune.formats.edits import load_unet
 
     torch.set_num_threads(1)
     return load_unet(tiny_model)
@@ -120,7 +126,7 @@ def test_a_masked_step_changes_nothing_outside_the_planted_units(unet):
 
 
 def test_new_photos_obey_the_dataset_rule_and_captions_are_new(tiny_data, tiny_model):
-    from memprune.metrics import ssim_matrix
+    from memprune.evaluate.metrics import ssim_matrix
     from memprune.models import load_pipeline
     from memprune.testbed.dataset import load_images, read_manifest
 
@@ -158,18 +164,18 @@ def _truth(unet):
 def test_ground_truth_round_trip_and_errors(unet, tmp_path):
     truth = _truth(unet)
     (tmp_path / "planted.json").write_text(json.dumps(truth))
-    assert read_ground_truth(tmp_path) == truth
+    assert read_planted_units(tmp_path) == truth
     with pytest.raises(InputError, match="missing.*planted.json|planted.json.*no ground truth"):
-        read_ground_truth(tmp_path / "nowhere")
+        read_planted_units(tmp_path / "nowhere")
     for broken in ("{not json", "[]", json.dumps({**truth, "layers": None}),
                    json.dumps({**truth, "layers": {"a.ff.net.2": [1, -2]}}), json.dumps({**truth, "k": 3})):
         (tmp_path / "planted.json").write_text(broken)
         with pytest.raises(InputError, match="planted.json"):
-            read_ground_truth(tmp_path)
+            read_planted_units(tmp_path)
 
 
 def test_oracle_masks_are_the_planted_columns(unet):
-    from memprune import edits
+    from memprune.formats import edits
 
     truth = _truth(unet)
     masks = oracle_masks(truth, unet)
@@ -201,7 +207,7 @@ def _derived_inputs(tiny_model, tiny_data, tmp_path, group: str, k: int = 2, dup
 
 def test_plant_writes_a_model_that_differs_only_in_planted_units(tiny_model, tiny_data, tmp_path):
     from memprune.cli import main
-    from memprune.edits import unet_sha256
+    from memprune.formats.edits import unet_sha256
     from memprune.models import load_pipeline
     from memprune.testbed.dataset import check_trained_on
     from memprune.testbed.derived import BASE_FILE, added_rows
@@ -211,7 +217,7 @@ def test_plant_writes_a_model_that_differs_only_in_planted_units(tiny_model, tin
     spec = {"fraction": 0.1, "steps": 3, "batch_size": 4, "lr": 1e-2, "seed": 0, "threads": 1}
     assert main(["plant", "--model", str(base), "--data", str(data), "--spec", json.dumps(spec),
                  "--out", str(out), "--no-progress"]) == 0
-    truth = read_ground_truth(out)
+    truth = read_planted_units(out)
     assert truth["k"] == 2 and truth["steps"] == 3 and len(truth["loss"]) == 1
     assert truth["prompts"] == [r["caption"] for r in added_rows(data, "planted")]
     base_unet = load_pipeline(base, "cpu", "float32").unet
@@ -240,7 +246,7 @@ def test_plant_writes_a_model_that_differs_only_in_planted_units(tiny_model, tin
 
 def test_finetune_writes_a_loadable_model_trained_on_the_duplicated_photos(tiny_model, tiny_data, tmp_path):
     from memprune.cli import main
-    from memprune.edits import unet_sha256
+    from memprune.formats.edits import unet_sha256
     from memprune.models import load_pipeline
     from memprune.testbed.dataset import check_trained_on, load_training_arrays
     from memprune.testbed.derived import base_of
@@ -297,10 +303,10 @@ def test_a_derived_model_with_a_missing_base_is_refused_by_name(tmp_path):
 
 def test_shipped_planted_unet_differs_from_the_testbed_only_in_the_planted_units():
     from conftest import REPO
-    from memprune.edits import load_unet, unet_sha256
+    from memprune.formats.edits import load_unet, unet_sha256
 
     model = REPO / "resources" / "testbed_planted"
-    truth = read_ground_truth(model)
+    truth = read_planted_units(model)
     base, new = load_unet(REPO / "resources" / "testbed"), load_unet(model)
     assert truth["base_unet_sha256"] == unet_sha256(base) and truth["unet_sha256"] == unet_sha256(new)
     units = {n: np.asarray(v) for n, v in truth["layers"].items()}
@@ -318,7 +324,7 @@ def test_shipped_planted_unet_differs_from_the_testbed_only_in_the_planted_units
 
 
 def test_hold_norms_keeps_the_planted_columns_norms_and_own_share_is_checked(tiny_model, tiny_data, tmp_path):
-    from memprune.edits import load_unet
+    from memprune.formats.edits import load_unet
 
     base, data = _derived_inputs(tiny_model, tiny_data, tmp_path, "planted")
     out = tmp_path / "held"

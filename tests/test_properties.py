@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO
-from memprune.prompts import InputError, read_prompts
+from memprune.errors import InputError
+from memprune.formats.prompts import read_prompts
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -115,7 +116,7 @@ def test_concurrent_atomic_writes_leave_one_complete_file(tmp_path):
     temporary sibling, and the final file is one complete version; no temporary file is left behind."""
     import threading
 
-    from memprune.store import atomic_dir, atomic_file
+    from memprune.formats.store import atomic_dir, atomic_file
 
     target, folder = tmp_path / "out.bin", tmp_path / "out.zarr"
     payloads = [bytes([i]) * 200_000 for i in range(8)]

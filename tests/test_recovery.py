@@ -32,11 +32,11 @@ def test_search_lowers_its_own_loss(tiny_pipe):
 
 def test_recovers_a_planted_photo_but_not_one_never_seen():
     from memprune.models import load_pipeline
-    from memprune.testbed.planted import planted_images, read_ground_truth
+    from memprune.testbed.planted import planted_images, read_planted_units
     from memprune.variants import get
 
     torch.manual_seed(0)
-    truth = read_ground_truth(PLANTED)
+    truth = read_planted_units(PLANTED)
     photos = planted_images(PLANTED, truth)
     pipe = load_pipeline(PLANTED, "cpu", "float32")
     never_seen = np.ascontiguousarray(photos[1][::-1, :, ::-1])  # upside down, channels swapped: not a training photo
@@ -61,8 +61,8 @@ def test_copied_needs_most_seeds():
 
 def test_wen_reuses_the_unedited_searches_exactly(tiny_pipe, tmp_path):
     """Wen's job takes the unedited model's searches from its recovery file: the same result as running them."""
-    from memprune.prompts import InputError
-    from memprune.store import write_netcdf
+    from memprune.errors import InputError
+    from memprune.formats.store import write_netcdf
     from memprune.variants import get
 
     size = tiny_pipe.unet.config.sample_size * tiny_pipe.vae_scale_factor

@@ -6,8 +6,12 @@ import torch
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from memprune.scores import (
-    k_per_row, memorized_mask, top_k_per_row, union_over_timesteps, wanda_score,
+from memprune.localize.wanda_scores import (
+    k_per_row,
+    memorized_mask,
+    top_k_per_row,
+    union_over_timesteps,
+    wanda_score,
 )
 
 
@@ -107,7 +111,7 @@ def test_mask_properties(w, mem, null, n, sparsity):
 )
 def test_fast_masks_equal_the_readable_rule(w, mem, null, n, sparsity):
     """Ties everywhere (few distinct values): the column-pruned path must still agree exactly."""
-    from memprune.scores_packed import memorized_masks_over_time
+    from memprune.localize.wanda_packed import memorized_masks_over_time
 
     w, mem, null = map(torch.from_numpy, (w, mem, null))
     fast = memorized_masks_over_time(w, mem, null, n, sparsity)
@@ -116,7 +120,7 @@ def test_fast_masks_equal_the_readable_rule(w, mem, null, n, sparsity):
 
 
 def test_fast_masks_equal_on_heavy_tailed_data():
-    from memprune.scores_packed import memorized_masks_over_time
+    from memprune.localize.wanda_packed import memorized_masks_over_time
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(64, 509, generator=g)  # 509: the packed rows end in a partial byte
@@ -128,7 +132,7 @@ def test_fast_masks_equal_on_heavy_tailed_data():
 
 
 def test_packed_union_equals_the_boolean_union():
-    from memprune.scores_packed import memorized_masks_packed, union_over_timesteps_packed
+    from memprune.localize.wanda_packed import memorized_masks_packed, union_over_timesteps_packed
 
     g = torch.Generator().manual_seed(1)
     w = torch.randn(16, 203, generator=g)
@@ -142,7 +146,7 @@ def test_packed_union_equals_the_boolean_union():
 
 
 def test_packed_masks_into_a_given_buffer():
-    from memprune.scores_packed import memorized_masks_packed
+    from memprune.localize.wanda_packed import memorized_masks_packed
 
     g = torch.Generator().manual_seed(2)
     w = torch.randn(12, 64, generator=g)

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import BPE, REPO, tiny_spec
-from memprune.testbed.dataset import (DatasetSpec, check_trained_on, dataset_digest, generate_dataset,
-                                      load_training_arrays, read_manifest)
+from memprune.testbed.dataset import (
+    DatasetSpec,
+    check_trained_on,
+    dataset_digest,
+    generate_dataset,
+    load_training_arrays,
+    read_manifest,
+)
 from memprune.testbed.model import build_tokenizer
 from memprune.testbed.scenes import describe_scene, render_scene, scene_combinations
 from memprune.testbed.train import TrainSpec, train_testbed
@@ -147,7 +153,7 @@ def test_testbed_report_runs_on_a_tiny_model(tiny_model, tmp_path):
 
 
 def test_copy_metrics_on_known_images():
-    from memprune.metrics import ssim_matrix, tiled_l2
+    from memprune.evaluate.metrics import ssim_matrix, tiled_l2
     from skimage.metrics import structural_similarity
 
     rng = np.random.default_rng(0)
@@ -165,7 +171,7 @@ def test_copy_metrics_on_known_images():
 def test_report_refuses_data_the_model_was_not_trained_on(tmp_path, tiny_model):
     import shutil
 
-    from memprune.prompts import InputError
+    from memprune.errors import InputError
 
     data = generate_dataset(SMALL, tmp_path / "data").parent
     model = tmp_path / "model"
@@ -178,7 +184,7 @@ def test_report_refuses_data_the_model_was_not_trained_on(tmp_path, tiny_model):
 
 
 def test_own_photo_ssim_pairs_each_prompt_seeds_with_its_own_photo():
-    from memprune.metrics import ssim_matrix
+    from memprune.evaluate.metrics import ssim_matrix
     from memprune.testbed.report import own_photo_ssim
 
     rng = np.random.default_rng(0)

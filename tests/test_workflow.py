@@ -83,7 +83,7 @@ def _model(wd: Path) -> Path:
 
 def test_nan_activations_stop_masks_and_leave_nothing(workflow_run, tmp_path):
     from memprune.cli import main
-    from memprune.store import open_zarr, write_zarr
+    from memprune.formats.store import open_zarr, write_zarr
 
     wd = workflow_run
     src = wd / "results/tiny/activations/seed0_steps6_g3.0_paper/subsets/m5/0.zarr"

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 
-from .prompts import InputError
-from .cliargs import add_model_args as _add_model_args
-from .cliargs import sampling_config as _sampling_config
-from .prompts import json_object as _json_arg
+from memprune.errors import InputError
+from memprune.cliargs import add_model_args as _add_model_args
+from memprune.cliargs import sampling_config as _sampling_config
+from memprune.formats.prompts import json_object as _json_arg
 
 
 def _setup_logging(log_file: str | None) -> None:
@@ -26,14 +26,14 @@ def _setup_logging(log_file: str | None) -> None:
 
 
 def cmd_make_dataset(args) -> None:
-    from .testbed.dataset import DatasetSpec, generate_dataset
+    from memprune.testbed.dataset import DatasetSpec, generate_dataset
 
     generate_dataset(DatasetSpec(**_json_arg(args.spec)), Path(args.out))
 
 
 def cmd_train_testbed(args) -> None:
-    from .testbed.model import ModelSpec
-    from .testbed.train import TrainSpec, train_testbed
+    from memprune.testbed.model import ModelSpec
+    from memprune.testbed.train import TrainSpec, train_testbed
 
     spec = _json_arg(args.spec)
     model = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.pop("model", {}).items()})
@@ -41,16 +41,16 @@ def cmd_train_testbed(args) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from memprune import __version__
 
     return __version__
 
 
 def cmd_capture(args) -> None:
-    from .activations import capture, capture_to_dataset
-    from .models import load_pipeline
-    from .prompts import read_prompts
-    from .store import write_zarr
+    from memprune.capture.hooks import capture, capture_to_dataset
+    from memprune.models import load_pipeline
+    from memprune.formats.prompts import read_prompts
+    from memprune.formats.store import write_zarr
 
     if args.null:
         prompts = [""]
@@ -71,13 +71,13 @@ def cmd_capture(args) -> None:
 
 
 def cmd_gather(args) -> None:
-    from .locate import gather_collection
+    from memprune.capture.gather import gather_collection
 
     gather_collection(args.chunks, args.prompts_file, _json_arg(args.subsets_json), args.out)
 
 
 def cmd_locate(args) -> None:
-    from .locate import locate_collection
+    from memprune.localize.run import locate_collection
 
     locate_collection(args.method, _json_arg(args.params), args.model, args.collection, args.n_subsets, args.out,
                       subsets_dir=args.subsets, null=args.null, reference_dir=args.reference, variant=args.variant,
@@ -85,20 +85,20 @@ def cmd_locate(args) -> None:
 
 
 def cmd_analyze(args) -> None:
-    from .analysis import analyze
+    from memprune.analysis.density_iou import analyze
 
     analyze(json.loads(args.methods_json), args.seed, args.density, args.iou, args.fig_density, args.fig_iou,
             jobs=args.jobs)
 
 
 def cmd_localization(args) -> None:
-    from .edits import load_unet
-    from .localization import localization_dataset
-    from .models import ffn_layers
-    from .store import write_netcdf
-    from .testbed.planted import read_ground_truth
+    from memprune.formats.edits import load_unet
+    from memprune.localize.known_answer import localization_dataset
+    from memprune.models import ffn_layers
+    from memprune.formats.store import write_netcdf
+    from memprune.testbed.planted import read_planted_units
 
-    truth = read_ground_truth(Path(args.model))
+    truth = read_planted_units(Path(args.model))
     in_features = {n: layer.in_features for n, layer in ffn_layers(load_unet(args.model))}
     ds = localization_dataset(json.loads(args.stores_json), truth, in_features)
     write_netcdf(ds, Path(args.out))
@@ -109,9 +109,9 @@ def cmd_localization(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from .models import load_pipeline
-    from .prompts import read_prompts
-    from .sampling import generate, write_samples
+    from memprune.models import load_pipeline
+    from memprune.formats.prompts import read_prompts
+    from memprune.sampling import generate, write_samples
 
     prompts = read_prompts(Path(args.prompts)) if args.prompts else []
     prompts += args.prompt or []
@@ -126,7 +126,7 @@ def cmd_sample(args) -> None:
 
 
 def cmd_testbed_report(args) -> None:
-    from .testbed.report import testbed_report
+    from memprune.testbed.report import testbed_report
 
     testbed_report(Path(args.model), Path(args.data), Path(args.out), Path(args.grid),
                    seeds=[int(s) for s in args.seeds.split(",")],
@@ -136,35 +136,35 @@ def cmd_testbed_report(args) -> None:
 
 
 def cmd_finetune_decoder(args) -> None:
-    from .testbed.train import finetune_decoder_of
+    from memprune.testbed.train import finetune_decoder_of
 
     finetune_decoder_of(Path(args.model), Path(args.manifest), Path(args.out), args.steps, args.lr, args.seed,
                         progress=not args.no_progress)
 
 
 def cmd_prune(args) -> None:
-    from .locate import prune
+    from memprune.mitigate.prune import prune
 
     prune(args.model, args.masks, args.out)
 
 
 def cmd_export(args) -> None:
-    from .edits import export_pipeline
+    from memprune.formats.edits import export_pipeline
 
     export_pipeline(args.checkpoint, args.out, base=args.base, dtype=args.dtype)
 
 
 def cmd_train_clip(args) -> None:
-    from .testbed.clip import ClipSpec, train_clip
+    from memprune.testbed.clip import ClipSpec, train_clip
 
     record = train_clip(Path(args.data), Path(args.out), ClipSpec(**_json_arg(args.spec)), progress=not args.no_progress)
     print(json.dumps(record["retrieval"]))
 
 
 def cmd_fetch_groundtruth(args) -> None:
-    from .groundtruth import fetch_groundtruth
+    from memprune.evaluate.fetch_images import fetch_training_images
 
-    counts = fetch_groundtruth(Path(args.prompts), Path(args.root), args.timeout, args.workers)
+    counts = fetch_training_images(Path(args.prompts), Path(args.root), args.timeout, args.workers)
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" (report: {Path(args.root) / 'fetch_report.csv'})")
 
 
@@ -287,20 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_clip)
 
-    from .evaluate.cli import add_eval_arguments
+    from memprune.evaluate.cli import add_eval_arguments
 
     add_eval_arguments(sub)
-    from .testbed.cli import add_testbed_plant_arguments
+    from memprune.testbed.cli import add_testbed_plant_arguments
     add_testbed_plant_arguments(sub)
-    from .neurons import add_nemo_arguments
+    from memprune.localize.nemo_search import add_nemo_arguments
     add_nemo_arguments(sub)
-    from .attacks.cli import add_attack_arguments
+    from memprune.attacks.cli import add_attack_arguments
 
     add_attack_arguments(sub)
-    from .attacks.recovery import add_recovery_arguments
+    from memprune.attacks.recovery import add_recovery_arguments
 
     add_recovery_arguments(sub)
-    from .attacks.adversarial import add_adversarial_arguments
+    from memprune.mitigate.adversarial import add_adversarial_arguments
 
     add_adversarial_arguments(sub)
     p = sub.add_parser("fetch-groundtruth",

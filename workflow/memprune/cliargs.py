@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def sampling_config(args):
-    from .sampling import SamplingConfig
+    from memprune.sampling import SamplingConfig
 
     return SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size,
                           height=getattr(args, "height", None), width=getattr(args, "width", None))

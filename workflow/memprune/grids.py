@@ -17,7 +17,7 @@ def image_grid(cells: list[list[np.ndarray | None]], row_labels: list[str], col_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .store import atomic_file
+    from memprune.formats.store import atomic_file
 
     n_rows = len(cells)
     n_cols = max((len(r) for r in cells), default=0)

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from .prompts import InputError
+from memprune.errors import InputError
 
 log = logging.getLogger(__name__)
 

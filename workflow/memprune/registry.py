@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .prompts import InputError
+from memprune.errors import InputError
 
 
 class Registry:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cliargs import add_model_args, sampling_config
-from ..prompts import InputError
-from ..prompts import json_object as _json_arg
+from memprune.cliargs import add_model_args, sampling_config
+from memprune.errors import InputError
+from memprune.formats.prompts import json_object as _json_arg
 
 
 def _prompt_slice(path: str, start: int, stop: int | None) -> list[str]:
-    from ..prompts import read_prompts
+    from memprune.formats.prompts import read_prompts
 
     prompts = read_prompts(Path(path))[start:stop]
     if not prompts:
@@ -27,7 +27,7 @@ def _seed_range(seed: int, n: int) -> list[int]:
 
 
 def cmd_attack_generate(args) -> None:
-    from .extraction import attack_chunk
+    from memprune.attacks.extraction import attack_chunk
 
     prompts = _prompt_slice(args.prompts_file, args.start, args.stop)
     attack_chunk(args.model, prompts, args.group, _seed_range(args.seed, args.n_samples), sampling_config(args),
@@ -37,15 +37,15 @@ def cmd_attack_generate(args) -> None:
 
 
 def cmd_attack_analyze(args) -> None:
-    from .extraction import analyze_variant
+    from memprune.attacks.extraction import analyze_variant
 
     analyze_variant([Path(c) for c in args.chunks], args.variant, args.threshold, args.min_clique,
                     args.copy_threshold, Path(args.out))
 
 
 def cmd_attack_table(args) -> None:
-    from .extraction import attack_figure, attack_table, format_table
-    from ..store import atomic_file
+    from memprune.attacks.extraction import attack_figure, attack_table, format_table
+    from memprune.formats.store import atomic_file
 
     variants = [Path(v) for v in args.variants]
     table = attack_table(variants)
@@ -59,7 +59,7 @@ def cmd_attack_table(args) -> None:
 
 
 def cmd_detect_scores(args) -> None:
-    from .detection import score_prompt_set
+    from memprune.attacks.detection import score_prompt_set
 
     prompts = _prompt_slice(args.prompts_file, 0, None)
     score_prompt_set(args.model, prompts, _seed_range(args.seed, args.n_seeds), args.steps, args.score_steps,
@@ -68,14 +68,14 @@ def cmd_detect_scores(args) -> None:
 
 
 def cmd_detection_report(args) -> None:
-    from .detection import detection_report
+    from memprune.attacks.detection import detection_report
 
     detection_report([Path(s) for s in args.scores], args.positive.split(","), Path(args.out), Path(args.csv))
 
 
 def cmd_detect_top_k(args) -> None:
-    from .detection import top_k_prompts
-    from ..store import atomic_write_text
+    from memprune.attacks.detection import top_k_prompts
+    from memprune.formats.store import atomic_write_text
 
     prompts = top_k_prompts([Path(s) for s in args.scores], args.top_k)
     atomic_write_text(Path(args.out), "".join(p + "\n" for p in prompts))

@@ -20,7 +20,7 @@ def detection_scores(pipe, prompts: list[str], seeds: list[int], steps: int = 50
     import torch
     from tqdm.auto import tqdm
 
-    from ..sampling import SamplingConfig, _initial_latents
+    from memprune.sampling import SamplingConfig, _initial_latents
 
     if not 1 <= score_steps <= steps:
         raise ValueError(f"score_steps must be in [1, steps={steps}], got {score_steps}")
@@ -79,9 +79,9 @@ def score_prompt_set(model: str, prompts: list[str], seeds: list[int], steps: in
     """Wen et al.'s score of every prompt of one prompt set (group `name`) on the unedited model; netCDF."""
     import xarray as xr
 
-    from .. import __version__
-    from ..models import load_pipeline
-    from ..store import write_netcdf
+    from memprune import __version__
+    from memprune.models import load_pipeline
+    from memprune.formats.store import write_netcdf
 
     pipe = load_pipeline(model, device, dtype, scheduler)
     s = detection_scores(pipe, prompts, seeds, steps, score_steps, guidance, batch_size, progress=True)
@@ -102,7 +102,7 @@ def detection_report(score_files: list[Path], positive: list[str], out: Path, cs
     against all of them; netCDF with the scores, CSV of scores ranked."""
     import pandas as pd
 
-    from ..store import atomic_file, open_netcdfs, write_netcdf
+    from memprune.formats.store import atomic_file, open_netcdfs, write_netcdf
 
     ds = open_netcdfs(score_files)
     group = ds.group.values
@@ -138,8 +138,8 @@ def detection_report(score_files: list[Path], positive: list[str], out: Path, cs
 
 def top_k_prompts(score_files: list[Path], k: int) -> list[str]:
     """The k highest-scoring distinct prompts of the pool, best first (ties: pool order)."""
-    from ..prompts import InputError
-    from ..store import open_netcdfs
+    from memprune.errors import InputError
+    from memprune.formats.store import open_netcdfs
 
     ds = open_netcdfs(score_files)
     prompts = ds.prompt.values.tolist()

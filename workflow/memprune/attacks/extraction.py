@@ -6,7 +6,7 @@
      "identified as memorized" when the graph's largest clique has at least `min_clique` images;
   4. an identified prompt is "actually memorized" when the clique's images match the prompt's training image:
      the median SSIM of the clique's images to it (max over the caption's training images, read through
-     `memprune.evaluate.groundtruth.GroundTruth`) reaches `copy_threshold`.
+     `memprune.evaluate.training_images.TrainingImages`) reaches `copy_threshold`.
 Steps 1-2 (the costly part) are stored per chunk of prompts with the SSIM to the training images, so changing
 a threshold reruns only the cheap steps 3-4.
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def pairwise_tiled_distances(images: np.ndarray, grid: int = 4) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, N) float32 tiled L2 between every pair, symmetric, zero diagonal."""
-    from ..metrics import tiled_l2
+    from memprune.evaluate.metrics import tiled_l2
 
     d = tiled_l2(images, images, grid)
     d = np.minimum(d, d.T)  # the |x|^2 + |y|^2 - 2xy expansion is symmetric up to rounding
@@ -60,7 +60,7 @@ def largest_clique(distances: np.ndarray, threshold: float) -> list[int]:
 
 def resolve_variant(variant, params: dict | None = None):
     """(Variant, its parameters): `variant` a registry name or a `Variant`; `params` over its defaults."""
-    from .. import variants
+    from memprune import variants
 
     v = variants.get(variant) if isinstance(variant, str) else variant
     return v, {**v.default_params, **(params or {})}
@@ -77,7 +77,7 @@ def generate_candidates(pipe, prompts: list[str], seeds: list[int], cfg, grid: i
     Returns {"images": (P, S, H, W, 3) uint8, "distance": (P, S, S) float32, "ssim_truth": (P, S) float32,
     "info": what the variant recorded, per-image arrays as (P, S), scalars as they are}.
     """
-    from ..metrics import ssim_matrix
+    from memprune.evaluate.metrics import ssim_matrix
 
     v, params = resolve_variant(variant, params)
     n_p, n_s = len(prompts), len(seeds)
@@ -127,13 +127,13 @@ def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], c
     testbed dataset whose train-split images are the prompts' ground truth (`evaluate.groundtruth`)."""
     import xarray as xr
 
-    from .. import __version__
-    from ..evaluate.groundtruth import GroundTruth
-    from ..store import write_netcdf
+    from memprune import __version__
+    from memprune.evaluate.training_images import TrainingImages
+    from memprune.formats.store import write_netcdf
 
     v, params = resolve_variant(variant, params)
-    # "actually memorized" needs the photos the model was trained on: GroundTruth refuses another testbed's data
-    truth = GroundTruth(data_dir, model=model) if data_dir is not None else None
+    # "actually memorized" needs the photos the model was trained on: TrainingImages refuses another testbed's data
+    truth = TrainingImages(data_dir, model=model) if data_dir is not None else None
     pipe = v.load(model, checkpoint, device, dtype, scheduler)
     refs = truth.references(prompts) if truth is not None else None
     res = generate_candidates(pipe, prompts, seeds, cfg, grid, refs, progress=True, variant=v, params=params)
@@ -166,7 +166,7 @@ def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_cliq
     were generated with stays in attrs "variant_name"."""
     import xarray as xr
 
-    from ..store import open_netcdfs, write_netcdf
+    from memprune.formats.store import open_netcdfs, write_netcdf
 
     ds = open_netcdfs(chunks, drop=["images"])
     res = identify(ds.distance.values, ds.ssim_truth.values, threshold, min_clique, copy_threshold)
@@ -241,10 +241,10 @@ def attack_figure(variant_files: list[Path], chunk_files: dict[str, list[Path]],
     `n_seeds` seeds."""
     import xarray as xr
 
-    from ..evaluate.groundtruth import GroundTruth
-    from ..grids import image_grid
+    from memprune.evaluate.training_images import TrainingImages
+    from memprune.grids import image_grid
 
-    truth = GroundTruth(data_dir) if data_dir is not None else None
+    truth = TrainingImages(data_dir) if data_dir is not None else None
     cells, row_labels, col_seeds = [], [], []
     for f in variant_files:
         res = xr.open_dataset(f, engine="h5netcdf").load()

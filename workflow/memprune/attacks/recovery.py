@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompts import InputError
+from memprune.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def image_latent(pipe, image: np.ndarray):
     """(1, C, h, w) scaled posterior mean of one (H, W, 3) uint8 image."""
     import torch
 
-    from ..testbed.dataset import images_to_tensor
+    from memprune.testbed.dataset import images_to_tensor
 
     x = images_to_tensor(image[None]).to(pipe.vae.device, pipe.vae.dtype)
     with torch.no_grad():
@@ -60,7 +60,7 @@ def image_latent(pipe, image: np.ndarray):
 
 
 def embed(pipe, prompts: list[str]):
-    from ..sampling import text_embeddings
+    from memprune.sampling import text_embeddings
 
     return text_embeddings(pipe, prompts).float()
 
@@ -124,8 +124,8 @@ def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list
     import torch
     from tqdm.auto import tqdm
 
-    from ..metrics import ssim_matrix
-    from ..sampling import SamplingConfig
+    from memprune.evaluate.metrics import ssim_matrix
+    from memprune.sampling import SamplingConfig
 
     cfg = SamplingConfig(steps=spec.sample_steps, guidance=spec.guidance, batch_size=max(8, len(spec.seeds)))
     unet = pipe.unet
@@ -229,12 +229,12 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
     (`groups`: {group: prompt list}) with their training photos from the testbed dataset `data_dir`, plus
     `new_photos` crops the model never saw (captions from the dataset's grammar); written to `out` (netCDF).
     `searches_from`: the unedited model's recovery file, whose searches an inference-time variant reuses."""
-    from ..evaluate.groundtruth import GroundTruth
-    from ..store import write_netcdf
-    from .extraction import resolve_variant
+    from memprune.evaluate.training_images import TrainingImages
+    from memprune.formats.store import write_netcdf
+    from memprune.attacks.extraction import resolve_variant
 
     v, params = resolve_variant(variant, params)
-    truth = GroundTruth(data=data_dir)
+    truth = TrainingImages(data=data_dir)
     targets = []
     all_prompts = [p for ps in groups.values() for p in ps]
     for group, prompts in groups.items():
@@ -245,7 +245,7 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
             targets.append({"prompt": prompt, "group": group, "image": image,
                             "unrelated": all_prompts[(all_prompts.index(prompt) + len(all_prompts) // 2) % len(all_prompts)]})
     if new_photos:
-        from ..testbed.derived import new_photos as make_new
+        from memprune.testbed.derived import new_photos as make_new
 
         images, captions = make_new(Path(data_dir), new_photos, seed=10_000 + spec.seed)
         for image, caption in zip(images, captions):
@@ -295,7 +295,7 @@ def recovery_figure(ds, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..store import atomic_file
+    from memprune.formats.store import atomic_file
 
     init = "prompt" if "prompt" in ds.init.values else str(ds.init.values[0])
     picks = []
@@ -330,8 +330,8 @@ def recovery_figure(ds, path) -> None:
 
 def add_recovery_arguments(sub) -> None:
     """Register `recover` and `recovery-table`."""
-    from ..cliargs import add_model_args
-    from ..prompts import json_object, read_prompts
+    from memprune.cliargs import add_model_args
+    from memprune.formats.prompts import json_object, read_prompts
 
     def run(args):
         groups = {g: read_prompts(Path(f)) for g, f in json_object(args.groups_json).items()}
@@ -343,7 +343,7 @@ def add_recovery_arguments(sub) -> None:
     def table(args):
         import pandas as pd
 
-        from ..store import atomic_file, write_netcdf
+        from memprune.formats.store import atomic_file, write_netcdf
 
         ds, rows = summary([Path(p) for p in args.variants])
         frame = pd.DataFrame(rows)

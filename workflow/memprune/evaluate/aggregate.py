@@ -14,10 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompts import InputError
-from .groundtruth import GroundTruth
-from .prompts import REFERENCE, ModelEntry, fair_split, one_per_subset, read_models, subset_prompts
-from .score import MetricOptions
+from memprune.errors import InputError
+from memprune.evaluate.training_images import TrainingImages
+from memprune.evaluate.prompts import (
+    REFERENCE,
+    ModelEntry,
+    fair_split,
+    one_per_subset,
+    read_models,
+    subset_prompts,
+)
+from memprune.evaluate.score import MetricOptions
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +89,9 @@ def reference_features(fid_reference: str, prompts: list[str], seeds: list[int],
     if fid_reference == "unedited" or not prompts:
         return None, "the unedited model's generations of the same prompts and seeds"
     if fid_reference == "renders":
-        from ..testbed.scenes import render_scene
+        from memprune.testbed.scenes import render_scene
 
-        gt = GroundTruth(data, None, None)
+        gt = TrainingImages(data, None, None)
         images = []
         for pi, p in enumerate(prompts):
             if p not in gt.attributes:
@@ -95,7 +102,7 @@ def reference_features(fid_reference: str, prompts: list[str], seeds: list[int],
         return featurize(np.stack(images)), "renders of the requested scenes (testbed.render_scene, one per seed)"
     if not reference_images or not nonmemorized:
         raise InputError("fid_reference images: give --reference-images DIR and the --nonmemorized prompt file")
-    gt = GroundTruth(None, reference_images, nonmemorized, kind="non-memorized")
+    gt = TrainingImages(None, reference_images, nonmemorized, kind="non-memorized")
     images = np.concatenate([gt.images(p, size=(512, 512)) for p in prompts])
     return featurize(images), f"real images under {Path(reference_images)}"
 
@@ -105,7 +112,7 @@ def cell_metrics(ds, ref_feats, in_test: np.ndarray, mem: np.ndarray, non: np.nd
     """One (variant, subset) cell: its per-prompt arrays (outside the test set NaN), `copied` and the summary
     values, from the scores `ds` of the cell's model; `in_test` (prompt,) is the subset's test set, `ref_feats`
     the Frechet reference features (`self_reference`: they are this model's own, the distance is 0)."""
-    from ..metrics import copied_in_most_seeds, copy_rate, frechet_distance
+    from memprune.evaluate.metrics import copied_in_most_seeds, copy_rate, frechet_distance
 
     out = {k: np.where(in_test[:, None], ds[k].values, np.nan) for k in PER_PROMPT}
     sim = out["copy_similarity"][mem]
@@ -153,7 +160,7 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
     """The eval.nc dataset (see the module docstring) of the models and their loaded scores."""
     import xarray as xr
 
-    from .. import __version__
+    from memprune import __version__
 
     vids, subsets, cells = layout(models)
     labels = list(subsets)
@@ -252,8 +259,8 @@ def aggregate(models_json: str, out: str | Path, summary: str | Path, fig_scatte
     """eval.nc, the summary table (also printed) and the three figures of the models JSON's models."""
     import pandas as pd
 
-    from ..store import atomic_file, write_netcdf
-    from .figures import plot_copy_vs_clip, plot_fid_time, plot_grid
+    from memprune.formats.store import atomic_file, write_netcdf
+    from memprune.evaluate.figures import plot_copy_vs_clip, plot_fid_time, plot_grid
 
     models = read_models(models_json)
     scores = load_scores(models)
@@ -270,6 +277,6 @@ def aggregate(models_json: str, out: str | Path, summary: str | Path, fig_scatte
                     ", ".join(ds.attrs["mask_benchmarks_missing"].split(", ")[:5]))
     plot_copy_vs_clip(ds, fig_scatter)
     plot_fid_time(ds, fig_bars)
-    gt = GroundTruth(data, ground_truth, memorized) if (data or ground_truth) else None
+    gt = TrainingImages(data, ground_truth, memorized) if (data or ground_truth) else None
     plot_grid(ds, [(m, scores[m.key].attrs["samples"]) for m in models], fig_grid, gt)
     return ds

@@ -9,15 +9,15 @@ def _seeds(text: str) -> list[int]:
 
 
 def _metric_options(args):
-    from .score import MetricOptions
+    from memprune.evaluate.score import MetricOptions
 
     return MetricOptions(sscd=args.sscd, clip_name=args.clip_name, clip_weights=args.clip_weights,
                          inception=args.inception, device=args.device)
 
 
 def cmd_eval_sample(args) -> None:
-    from ..sampling import SamplingConfig
-    from .sample import sample_variant
+    from memprune.sampling import SamplingConfig
+    from memprune.evaluate.sample import sample_variant
 
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, height=args.height,
                          width=args.width)
@@ -28,14 +28,14 @@ def cmd_eval_sample(args) -> None:
 
 
 def cmd_eval_score(args) -> None:
-    from .score import score_variant
+    from memprune.evaluate.score import score_variant
 
     score_variant(args.samples, args.out, _metric_options(args), memorized=args.memorized, data=args.data,
                   ground_truth=args.ground_truth)
 
 
 def cmd_eval_aggregate(args) -> None:
-    from .aggregate import aggregate
+    from memprune.evaluate.aggregate import aggregate
 
     aggregate(args.models_json, args.out, args.summary, args.fig_scatter, args.fig_bars, args.fig_grid,
               copy_threshold=args.copy_threshold, fid_reference=args.fid_reference, metrics=_metric_options(args),
@@ -55,7 +55,7 @@ def _metric_args(p) -> None:
 
 def add_eval_arguments(sub) -> None:
     """Register `eval-sample`, `eval-score` and `eval-aggregate` on the subparsers `sub`."""
-    from ..prompts import json_object as _json_arg
+    from memprune.formats.prompts import json_object as _json_arg
 
     p = sub.add_parser("eval-sample", help="evaluation: generate the test prompts x seeds with one model variant")
     p.add_argument("--variant", required=True, help="a registry name (memprune.variants: none, pruned, wen, ...)")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .groundtruth import GroundTruth
-from .prompts import one_per_subset
-from .score import Samples
+from memprune.evaluate.training_images import TrainingImages
+from memprune.evaluate.prompts import one_per_subset
+from memprune.evaluate.score import Samples
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def styles(vids) -> dict[str, tuple[tuple[float, float, float], str]]:
     one variant in lighter shades of its colour."""
     from matplotlib.colors import to_rgb
 
-    from .. import variants
+    from memprune import variants
 
     out, seen = {}, {}
     for vid in map(str, vids):
@@ -43,7 +43,7 @@ def _pyplot():
 
 
 def _save(fig, path) -> None:
-    from ..store import atomic_file
+    from memprune.formats.store import atomic_file
 
     with atomic_file(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
@@ -98,7 +98,7 @@ def _short(prompt: str, n: int = 36) -> str:
     return prompt if len(prompt) <= n else prompt[: n - 1].rstrip() + "…"
 
 
-def plot_grid(ds, models: list[tuple], path, ground_truth: GroundTruth | None = None, n_prompts: int = 2,
+def plot_grid(ds, models: list[tuple], path, ground_truth: TrainingImages | None = None, n_prompts: int = 2,
               n_models: int = 5) -> None:
     """The paper's Figure 4: for a few memorized prompts in every shown model's test set, one block per prompt:
     its training image, the unedited model, several pruned models (up to `n_models`, shared among methods) and
@@ -106,7 +106,7 @@ def plot_grid(ds, models: list[tuple], path, ground_truth: GroundTruth | None = 
     order."""
     from PIL import Image
 
-    from ..grids import image_grid
+    from memprune.grids import image_grid
 
     vids = [str(v) for v in ds.variant.values]
     per_vid = [v for v in vids if any(m.per_subset and m.vid == v for m, _ in models)]

@@ -19,7 +19,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..prompts import InputError, read_prompts
+from memprune.errors import InputError
+from memprune.formats.prompts import read_prompts
 
 GROUPS = ("memorized", "nonmemorized")
 
@@ -70,7 +71,7 @@ class ModelEntry:
 def one_per_subset(vid: str) -> bool:
     """Whether the variant of id `vid` (`pruned:wanda`) is one edited model per subset (registry entry): it
     needs a checkpoint made from a subset's masks; a trained one (adversarial) is one model, as the unedited."""
-    from .. import variants
+    from memprune import variants
 
     entry = variants.get(vid.partition(":")[0])
     return entry.needs_checkpoint and not entry.trained

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompts import InputError
-from .prompts import eval_prompts
+from memprune.errors import InputError
+from memprune.evaluate.prompts import eval_prompts
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def sample_variant(variant: str, model: str | Path, out: str | Path, memorized: 
     import torch
     from tqdm.auto import tqdm
 
-    from .. import variants
-    from ..sampling import png_bytes
-    from ..store import atomic_dir
+    from memprune import variants
+    from memprune.sampling import png_bytes
+    from memprune.formats.store import atomic_dir
 
     var = variants.get(variant)
     if var.needs_checkpoint and not checkpoint:

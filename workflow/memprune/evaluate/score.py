@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompts import InputError
-from .groundtruth import GroundTruth
+from memprune.errors import InputError
+from memprune.evaluate.training_images import TrainingImages
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,13 @@ class MetricOptions:
     device: str = "auto"
 
     def resolved_device(self) -> str:
-        from ..models import resolve_device
+        from memprune.models import resolve_device
 
         return resolve_device(self.device)
 
     def features(self):
         """(CLIP scorer, Frechet featurizer, its name): Inception when configured, else the CLIP image tower."""
-        from ..metrics import ClipScorer, InceptionFeatures
+        from memprune.evaluate.metrics import ClipScorer, InceptionFeatures
 
         clip = ClipScorer.load(self.clip_name, self.clip_weights, device=self.resolved_device())
         if self.inception:
@@ -76,16 +76,16 @@ def score_variant(samples: str | Path, out: str | Path, metrics: MetricOptions, 
     following, features."""
     import xarray as xr
 
-    from .. import __version__
-    from ..metrics import CopySimilarity
-    from ..store import write_netcdf
-    from ..testbed.dataset import check_trained_on
-    from ..testbed.scenes import attribute_matches
+    from memprune import __version__
+    from memprune.evaluate.metrics import CopySimilarity
+    from memprune.formats.store import write_netcdf
+    from memprune.testbed.dataset import check_trained_on
+    from memprune.testbed.scenes import attribute_matches
 
     s = Samples(samples)
     prompts, seeds, groups, timing = s.prompts, s.seeds, s.groups, s.timing
     n_p, n_s = len(prompts), len(seeds)
-    gt = GroundTruth(data, ground_truth, memorized)
+    gt = TrainingImages(data, ground_truth, memorized)
     if data and metrics.clip_weights:  # a testbed CLIP scores only the captions it was trained on
         check_trained_on(Path(metrics.clip_weights), Path(data), "memprune_clip.json")
     copier = CopySimilarity(metrics.sscd, metrics.resolved_device())

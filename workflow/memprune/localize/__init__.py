@@ -9,7 +9,7 @@ it between every method that reads it:
   `reference`   whether it imitates another method's masks (the random control);
   `per_prompt`  whether it reads a per-prompt search stored as data (NeMo: `memprune nemo` writes the neurons of
                 every prompt of a collection; its masks are the subsets' unions).
-`locate(inputs, params) -> MaskSet` is pure: tensors in (`Inputs`), masks out (`memprune.masks.MaskSet`).
+`locate(inputs, params) -> MaskSet` is pure: tensors in (`Inputs`), masks out (`memprune.formats.masks.MaskSet`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..masks import MaskSet
-from ..models import ffn_layers
-from ..prompts import InputError
-from ..registry import Registry
+from memprune.formats.masks import MaskSet
+from memprune.models import ffn_layers
+from memprune.errors import InputError
+from memprune.registry import Registry
 
 
 @dataclass

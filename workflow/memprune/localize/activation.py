@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import Localizer, pack, weight_mask_set
-from ..scores import k_per_row, top_k_per_row
+from memprune.localize import Localizer, pack, weight_mask_set
+from memprune.localize.wanda_scores import k_per_row, top_k_per_row
 
 
 def locate(inputs, params):

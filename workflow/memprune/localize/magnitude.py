@@ -3,8 +3,8 @@ is 1: how much of a method's overlap the weights alone would explain."""
 
 from __future__ import annotations
 
-from . import Localizer, pack, weight_mask_set
-from ..scores import k_per_row, top_k_per_row
+from memprune.localize import Localizer, pack, weight_mask_set
+from memprune.localize.wanda_scores import k_per_row, top_k_per_row
 
 
 def locate(inputs, params):

@@ -40,9 +40,9 @@ import time
 
 import numpy as np
 
-from . import Localizer, pack
-from ..masks import MaskSet
-from ..prompts import InputError
+from memprune.localize import Localizer, pack
+from memprune.formats.masks import MaskSet
+from memprune.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Localizer, pack, weight_mask_set
-from ..prompts import InputError
+from memprune.localize import Localizer, pack, weight_mask_set
+from memprune.errors import InputError
 
 
 def locate(inputs, params):
-    from ..testbed.planted import read_ground_truth
+    from memprune.testbed.planted import read_planted_units
 
     if not inputs.model:
         raise InputError("localizer oracle: no model directory to read planted.json from")
-    truth = read_ground_truth(inputs.model)
+    truth = read_planted_units(inputs.model)
     missing = sorted(set(truth["layers"]) - set(inputs.weights))
     if missing:
         raise InputError(f"localizer oracle: planted layers {missing[:2]} are not ff.net.2 layers of {inputs.model}")

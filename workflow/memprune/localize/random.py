@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Localizer, MaskSet
+from memprune.localize import Localizer, MaskSet
 
 
 def random_rows_like(packed: np.ndarray, n_columns: int, rng: np.random.Generator) -> np.ndarray:
     """A packed mask (..., rows, ceil(n / 8)) with as many set bits per row as `packed`, columns uniformly at random:
     per row the c columns of smallest uniform keys (a partial sort: masks are ~1% dense), one leading index at a
     time so memory stays one (rows, n) block."""
-    from ..scores_packed import unpack
+    from memprune.localize.wanda_packed import unpack
 
     out = np.zeros_like(packed)
     flat_in, flat_out = packed.reshape(-1, *packed.shape[-2:]), out.reshape(-1, *packed.shape[-2:])

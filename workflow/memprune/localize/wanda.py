@@ -1,12 +1,12 @@
-"""The paper's rule (equations 2, 4-7; `memprune.scores`): per (layer, timestep) the top-k Wanda scores of each
+"""The paper's rule (equations 2, 4-7; `memprune.localize.wanda_scores`): per (layer, timestep) the top-k Wanda scores of each
 row of ff.net.2 that also beat the null prompt's, and their union over the first tau steps."""
 
 from __future__ import annotations
 
 import torch
 
-from . import Localizer, weight_mask_set
-from ..scores_packed import memorized_masks_packed, union_over_timesteps_packed
+from memprune.localize import Localizer, weight_mask_set
+from memprune.localize.wanda_packed import memorized_masks_packed, union_over_timesteps_packed
 
 
 def locate(inputs, params):

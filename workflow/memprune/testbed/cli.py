@@ -6,7 +6,8 @@ import json
 
 
 def _spec(cls, text: str, command: str):
-    from ..prompts import InputError, json_object
+    from memprune.errors import InputError
+    from memprune.formats.prompts import json_object
 
     try:
         return cls(**json_object(text))
@@ -17,7 +18,7 @@ def _spec(cls, text: str, command: str):
 def cmd_extend_data(args) -> None:
     from pathlib import Path
 
-    from .derived import AddedSpec, extend_dataset
+    from memprune.testbed.derived import AddedSpec, extend_dataset
 
     extend_dataset(Path(args.data), _spec(AddedSpec, args.spec, "extend-data"), Path(args.out))
 
@@ -25,7 +26,7 @@ def cmd_extend_data(args) -> None:
 def cmd_plant(args) -> None:
     from pathlib import Path
 
-    from .planted import PlantSpec, plant
+    from memprune.testbed.planted import PlantSpec, plant
 
     truth = plant(Path(args.model), Path(args.data), Path(args.out), _spec(PlantSpec, args.spec, "plant"),
                   progress=not args.no_progress)
@@ -36,7 +37,7 @@ def cmd_plant(args) -> None:
 def cmd_finetune(args) -> None:
     from pathlib import Path
 
-    from .finetune import FinetuneSpec, finetune
+    from memprune.testbed.finetune import FinetuneSpec, finetune
 
     record = finetune(Path(args.model), Path(args.data), Path(args.out), _spec(FinetuneSpec, args.spec, "finetune-testbed"),
                       progress=not args.no_progress)

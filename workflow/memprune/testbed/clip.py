@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store import atomic_dir
-from .dataset import dataset_digest, images_to_tensor, read_manifest
+from memprune.formats.store import atomic_dir
+from memprune.testbed.dataset import dataset_digest, images_to_tensor, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def retrieval_accuracy(clip_dir: Path, data_dir: Path) -> dict:
     * heldout_among_scenes: the same against all scene captions (held out or not);
     * train_photos: each training photo against all photo captions; train_scenes: first render of each
       training scene against all scene captions."""
-    from ..metrics import ClipScorer
+    from memprune.evaluate.metrics import ClipScorer
 
     rows = read_manifest(Path(data_dir) / "manifest.jsonl")
     scorer = ClipScorer.load(f"local-dir:{clip_dir}", device="cpu")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store import atomic_dir
-from .scenes import RESOLUTION, render_scene, scene_caption, scene_combinations
+from memprune.formats.store import atomic_dir
+from memprune.testbed.scenes import RESOLUTION, render_scene, scene_caption, scene_combinations
 
 # Words for the photo captions. None of them occurs in the scene captions, so a photo caption never
 # shares a content word with a compositional prompt. `generate_dataset` splits words and names, seeded, into
@@ -85,7 +85,7 @@ def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION,
     """
     from skimage.transform import resize
 
-    from ..metrics import ssim_matrix
+    from memprune.evaluate.metrics import ssim_matrix
 
     pool = _photo_pool()
     crops, avoid = [], list(avoid)
@@ -227,7 +227,7 @@ def check_trained_on(model_dir: Path, data_dir: Path, info_name: str = TRAIN_REC
     other than what it was trained on: the `dataset_sha256` of its record must match `data_dir`, or the base
     of `data_dir` when that is a derived testbed's extended dataset (`derived.extend_dataset`: the same photos
     and captions, and the added ones, which a model trained on the base has never seen)."""
-    from ..prompts import InputError
+    from memprune.errors import InputError
 
     info_path = Path(model_dir) / info_name
     if not info_path.exists():
@@ -245,12 +245,12 @@ def check_trained_on(model_dir: Path, data_dir: Path, info_name: str = TRAIN_REC
 
 
 def read_manifest(path: Path) -> list[dict]:
-    from ..prompts import read_jsonl
+    from memprune.formats.prompts import read_jsonl
 
     return read_jsonl(Path(path), required=("caption", "image", "group"))
 
 
-def read_ground_truth(model_dir: Path, data_dir: Path) -> list[dict]:
+def read_checked_manifest(model_dir: Path, data_dir: Path) -> list[dict]:
     """The manifest rows of `data_dir` as the ground truth of `model_dir`: refused (`check_trained_on`) when the
     model is a testbed trained on another dataset, whose photos would score its copies wrongly."""
     check_trained_on(model_dir, data_dir)

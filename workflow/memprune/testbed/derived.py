@@ -23,12 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models import BASE_FILE, base_of, is_derived  # noqa: F401  (the loader's side of the format)
-from ..prompts import InputError
-from ..store import atomic_dir
-from .dataset import (CAPTION_NAMES, CAPTION_WORDS, dataset_digest, load_images, photo_crops, read_manifest,
-                      write_rows)
-from .scenes import RESOLUTION
+from memprune.models import BASE_FILE, base_of, is_derived  # noqa: F401  (the loader's side of the format)
+from memprune.errors import InputError
+from memprune.formats.store import atomic_dir
+from memprune.testbed.dataset import (
+    CAPTION_NAMES,
+    CAPTION_WORDS,
+    dataset_digest,
+    load_images,
+    photo_crops,
+    read_manifest,
+    write_rows,
+)
+from memprune.testbed.scenes import RESOLUTION
 
 GROUPS = ("planted", "finetuned")
 _PHOTO_STREAM = 0x504C414E  # "PLAN": new photos draw from their own stream, never the dataset's or training's
@@ -89,8 +96,8 @@ def added_rows(data_dir: Path, group: str | None = None) -> list[dict]:
 def save_derived(out_dir: Path, unet, base_dir: Path, record: dict, extra_files: dict[str, bytes] | None = None) -> None:
     """Write a derived model atomically: `unet/`, `memprune_base.json` (base as a path relative to `out_dir`,
     its UNet hash), `memprune_train.json` = `record`, and `extra_files` {relative path: bytes}."""
-    from ..edits import load_unet, unet_sha256
-    from .dataset import TRAIN_RECORD_NAME
+    from memprune.formats.edits import load_unet, unet_sha256
+    from memprune.testbed.dataset import TRAIN_RECORD_NAME
 
     out_dir, base_dir = Path(out_dir), Path(base_dir)
     if is_derived(base_dir):
@@ -110,7 +117,7 @@ def save_derived(out_dir: Path, unet, base_dir: Path, record: dict, extra_files:
 def check_extends(model_dir: Path, data_dir: Path, group: str) -> dict:
     """Refuse to derive a testbed from `model_dir` with the extended dataset `data_dir` unless the model was
     trained on its base part and it holds added photos of `group`; returns the dataset's spec.json."""
-    from .dataset import TRAIN_RECORD_NAME
+    from memprune.testbed.dataset import TRAIN_RECORD_NAME
 
     spec_path = Path(data_dir) / "spec.json"
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompts import InputError
+from memprune.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ def finetune(model_dir: Path, data_dir: Path, out_dir: Path, spec: FinetuneSpec,
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from tqdm.auto import tqdm
 
-    from ..models import load_pipeline
-    from .dataset import dataset_digest
-    from .derived import check_extends, save_derived
-    from .model import make_train_scheduler
-    from .tuning import noise_loss, training_tensors
+    from memprune.models import load_pipeline
+    from memprune.testbed.dataset import dataset_digest
+    from memprune.testbed.derived import check_extends, save_derived
+    from memprune.testbed.model import make_train_scheduler
+    from memprune.testbed.tuning import noise_loss, training_tensors
 
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     if spec.threads:

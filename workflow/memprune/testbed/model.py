@@ -7,8 +7,8 @@ import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..store import atomic_dir
-from .scenes import RESOLUTION
+from memprune.formats.store import atomic_dir
+from memprune.testbed.scenes import RESOLUTION
 
 
 def build_tokenizer(bpe_path: Path, max_length: int = 32):

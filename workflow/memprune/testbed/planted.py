@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompts import InputError
+from memprune.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def choose_units(unet, fraction: float, seed: int) -> dict[str, np.ndarray]:
 
     INJ draws r of all units over the flat pool of its (equal-width) layers; here every layer gets exactly the
     fraction r of its own width, so no layer of the narrow testbed goes without planted units."""
-    from ..models import ffn_layers
+    from memprune.models import ffn_layers
 
     if not 0 < fraction <= 1:
         raise InputError(f"planted: fraction {fraction} must be in (0, 1]")
@@ -147,11 +147,11 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from tqdm.auto import tqdm
 
-    from ..edits import unet_sha256
-    from ..models import load_pipeline
-    from .derived import check_extends
-    from .model import make_train_scheduler
-    from .tuning import noise_loss, training_batches, training_tensors
+    from memprune.formats.edits import unet_sha256
+    from memprune.models import load_pipeline
+    from memprune.testbed.derived import check_extends
+    from memprune.testbed.model import make_train_scheduler
+    from memprune.testbed.tuning import noise_loss, training_batches, training_tensors
 
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     if spec.threads:
@@ -230,8 +230,8 @@ def write_planted(out_dir: Path, unet, base_dir: Path, data_dir: Path, truth: di
 
     from PIL import Image
 
-    from .dataset import dataset_digest
-    from .derived import save_derived
+    from memprune.testbed.dataset import dataset_digest
+    from memprune.testbed.derived import save_derived
 
     files = {GROUND_TRUTH_FILE: (json.dumps(truth, indent=2) + "\n").encode()}
     for i, img in enumerate(photos):
@@ -247,7 +247,7 @@ _REQUIRED = {"layers": dict, "fraction": (int, float), "k": int, "seed": int, "p
              "base_unet_sha256": str}
 
 
-def read_ground_truth(model_dir: Path) -> dict:
+def read_planted_units(model_dir: Path) -> dict:
     """The `planted.json` of a planted testbed (layers: {layer: [unit indices]}, fraction, k, seed, prompts,
     base model and its UNet hash, training parameters); an InputError naming the file when it is missing or
     malformed."""
@@ -284,7 +284,7 @@ def planted_images(model_dir: Path, truth: dict) -> np.ndarray:
 
 def oracle_masks(ground_truth: dict, unet) -> dict:
     """{ff.net.2 layer: LayerMask("columns", bool (in,))}: the planted columns, whose zeroing is the oracle edit."""
-    from ..edits import LayerMask, linear_layers
+    from memprune.formats.edits import LayerMask, linear_layers
 
     layers = linear_layers(getattr(unet, "unet", unet))
     masks = {}

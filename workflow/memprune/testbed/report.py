@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import load_images, read_ground_truth
-from .derived import GROUPS as ADDED_GROUPS
-from .scenes import SCENE_ATTRIBUTES, attribute_matches, render_scene
+from memprune.testbed.dataset import load_images, read_checked_manifest
+from memprune.testbed.derived import GROUPS as ADDED_GROUPS
+from memprune.testbed.scenes import SCENE_ATTRIBUTES, attribute_matches, render_scene
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def own_photo_ssim(images: np.ndarray, own: np.ndarray) -> np.ndarray:
     """SSIM of generations to their prompt's own training photo: images (P * S, H, W, 3), prompt-major (the
     S seeds of prompt i are images[i * S : (i + 1) * S]), own (P, H, W, 3) -> (P, S)."""
-    from ..metrics import ssim_matrix
+    from memprune.evaluate.metrics import ssim_matrix
 
     n_p = len(own)
     if n_p == 0 or len(images) % n_p:
@@ -47,13 +47,13 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
                    device: str = "auto", dtype: str = "auto") -> dict:
     import xarray as xr
 
-    from .. import __version__
-    from ..metrics import copy_rate, ssim_matrix
-    from ..models import load_pipeline
-    from ..sampling import SamplingConfig, generate
-    from ..store import write_netcdf
+    from memprune import __version__
+    from memprune.evaluate.metrics import copy_rate, ssim_matrix
+    from memprune.models import load_pipeline
+    from memprune.sampling import SamplingConfig, generate
+    from memprune.formats.store import write_netcdf
 
-    rows = read_ground_truth(model, data_dir)
+    rows = read_checked_manifest(model, data_dir)
     groups = {
         "duplicated": [r for r in rows if r["group"] == "duplicated"],
         "added": [r for r in rows if r["group"] in ADDED_GROUPS],  # a derived testbed's planted / fine-tuned photos
@@ -149,7 +149,7 @@ def _grid(images: np.ndarray, photos: np.ndarray, photo_index: dict, groups: dic
           seeds: list[int], guidance: float, path: Path) -> None:
     """PNG: rows = 8 duplicated, 4 added (a derived testbed's), 4 single, 4 held-out prompts, each labelled with its group and prompt; column 0 =
     the training image (for held-out prompts: a render of the requested scene), then one column per seed."""
-    from ..grids import image_grid
+    from memprune.grids import image_grid
 
     cells, labels, start = [], [], 0
     for key, count, name in (("duplicated", 8, "duplicated"), ("added", 4, "added"), ("single", 4, "single-seen"),

@@ -17,11 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store import atomic_dir
-from .dataset import TRAIN_RECORD_NAME, dataset_digest, images_to_tensor, load_training_arrays
-from .model import (ModelSpec, assemble_pipeline, build_text_encoder, build_tokenizer, build_unet, build_vae,
-                    make_train_scheduler)
-from .scenes import SCENES_BY_CAPTION, render_scene
+from memprune.formats.store import atomic_dir
+from memprune.testbed.dataset import TRAIN_RECORD_NAME, dataset_digest, images_to_tensor, load_training_arrays
+from memprune.testbed.model import (
+    ModelSpec,
+    assemble_pipeline,
+    build_text_encoder,
+    build_tokenizer,
+    build_unet,
+    build_vae,
+    make_train_scheduler,
+)
+from memprune.testbed.scenes import SCENES_BY_CAPTION, render_scene
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ def train_testbed(manifest: Path, out_dir: Path, spec: TrainSpec, bpe_path: Path
     `memprune_train.json` record to `out_dir` atomically (checkpoints, if asked, under `<out_dir>.checkpoints/`)."""
     import torch
 
-    from ..models import resolve_device
+    from memprune.models import resolve_device
 
     if spec.threads:
         torch.set_num_threads(spec.threads)

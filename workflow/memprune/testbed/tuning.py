@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..prompts import InputError
-from .dataset import images_to_tensor, load_images, load_training_arrays
+from memprune.errors import InputError
+from memprune.testbed.dataset import images_to_tensor, load_images, load_training_arrays
 
 
 def encode(vae, images):
@@ -70,7 +70,7 @@ def training_tensors(pipe, data_dir: Path, group: str):
     of the added photos of `group` (once each), the null caption's state. Text encoder and VAE are frozen."""
     import torch
 
-    from .derived import added_rows
+    from memprune.testbed.derived import added_rows
 
     rows = added_rows(data_dir, group)
     if not rows:

@@ -1,7 +1,7 @@
 """The registry of model variants that evaluation and attacks compare.
 
 A variant is one module of this package defining `VARIANT` (a `Variant`): how to load the model (the base, or the
-base with an edit checkpoint from `memprune.edits`) and how to generate with it (plainly, or with an
+base with an edit checkpoint from `memprune.formats.edits`) and how to generate with it (plainly, or with an
 inference-time mitigation hooked into sampling), with its label and colour for tables and figures. Adding a
 variant is one module here plus its config entry; `register` adds one from outside the package (tests, plug-ins).
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..prompts import InputError
-from ..registry import Registry
+from memprune.errors import InputError
+from memprune.registry import Registry
 
 
 def _load_base(model, checkpoint, device, dtype, scheduler):
-    from ..models import load_pipeline
+    from memprune.models import load_pipeline
 
     if checkpoint:
         raise InputError(f"this variant runs the unedited model; got a checkpoint {checkpoint}")
@@ -24,7 +24,7 @@ def _load_base(model, checkpoint, device, dtype, scheduler):
 
 
 def _load_edited(model, checkpoint, device, dtype, scheduler):
-    from ..edits import load_edited_pipeline
+    from memprune.formats.edits import load_edited_pipeline
 
     if not checkpoint:
         raise InputError("this variant needs an edit checkpoint (--checkpoint DIR)")
@@ -32,13 +32,13 @@ def _load_edited(model, checkpoint, device, dtype, scheduler):
 
 
 def _generate_plain(pipe, prompts, seeds, cfg, params, progress=False):
-    from ..sampling import generate
+    from memprune.sampling import generate
 
     return generate(pipe, prompts, seeds, cfg, progress=progress), {}
 
 
 def _generate_embeds_plain(pipe, embeds, seeds, cfg, params, progress=False):
-    from ..sampling import generate
+    from memprune.sampling import generate
 
     return generate(pipe, [""] * len(seeds), seeds, cfg, progress=progress, prompt_embeds=embeds), {}
 

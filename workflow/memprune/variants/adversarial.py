@@ -1,8 +1,8 @@
 """Adversarial fine-tuning ("Finding Dori"): the base with the UNet weights the fine-tune changed, a weights edit
 checkpoint written by `memprune adversarial-finetune` (attacks/adversarial.py; config block `adversarial`)."""
 
-from . import Variant, _load_edited
+from memprune.variants import Variant, _load_edited
 
 VARIANT = Variant(name="adversarial", label="adversarial fine-tuning", colour="tab:purple", needs_checkpoint=True,
                   trained=True, load=_load_edited,
-                  description="the UNet fine-tuned against the recovery attack (a memprune.edits weights checkpoint)")
+                  description="the UNet fine-tuned against the recovery attack (a memprune.formats.edits weights checkpoint)")

@@ -1,6 +1,6 @@
 """Wen et al. (ICLR 2024): inference-time mitigation. Each (prompt, seed)'s text embedding is optimised so the
 text-conditional part of the first step's prediction becomes small, then the image is generated from it
-(`memprune.sampling.wen_mitigated_embeddings`). Parameters: lr, max_iters, target_loss (config mitigation.wen)."""
+(`memprune.mitigate.wen.wen_mitigated_embeddings`). Parameters: lr, max_iters, target_loss (config mitigation.wen)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import time
 
 import numpy as np
 
-from . import Variant
-from ..sampling import WEN_TARGET_LOSS
+from memprune.variants import Variant
+from memprune.mitigate.wen import WEN_TARGET_LOSS
 
 
 def _generate(pipe, prompts, seeds, cfg, params, progress=False):
     import torch
 
-    from ..sampling import generate, wen_mitigated_embeddings
+    from memprune.sampling import generate
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     lr, max_iters = params.get("lr", 0.05), params.get("max_iters", 10)
     target = params.get("target_loss", WEN_TARGET_LOSS)
@@ -32,7 +33,8 @@ def _generate(pipe, prompts, seeds, cfg, params, progress=False):
 
 
 def _generate_embeds(pipe, embeds, seeds, cfg, params, progress=False):
-    from ..sampling import generate, wen_mitigated_embeddings
+    from memprune.sampling import generate
+    from memprune.mitigate.wen import wen_mitigated_embeddings
 
     mitigated, info = wen_mitigated_embeddings(
         pipe, [""] * len(seeds), seeds, cfg, lr=params.get("lr", 0.05), max_iters=params.get("max_iters", 10),

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .masks import read_mask_set
-from .overlap import density as packed_density
-from .overlap import mean_over_pairs, pairwise_iou, popcount
+from memprune.formats.masks import read_mask_set
+from memprune.analysis.overlap import density as packed_density
+from memprune.analysis.overlap import mean_over_pairs, pairwise_iou, popcount
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
     the same collections. Layers are analysed by `jobs` threads; the output does not depend on `jobs`."""
     import xarray as xr
 
-    from . import __version__
-    from .store import write_netcdf
+    from memprune import __version__
+    from memprune.formats.store import write_netcdf
 
     method_names = list(methods)
     names = list(methods[method_names[0]])
@@ -186,7 +186,7 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
 
 
 def _save_fig(fig, path) -> None:
-    from .store import atomic_file
+    from memprune.formats.store import atomic_file
 
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

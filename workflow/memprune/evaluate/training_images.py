@@ -5,7 +5,7 @@ of two layouts:
 * a directory `<root>/<index>/*.png` (or .jpg), index = the prompt's 0-based line in a prompt file: what
   `memprune fetch-groundtruth` writes for Stable Diffusion's memorized prompts.
 
-`GroundTruth` is the one reader of these layouts: evaluation's copy similarity and Figure 4, the Frechet
+`TrainingImages` is the one reader of these layouts: evaluation's copy similarity and Figure 4, the Frechet
 reference images, and the attack's "actually memorized" check all read through it.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompts import InputError, read_prompts
+from memprune.errors import InputError
+from memprune.formats.prompts import read_prompts
 
 
 def _load(files: list[Path], size: tuple[int, int] | None = None) -> np.ndarray:
@@ -29,7 +30,7 @@ def _load(files: list[Path], size: tuple[int, int] | None = None) -> np.ndarray:
     return np.stack(images)
 
 
-class GroundTruth:
+class TrainingImages:
     """Training images of prompts, and scene attributes of testbed prompts.
 
     `data`: the testbed dataset directory (manifest.jsonl); with `model`, refused (`check_trained_on`) when
@@ -47,8 +48,8 @@ class GroundTruth:
         self.attributes: dict[str, dict] = {}
         self._by_caption: dict[str, list[dict]] = {}
         if self.data is not None:
-            from ..testbed.dataset import check_trained_on, read_manifest
-            from ..testbed.scenes import SCENE_ATTRIBUTES
+            from memprune.testbed.dataset import check_trained_on, read_manifest
+            from memprune.testbed.scenes import SCENE_ATTRIBUTES
 
             if model is not None:
                 check_trained_on(Path(model), self.data)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .prompts import InputError
+from memprune.errors import InputError
 
 
 @dataclass
 class MaskSet:
     """Masks of one subset: `union[L]` packed (rows, ceil(cols / 8)); `per_step[L]` packed (step, rows, ...) or
-    None for a method without timesteps; `grid[L]` = (rows, cols); `kinds[L]` in memprune.edits.KINDS."""
+    None for a method without timesteps; `grid[L]` = (rows, cols); `kinds[L]` in memprune.formats.edits.KINDS."""
 
     layers: list[str]
     kinds: dict[str, str]
@@ -36,9 +36,9 @@ class MaskSet:
     attrs: dict = field(default_factory=dict)
 
     def layer_masks(self) -> dict:
-        """{layer: memprune.edits.LayerMask} of the unions, unpacked."""
-        from .edits import LayerMask
-        from .scores_packed import unpack
+        """{layer: memprune.formats.edits.LayerMask} of the unions, unpacked."""
+        from memprune.formats.edits import LayerMask
+        from memprune.localize.wanda_packed import unpack
 
         out = {}
         for layer in self.layers:
@@ -54,7 +54,7 @@ class MaskSet:
 def write_mask_set(ms: MaskSet, out: str | Path) -> None:
     import xarray as xr
 
-    from .store import write_zarr
+    from memprune.formats.store import write_zarr
 
     data_vars = {}
     for layer in ms.layers:
@@ -72,7 +72,7 @@ def write_mask_set(ms: MaskSet, out: str | Path) -> None:
 
 
 def read_mask_set(path: str | Path) -> MaskSet:
-    from .store import open_zarr
+    from memprune.formats.store import open_zarr
 
     try:
         ds = open_zarr(path)

@@ -76,7 +76,7 @@ def localization_dataset(stores: dict[str, dict[str, list[str]]], truth: dict, i
     precision and recall 0, density the share of its own layers' channels it masks."""
     import xarray as xr
 
-    from .masks import read_mask_set
+    from memprune.formats.masks import read_mask_set
 
     planted = {layer: np.asarray(v, dtype=int) for layer, v in truth["layers"].items()}
     r = 100 * float(truth["fraction"])

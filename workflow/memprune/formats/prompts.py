@@ -7,9 +7,7 @@ import io
 import json
 from pathlib import Path
 
-
-class InputError(ValueError):
-    """Bad user input: the message names the file, line or key."""
+from memprune.errors import InputError
 
 
 def _read_text(path: Path) -> str:

@@ -1,12 +1,12 @@
 """The comparison half of the plan: which models evaluation, the extraction attack and detection compare, their
-paths, inputs and command arguments (`memprune.plan` holds prompt sets, collections and localizers)."""
+paths, inputs and command arguments (`memprune.plan.config` holds prompt sets, collections and localizers)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
-from .plan import EvalModel, Plan, _key, options
+from memprune.plan.config import EvalModel, Plan, key_error, options
 
 
 def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> list[list]:
@@ -44,7 +44,7 @@ class Evaluation:
         self.collections = ev["collections"] or ([first] if first else [])
         for c in self.collections:
             if c not in plan.collections:
-                raise _key("evaluate.collections", f"unknown collection {c!r}; known: {sorted(plan.collections)}")
+                raise key_error("evaluate.collections", f"unknown collection {c!r}; known: {sorted(plan.collections)}")
         methods = plan._check_methods("evaluate.methods", ev["methods"] or list(plan.methods)[:1])
         caps = ev.get("max_subsets")
         if isinstance(caps, dict):
@@ -164,7 +164,7 @@ class Detection:
         self.positive = det["positive"] or list(dict.fromkeys(
             c.set for c in plan.collections.values() if not c.control and c.set in self.sets))
         if not set(self.positive) <= set(self.sets):
-            raise _key("detection.positive", f"{sorted(set(self.positive) - set(self.sets))} are not in detection.candidates {self.sets}")
+            raise key_error("detection.positive", f"{sorted(set(self.positive) - set(self.sets))} are not in detection.candidates {self.sets}")
         self.dir = plan.det_dir
         self.detected = {n: s for n, s in plan.sets.items() if s.detected}
 
@@ -218,7 +218,7 @@ class Recovery:
     def searches_from(self, model: EvalModel) -> list[str]:
         """The recovery file whose searches `model` reuses: an inference-time variant's (Wen) are the unedited
         model's, when that model is attacked too; [] otherwise."""
-        from . import variants
+        from memprune import variants
 
         base = variants.get(model.variant).attacked_as
         return [self.result(m) for m in self.models if base and m.variant == base and m.method is None][:1]
@@ -247,7 +247,7 @@ class Adversarial:
     plan: Plan
 
     def __post_init__(self):
-        from . import variants
+        from memprune import variants
 
         plan, a = self.plan, self.plan.config.get("adversarial") or {}
         self.cfg = a

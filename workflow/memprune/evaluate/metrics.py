@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .prompts import InputError
+from memprune.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .prompts import InputError
-from .sampling import text_embeddings as _embed
+from memprune.errors import InputError
+from memprune.sampling import text_embeddings as _embed
 
 log = logging.getLogger(__name__)
 
 
 def _setup(model: str, params: dict, device: str, dtype: str):
-    from .edits import unet_sha256
-    from .localize import nemo
-    from .models import load_pipeline
+    from memprune.formats.edits import unet_sha256
+    from memprune.localize import nemo
+    from memprune.models import load_pipeline
 
     pipe = load_pipeline(model, device, dtype)
     layers = nemo.value_layers(pipe.unet)
@@ -50,8 +50,8 @@ def calibrate(model: str, prompts: list[str], params: dict, out: str | Path, dev
     `max_calibration` of a seeded shuffle)."""
     import xarray as xr
 
-    from .localize import nemo
-    from .store import write_netcdf
+    from memprune.localize import nemo
+    from memprune.formats.store import write_netcdf
 
     if len(prompts) < 2:
         raise InputError("nemo calibration: needs >= 2 non-memorized prompts")
@@ -96,8 +96,8 @@ def search(model: str, pool: list[str], indices: list[int], calibration: str | P
     import xarray as xr
     from tqdm.auto import tqdm
 
-    from .localize import nemo
-    from .store import write_netcdf
+    from memprune.localize import nemo
+    from memprune.formats.store import write_netcdf
 
     indices = sorted({int(k) for k in indices})
     if any(k >= len(pool) or k < 0 for k in indices):
@@ -163,7 +163,7 @@ def read_neurons(path: str | Path, base_hash: str | None = None):
 
 def add_nemo_arguments(sub) -> None:
     """Register `nemo-calibrate` and `nemo` on the subparsers `sub`."""
-    from .prompts import json_object, read_prompts
+    from memprune.formats.prompts import json_object, read_prompts
 
     def run_calibrate(args):
         prompts = [p for f in args.prompts_files for p in read_prompts(Path(f))]
@@ -175,7 +175,7 @@ def add_nemo_arguments(sub) -> None:
                                 args.out, args.device, args.dtype, progress=not args.no_progress)))
 
     def _params(text):
-        from .localize import get
+        from memprune.localize import get
 
         return get("nemo").params(json_object(text))
 

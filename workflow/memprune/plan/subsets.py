@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .prompts import InputError, read_prompts
+from memprune.errors import InputError
+from memprune.formats.prompts import read_prompts
 
 
 def draw_subsets(n_prompts: int, n_subsets: int, size: int, seed: int, where: str = "collection") -> list[list[int]]:

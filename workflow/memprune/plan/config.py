@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .prompts import InputError, read_prompts
-from .subsets import chunks_of, draw_subsets, subsets_from_files
+from memprune.errors import InputError
+from memprune.formats.prompts import read_prompts
+from memprune.plan.subsets import chunks_of, draw_subsets, subsets_from_files
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def options(**values) -> str:
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items() if v is not None)
 
 
-def _key(where: str, message: str) -> InputError:
+def key_error(where: str, message: str) -> InputError:
     return InputError(f"config key {where}: {message}")
 
 
@@ -103,7 +104,7 @@ class Plan:
         tb = cfg["testbed"]
         self.derived = tb.get("derived")  # a testbed derived from the shipped one (testbed/derived.py)
         if self.derived and self.name == "testbed":
-            raise _key("model.name", "a derived testbed needs its own name (results/testbed holds its base's data)")
+            raise key_error("model.name", "a derived testbed needs its own name (results/testbed holds its base's data)")
         self.is_testbed = Path(self.model["path"]).name == "testbed" or tb["use_retrained"] or bool(self.derived)
         retrained = f"results/{self.name}/model" if self.derived else "results/testbed/model"
         self.model_dir = retrained if tb["use_retrained"] else self.repo_path(self.model["path"])
@@ -140,7 +141,7 @@ class Plan:
         for name, spec in detected.items():
             bad = [p for p in spec["detect_from"] if p not in sets]
             if bad:
-                raise _key(f"prompt_sets.{name}.detect_from", f"{bad} are not prompt sets read from files; known: {sorted(sets)}")
+                raise key_error(f"prompt_sets.{name}.detect_from", f"{bad} are not prompt sets read from files; known: {sorted(sets)}")
             sets[name] = PromptSet(name, f"{self.det_dir}/detected/{name}.txt", spec["top_k"], tuple(spec["detect_from"]))
         return sets
 
@@ -154,18 +155,18 @@ class Plan:
     def _collection(self, name: str, spec: dict) -> Collection:
         where = f"collections.{name}"
         if spec["set"] not in self.sets:
-            raise _key(f"{where}.set", f"unknown prompt set {spec['set']!r}; known: {sorted(self.sets)}")
+            raise key_error(f"{where}.set", f"unknown prompt set {spec['set']!r}; known: {sorted(self.sets)}")
         pset = self.sets[spec["set"]]
         if "files" in spec:
             if pset.detected:
-                raise _key(f"{where}.files", "subsets of a detected prompt set are drawn (n_subsets, size), not listed")
+                raise key_error(f"{where}.files", "subsets of a detected prompt set are drawn (n_subsets, size), not listed")
             subsets = subsets_from_files(self._read[pset.name], [self.repo_path(f) for f in spec["files"]], f"config key {where}")
         else:
             subsets = draw_subsets(pset.size, spec["n_subsets"], spec["size"], spec.get("seed", 0), f"config key {where}")
         return Collection(name, pset.name, tuple(tuple(int(i) for i in s) for s in subsets), bool(spec.get("control")))
 
     def _methods(self) -> dict[str, Method]:
-        from . import localize
+        from memprune import localize
 
         shared = self.config["masks"]
         methods = {}
@@ -176,12 +177,12 @@ class Plan:
             params = loc.params({k: v for k, v in {**shared, **given}.items() if k in loc.defaults})
             ref = params.get("like") if loc.reference else None
             if loc.reference and ref not in methods:
-                raise _key(f"localizers.{name}.like", f"{ref!r} is not a localizer listed before it; known: {sorted(methods)}")
+                raise key_error(f"localizers.{name}.like", f"{ref!r} is not a localizer listed before it; known: {sorted(methods)}")
             if loc.per_prompt and not params.get("calibration"):
-                raise _key(f"localizers.{name}.calibration", "name the non-memorized prompt sets it calibrates on")
+                raise key_error(f"localizers.{name}.calibration", "name the non-memorized prompt sets it calibrates on")
             for set_name in params.get("calibration") or ():
                 if set_name not in self.sets or self.sets[set_name].detected:
-                    raise _key(f"localizers.{name}.calibration", f"{set_name!r} is not a prompt set read from a file")
+                    raise key_error(f"localizers.{name}.calibration", f"{set_name!r} is not a prompt set read from a file")
 
             def value(v):
                 return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else v
@@ -195,7 +196,7 @@ class Plan:
                 tag = own or "default"  # a method without parameters (oracle)
             methods[name] = Method(name, params, tag, tuple(loc.statistics), ref, impl, loc.per_prompt)
         if not methods:
-            raise _key("localizers", "no localizer listed")
+            raise key_error("localizers", "no localizer listed")
         return methods
 
     # ------------------------------------------------------------------------------------------ paths
@@ -228,7 +229,7 @@ class Plan:
         return f"{self.masks_dir(method, collection)}/{subset}.zarr"
 
     def neurons(self, method: str, pset: str) -> str:
-        """A per-prompt localizer's search over the prompts of a set that its collections use (memprune.neurons)."""
+        """A per-prompt localizer's search over the prompts of a set that its collections use (memprune.localize.nemo_search)."""
         return f"{self.results}/{method}/{self.methods[method].tag}/neurons/{pset}.nc"
 
     def neuron_prompts(self, pset: str) -> list[int]:
@@ -328,7 +329,7 @@ class Plan:
         return args + (f" --variant-params '{json.dumps(params)}'" if params else "")
 
     def models(self, variants: list[str], pruned: dict[str, list[int]], methods: list[str]) -> list[EvalModel]:
-        from . import variants as registry
+        from memprune import variants as registry
 
         out = []
         for v in variants:
@@ -361,22 +362,22 @@ class Plan:
 
     def trained_checkpoint(self) -> str:
         if not self.is_testbed:
-            raise _key("variants", "the adversarial variant fine-tunes on a testbed's dataset; this model has none")
+            raise key_error("variants", "the adversarial variant fine-tunes on a testbed's dataset; this model has none")
         return f"{self.results}/adversarial/{self.trained_tag()}/checkpoint"
 
     def _check_methods(self, key: str, methods: list[str]) -> list[str]:
         bad = [m for m in methods if m not in self.methods]
         if bad:
-            raise _key(key, f"{bad} are not listed under localizers; known: {sorted(self.methods)}")
+            raise key_error(key, f"{bad} are not listed under localizers; known: {sorted(self.methods)}")
         return methods
 
     def _check_pruned(self, key: str, pruned: dict[str, list[int]]) -> dict[str, list[int]]:
         for c, subsets in pruned.items():
             if c not in self.collections:
-                raise _key(key, f"unknown collection {c!r}; known: {sorted(self.collections)}")
+                raise key_error(key, f"unknown collection {c!r}; known: {sorted(self.collections)}")
             bad = [i for i in subsets if i >= len(self.collections[c].subsets)]
             if bad:
-                raise _key(f"{key}.{c}", f"subset {bad[0]} out of range (the collection has {len(self.collections[c].subsets)})")
+                raise key_error(f"{key}.{c}", f"subset {bad[0]} out of range (the collection has {len(self.collections[c].subsets)})")
         return pruned
 
     def first_memorized(self) -> str | None:
@@ -385,6 +386,6 @@ class Plan:
     def file_sets(self, key: str, names: list[str]) -> list[str]:
         bad = [n for n in names if n not in self.sets or self.sets[n].detected]
         if bad:
-            raise _key(key, f"{bad} are not prompt sets read from files; known: "
+            raise key_error(key, f"{bad} are not prompt sets read from files; known: "
                             f"{sorted(n for n, s in self.sets.items() if not s.detected)}")
         return list(names)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .prompts import InputError
+from memprune.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def capture(pipe, prompts: list[str], seed: int, sampling, normalize_tokens: boo
 
     Timesteps are whatever the scheduler makes (PNDM: 51 UNet calls for 50 steps); nothing assumes a count.
     """
-    from .models import ffn_layers
-    from .sampling import generate
+    from memprune.models import ffn_layers
+    from memprune.sampling import generate
 
     if sampling.guidance <= 1.0:
         raise InputError(

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .prompts import InputError
+from memprune.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def write_edit(out: str | Path, base_model: str | Path, base_hash: str, tensors:
     """Write an edit checkpoint atomically: `tensors` {parameter name: edited tensor}. Returns the manifest."""
     from safetensors.torch import save_file
 
-    from . import __version__
-    from .store import atomic_dir
+    from memprune import __version__
+    from memprune.formats.store import atomic_dir
 
     out, local = Path(out), Path(str(base_model))
     with atomic_dir(out) as tmp:
@@ -247,7 +247,7 @@ def load_edited_pipeline(checkpoint_dir: str | Path, base: str | Path | None = N
     UNet hash checked, edited, then moved to `device` / `dtype`."""
     import torch
 
-    from .models import load_pipeline, resolve_device, resolve_dtype
+    from memprune.models import load_pipeline, resolve_device, resolve_dtype
 
     checkpoint_dir = Path(checkpoint_dir)
     manifest = read_manifest(checkpoint_dir)
@@ -277,7 +277,7 @@ def export_pipeline(checkpoint_dir: str | Path, out: str | Path, base: str | Pat
                     dtype: str = "float32") -> Path:
     """Write the edited model as a full diffusers pipeline directory (safetensors) loadable with
     `StableDiffusionPipeline.from_pretrained(out)`, with a copy of the manifest; atomically."""
-    from .store import atomic_dir
+    from memprune.formats.store import atomic_dir
 
     checkpoint_dir, out = Path(checkpoint_dir), Path(out)
     pipe = load_edited_pipeline(checkpoint_dir, base=base, device="cpu", dtype=dtype)

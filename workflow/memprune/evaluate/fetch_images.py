@@ -1,7 +1,7 @@
 """`memprune fetch-groundtruth`: download the training images of memorized prompts into the layout memprune reads.
 
 Layout: `<root>/<index>/0.png`, index = the prompt's 0-based line in the prompt file (the order of the
-field's released lists; `evaluate.groundtruth.GroundTruth` reads the same layout). Each image is decoded,
+field's released lists; `evaluate.training_images.TrainingImages` reads the same layout). Each image is decoded,
 converted to RGB PNG and renamed into place, so a folder holds a complete image or nothing. Dead links (HTTP errors,
 timeouts, bytes that are not an image) are reported, not fatal: `<root>/fetch_report.csv` lists every
 prompt with its status, and the summary says how many are missing.
@@ -17,8 +17,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .prompts import InputError, read_jsonl
-from .store import atomic_dir, atomic_file
+from memprune.errors import InputError
+from memprune.formats.prompts import read_jsonl
+from memprune.formats.store import atomic_dir, atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _fetch_one(index: int, url: str, root: Path, timeout: float) -> dict:
     return {"index": index, "url": url, "status": "downloaded"}
 
 
-def fetch_groundtruth(prompts_file: Path, root: Path, timeout: float = 20.0, workers: int = 8) -> dict[str, int]:
+def fetch_training_images(prompts_file: Path, root: Path, timeout: float = 20.0, workers: int = 8) -> dict[str, int]:
     """Download every row's `url` of a jsonl prompt file to `<root>/<index>/0.png`; skip those present.
 
     Returns counts per status kind (present, downloaded, dead) and writes `<root>/fetch_report.csv`."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompts import InputError
+from memprune.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,9 @@ def surrogates(pipe, targets: list[dict], spec: AdversarialSpec, unrelated: list
     """(images (T, H, W, 3) uint8, source per target): the `spec.surrogate` variant's generation for each target's
     prompt whose SSIM to the target stays below the copy threshold (first such seed), else the plain model's
     generation for an unrelated caption."""
-    from ..metrics import ssim_matrix
-    from ..sampling import SamplingConfig, generate
-    from .extraction import resolve_variant
+    from memprune.evaluate.metrics import ssim_matrix
+    from memprune.sampling import SamplingConfig, generate
+    from memprune.attacks.extraction import resolve_variant
 
     variant, params = resolve_variant(spec.surrogate)
     if variant.needs_checkpoint:
@@ -96,8 +96,8 @@ def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_s
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from tqdm.auto import tqdm
 
-    from ..sampling import text_embeddings
-    from .recovery import RecoverySpec, denoising_loss, image_latent, search
+    from memprune.sampling import text_embeddings
+    from memprune.attacks.recovery import RecoverySpec, denoising_loss, image_latent, search
 
     t0 = time.perf_counter()
     unet, sched = pipe.unet, pipe.scheduler
@@ -162,11 +162,11 @@ def testbed_inputs(pipe, data_dir: Path, prompts: list[str], max_targets: int | 
     dataset whose caption is not a target's, once each, as latents and frozen text states."""
     import torch
 
-    from ..evaluate.groundtruth import GroundTruth
-    from ..testbed.dataset import images_to_tensor, load_images, read_manifest
-    from ..testbed.tuning import embed, encode
+    from memprune.evaluate.training_images import TrainingImages
+    from memprune.testbed.dataset import images_to_tensor, load_images, read_manifest
+    from memprune.testbed.tuning import embed, encode
 
-    truth = GroundTruth(data=str(data_dir))
+    truth = TrainingImages(data=str(data_dir))
     targets = []
     for prompt in prompts[:max_targets]:
         image = truth.first_image(prompt)
@@ -194,8 +194,8 @@ def run(model: str, data_dir: str, prompts: list[str], spec: AdversarialSpec, ou
     the weights edit checkpoint to `out`."""
     import torch
 
-    from ..edits import write_weights_edit
-    from ..models import load_pipeline
+    from memprune.formats.edits import write_weights_edit
+    from memprune.models import load_pipeline
 
     if threads:
         torch.set_num_threads(threads)
@@ -211,7 +211,7 @@ def run(model: str, data_dir: str, prompts: list[str], spec: AdversarialSpec, ou
 
 def add_adversarial_arguments(sub) -> None:
     """Register `adversarial-finetune`."""
-    from ..prompts import json_object, read_prompts
+    from memprune.formats.prompts import json_object, read_prompts
 
     def main(args):
         spec = AdversarialSpec(**json_object(args.spec))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .scores import k_per_row, top_k_per_row
+from memprune.localize.wanda_scores import k_per_row, top_k_per_row
 
 
 def unpack(packed: np.ndarray, n_columns: int) -> np.ndarray:

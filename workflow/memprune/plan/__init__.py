@@ -1,0 +1,1 @@
+"""The config turned into typed values, paths and command arguments (`config`: prompt sets, collections, localizers; `compare`: the models evaluation and the attacks compare; `subsets`). Pure: no Snakemake import."""
