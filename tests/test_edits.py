@@ -135,3 +135,36 @@ def test_export_loads_with_from_pretrained(edits, tmp_path):
     expected = load_edited_pipeline(ckpts["rows"], device="cpu", dtype="float32").unet.state_dict()
     assert all(torch.equal(exported[k], v) for k, v in expected.items())
     assert not list((tmp_path / "full").rglob("*.bin"))  # safetensors only
+
+
+def test_a_manifest_names_its_base_by_no_absolute_path_and_loads_from_anywhere(edits, tiny_model, tmp_path,
+                                                                               monkeypatch):
+    """The tiny model is given by an absolute path; the manifest holds only relative names (and the UNet hash that
+    loading checks), loads from another working directory, and finds the base beside a moved copy of the tree."""
+    from memprune.formats.edits import _default_base
+
+    ckpts, masks = edits
+    manifest = read_manifest(ckpts["weight"])
+
+    def strings(node):
+        if isinstance(node, dict):
+            return [s for v in node.values() for s in strings(v)]
+        if isinstance(node, list):
+            return [s for v in node for s in strings(v)]
+        return [node] if isinstance(node, str) else []
+
+    assert tiny_model.is_absolute() and not [s for s in strings(manifest) if s.startswith("/")]
+    assert "base_model_path" not in manifest
+    monkeypatch.chdir(tmp_path)  # `base_model` (relative to where it was written) no longer resolves from here
+    expected = load_unet(tiny_model).state_dict()
+    edited = load_edited_pipeline(ckpts["weight"], device="cpu", dtype="float32").unet.state_dict()
+    (layer, lm), = masks["weight"].items()
+    w = expected[f"{layer}.weight"]
+    assert torch.equal(edited[f"{layer}.weight"], w.masked_fill(torch.from_numpy(lm.full(tuple(w.shape))), 0.0))
+    # the checkpoint and its base moved together keep finding each other
+    common = tiny_model.parent.parent
+    moved = tmp_path / "moved"
+    for path in (tiny_model, ckpts["weight"]):
+        shutil.copytree(path, moved / path.relative_to(common))
+    moved_ckpt = moved / ckpts["weight"].relative_to(common)
+    assert _default_base(read_manifest(moved_ckpt), moved_ckpt) == str(moved / tiny_model.relative_to(common))

@@ -8,9 +8,10 @@ A mask over a named layer (a `torch.nn.Linear` of the UNet, by module name) says
 tensors; both are written the same way:
 
   weights.safetensors   {<parameter name>: tensor} the edited parameters only, float32
-  manifest.json         format, kind ("masked" | "weights"), the base model (as given and resolved) and the
-                        sha256 of its whole UNet (`unet_sha256`), method and parameters, per layer what was
-                        zeroed (masked edits), the weights file's sha256, memprune's version
+  manifest.json         format, kind ("masked" | "weights"), the base model (by relative path or hub id, never
+                        an absolute path: `base_model_fields`) and the sha256 of its whole UNet (`unet_sha256`),
+                        method and parameters, per layer what was zeroed (masked edits), the weights file's
+                        sha256, memprune's version
 
 `load_edited_pipeline(dir)` refuses a checkpoint whose base hash, parameter names, shapes, file hash or zero
 counts do not match, so an edited model is never silently built from the wrong base or a corrupted file.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,15 +133,13 @@ def write_edit(out: str | Path, base_model: str | Path, base_hash: str, tensors:
     from memprune import __version__
     from memprune.formats.store import atomic_dir
 
-    out, local = Path(out), Path(str(base_model))
+    out = Path(out)
     with atomic_dir(out) as tmp:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE),
                   metadata={"format": FORMAT, "base_unet_sha256": base_hash})
         manifest = {
             "format": FORMAT, "kind": kind, "method": method, "params": params,
-            "base_model": str(base_model),
-            # a path given relative to the workflow's directory: recorded absolute too, so loading works elsewhere
-            "base_model_path": str(local.resolve()) if local.exists() else None,
+            **base_model_fields(base_model, out),
             "base_unet_sha256": base_hash, "hash_of": HASH_OF,
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             "zeroed": zeroed or {}, "zeroed_total": int(sum((zeroed or {}).values())),
@@ -200,12 +200,29 @@ def read_manifest(checkpoint_dir: str | Path) -> dict:
     return manifest
 
 
-def _default_base(manifest: dict) -> str:
+def base_model_fields(base_model: str | Path, out: Path) -> dict:
+    """How a manifest names its base model, with no absolute path (the base UNet's hash is what loading checks):
+    `base_model` is a hub id or a relative path as given, an absolute path made relative to the working directory;
+    a local base is also named relative to the checkpoint (`base_model_from_checkpoint`), so the checkpoint loads
+    from any directory while the two keep their places (a results/ tree beside the models it was made from)."""
+    local = Path(str(base_model))
+    if not local.exists():
+        return {"base_model": str(base_model)}  # a hub id
+    given = os.path.relpath(local) if local.is_absolute() else str(base_model)
+    return {"base_model": given, "base_model_from_checkpoint": os.path.relpath(local.resolve(), out.resolve())}
+
+
+def _default_base(manifest: dict, checkpoint_dir: Path) -> str:
+    """The base model a checkpoint names: from the working directory, else from the checkpoint, else (manifests
+    written before the relative names) the absolute `base_model_path`, else the name as given (a hub id)."""
     given = manifest["base_model"]
     if Path(given).exists():
         return given
+    from_checkpoint = manifest.get("base_model_from_checkpoint")
+    if from_checkpoint and (checkpoint_dir / from_checkpoint).exists():
+        return os.path.normpath(checkpoint_dir / from_checkpoint)
     resolved = manifest.get("base_model_path")
-    return resolved if resolved and Path(resolved).exists() else given  # else: a hub id
+    return resolved if resolved and Path(resolved).exists() else given
 
 
 def read_edited_tensors(checkpoint_dir: str | Path, manifest: dict) -> dict:
@@ -251,7 +268,7 @@ def load_edited_pipeline(checkpoint_dir: str | Path, base: str | Path | None = N
 
     checkpoint_dir = Path(checkpoint_dir)
     manifest = read_manifest(checkpoint_dir)
-    base = str(base) if base is not None else _default_base(manifest)
+    base = str(base) if base is not None else _default_base(manifest, checkpoint_dir)
     tensors = read_edited_tensors(checkpoint_dir, manifest)
     pipe = load_pipeline(base, "cpu", "float32", scheduler)
     base_hash = unet_sha256(pipe.unet)
