@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     from memprune.mitigate.adversarial import add_adversarial_arguments
 
     add_adversarial_arguments(sub)
+    from memprune.random_model import add_random_model_arguments
+
+    add_random_model_arguments(sub)
     p = sub.add_parser("fetch-groundtruth",
                        help="download the training images of memorized prompts to <root>/<index>/0.png; report dead links")
     p.add_argument("--prompts", required=True, help=".jsonl prompt file with `url` per row")
