@@ -2,13 +2,16 @@
 # Table of contents; the rules live in rules/, the code in workflow/memprune (the `memprune` command).
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from memprune.plan.schema import validate_config
 
 min_version("9.0")
 
 
-# The default config applies only when no --configfile is given: Snakemake would otherwise merge it into
-# the user's config (the testbed's collections would leak into an SD run). --config still overrides keys.
+# How configs combine (docs/configuration.md): the schema's defaults, then config.yaml when no --configfile is
+# given, else the --configfile files overlaid in order (config.yaml is skipped: its testbed collections would
+# leak into an SD run), then --config key=value.
 if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
@@ -23,7 +26,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The schema (workflow/schemas/config.schema.yaml) fills every default; an unknown key, localizer or variant
+# is named with the known ones.
+validate_config(config)
 
 
 include: "rules/common.smk"

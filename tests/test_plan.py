@@ -96,7 +96,7 @@ def test_optional_arguments_are_omitted_not_printed_as_none():
         assert "None" not in text and "null" not in text
 
 
-@pytest.mark.parametrize("name,group,collection,k", [("config/testbed_planted.yaml", "planted", "plant_k10", 25),
+@pytest.mark.parametrize("name,group,collection,k", [("config.yaml", "planted", "plant_k10", 25),
                                                       ("config/testbed_finetune.yaml", "finetuned", "ft_k10", 100)])
 def test_derived_testbed_configs_plan_their_own_data_and_targets(name, group, collection, k):
     plan = Plan(load(name), REPO)
@@ -114,10 +114,6 @@ def test_derived_testbed_configs_plan_their_own_data_and_targets(name, group, co
     cfg["model"]["name"] = "testbed"
     with pytest.raises(Exception, match="needs its own name"):
         Plan(cfg, REPO)
-
-
-def test_the_default_config_is_the_planted_testbed():
-    assert (REPO / "config.yaml").read_text() == (REPO / "config/testbed_planted.yaml").read_text()
 
 
 def test_recovery_plans_every_compared_model_on_testbeds_only():

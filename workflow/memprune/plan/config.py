@@ -16,6 +16,7 @@ from typing import Callable
 
 from memprune.errors import InputError
 from memprune.formats.prompts import read_prompts
+from memprune.plan.schema import resolve_shared
 from memprune.plan.subsets import chunks_of, draw_subsets, subsets_from_files
 
 
@@ -98,7 +99,7 @@ class Plan:
     methods: dict[str, Method] = field(init=False)
 
     def __post_init__(self):
-        cfg = self.config
+        cfg = resolve_shared(self.config)  # a stage's unset copy_threshold: the top-level one
         self.model = cfg["model"]
         self.name = self.model["name"]
         tb = cfg["testbed"]

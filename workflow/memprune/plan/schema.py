@@ -1,0 +1,127 @@
+"""The config checked against workflow/schemas/config.schema.yaml, with errors that name the fix, and completed:
+every schema default filled in (nested ones too: each section's `default: {}` lets its keys' defaults apply) and
+the shared keys resolved (a stage's `copy_threshold: null` takes the top-level `copy_threshold`).
+
+`validate_config(config)` is what the Snakefile calls; `resolve_shared(config)` runs again when a `Plan` is built
+(idempotent), so a config validated elsewhere (tests: `snakemake.utils.validate`) plans the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+
+import yaml
+
+from memprune.errors import InputError
+
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+# the stages whose copy threshold defaults to the top-level one: (section, subsection or None)
+COPY_THRESHOLD_KEYS = (("testbed", "report"), ("evaluate", None), ("attack", None), ("recovery", None),
+                       ("adversarial", None))
+VARIANT_LISTS = ("evaluate", "attack", "recovery")  # sections whose `variants` name registry variants
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def _unknown(where: str, what: str, name: str, known) -> InputError:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return InputError(f"config key {where}: unknown {what} {name!r}{hint}; known: {', '.join(known)}")
+
+
+def _check_keys(node, schema: dict, where: str) -> None:
+    """Keys of a section that the schema closes (additionalProperties: false) must be among its properties."""
+    if not isinstance(node, dict) or "properties" not in schema:
+        return
+    props = schema["properties"]
+    for key, value in node.items():
+        path = f"{where}.{key}" if where else key
+        if key in props:
+            _check_keys(value, props[key], path)
+        elif schema.get("additionalProperties") is False:
+            raise _unknown(path, "key", key, props)
+
+
+def check_names(config: dict, schema: dict | None = None) -> None:
+    """Unknown keys, localizers and variants, each named with the known ones (before the schema's own check,
+    whose message for them is a `oneOf` dump)."""
+    from memprune import localize, variants
+
+    schema = schema or load_schema()
+    _check_keys(config, schema, "")
+    known_localizers = localize.names()
+    localizers = config.get("localizers")
+    for name, entry in (localizers if isinstance(localizers, dict) else {}).items():
+        impl = entry.get("localizer") if isinstance(entry, dict) else None
+        if impl is not None:
+            if impl not in known_localizers:
+                raise _unknown(f"localizers.{name}.localizer", "localizer", impl, known_localizers)
+        elif name not in known_localizers:
+            error = _unknown(f"localizers.{name}", "localizer", name, known_localizers)
+            raise InputError(f"{error}; an entry of another name sets `localizer:` (e.g. random_nemo: "
+                             "{localizer: random, like: nemo})")
+    known_variants = variants.names()
+    for section in VARIANT_LISTS:
+        listed = config.get(section).get("variants") if isinstance(config.get(section), dict) else None
+        for v in listed if isinstance(listed, list) else []:
+            if isinstance(v, str) and v not in known_variants:
+                raise _unknown(f"{section}.variants", "model variant", v, known_variants)
+
+
+def _schema_error(config: dict, schema: dict) -> InputError | None:
+    """The schema's most relevant complaint about `config`, as `config key a.b.c: ...`."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(schema).iter_errors(config))
+    if error is None:
+        return None
+    where = ".".join(map(str, error.absolute_path)) or "(top level)"
+    return InputError(f"config key {where}: {error.message}")
+
+
+def resolve_shared(config: dict) -> dict:
+    """Fill each stage's unset copy threshold from the top-level `copy_threshold` (in place)."""
+    top = config["copy_threshold"]
+    for section, sub in COPY_THRESHOLD_KEYS:
+        node = config.get(section)
+        if isinstance(node, dict) and sub:
+            node = node.get(sub)
+        if isinstance(node, dict) and node.get("copy_threshold") is None:
+            node["copy_threshold"] = top
+    return config
+
+
+def schema_order(node, schema: dict):
+    """A section's keys in the schema's order (in place), so that the same values give the same job parameters
+    (e.g. `--variant-params`) whichever file set them; open mappings (localizers, collections) keep theirs."""
+    if isinstance(node, dict) and "properties" in schema:
+        props = schema["properties"]
+        if schema.get("additionalProperties") is False:
+            items = sorted(node.items(), key=lambda kv: list(props).index(kv[0]))
+            node.clear()
+            node.update(items)
+        for key, value in node.items():
+            if key in props:
+                schema_order(value, props[key])
+    return node
+
+
+def validate_config(config: dict) -> dict:
+    """Check `config` (names first, then the schema), fill the schema's defaults and resolve the shared keys,
+    in place; raises InputError naming the key and the fix."""
+    from snakemake.utils import validate
+
+    schema = load_schema()
+    check_names(config, schema)
+    error = _schema_error(copy.deepcopy(config), schema)
+    if error is not None:
+        raise error
+    validate(config, str(SCHEMA), set_default=True)
+    return resolve_shared(schema_order(config, schema))
