@@ -159,3 +159,177 @@ def test_wen_info_of_timed_chunks_is_concatenated_and_its_seconds_summed():
                    "wen_mean_iterations": 3.0, "wen_converged_fraction": 0.75, "wen_mean_initial_loss": 4.0,
                    "wen_mean_final_loss": 2.0}
     assert list(got)[:4] == ["wen_seconds", "wen_lr", "wen_max_iters", "wen_target_loss"]
+
+
+# ---------------------------------------------------------------------------------------------- Jain et al.
+
+
+def _reference_switched_guidance(pipe, prompts, seeds, cfg, transition_t):
+    """An independent loop: the unconditional prediction alone (guidance 0 is exactly that) while t > transition_t,
+    then plain classifier-free guidance with cfg.guidance; one image at a time."""
+    from memprune.sampling import _initial_latents
+
+    sched, unet = pipe.scheduler, pipe.unet
+    out = []
+    for prompt, seed in zip(prompts, seeds):
+        with torch.no_grad():
+            cond = pipe.encode_prompt([prompt], "cpu", 1, False)[0]
+            null = pipe.encode_prompt([""], "cpu", 1, False)[0]
+            sched.set_timesteps(cfg.steps)
+            x = _initial_latents(pipe, [torch.Generator().manual_seed(seed)], cfg) * sched.init_noise_sigma
+            for t in sched.timesteps:
+                xin = sched.scale_model_input(x, t)
+                if t > transition_t:
+                    eps = unet(xin, t, encoder_hidden_states=null).sample
+                else:
+                    u, c = unet(xin, t, encoder_hidden_states=null).sample, unet(xin, t, encoder_hidden_states=cond).sample
+                    eps = u + cfg.guidance * (c - u)
+                x = sched.step(eps, t, x).prev_sample
+            image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
+        out.append(((image[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+    return np.stack(out)
+
+
+def test_jain_static_point_is_plain_sampling_with_the_guidance_switched_there(tiny_pipe):
+    from memprune.mitigate.jain import guided_sample
+    from memprune.sampling import text_embeddings
+
+    c = cfg()  # 4 DDIM steps: timesteps 751, 501, 251, 1
+    got, info = guided_sample(tiny_pipe, text_embeddings(tiny_pipe, PROMPTS), SEEDS, c, mode="static",
+                              transition_t=500, guidance_before=0.0)
+    expected = _reference_switched_guidance(tiny_pipe, PROMPTS, SEEDS, c, 500)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    assert np.all(info["transition_step"] == 2) and np.all(info["transition_t"] == 251)
+    plain = _reference_switched_guidance(tiny_pipe, PROMPTS, SEEDS, c, 1000)
+    assert np.abs(got.astype(int) - plain.astype(int)).max() > 1  # withholding guidance changes the images
+
+
+def test_jain_with_the_point_before_the_first_step_is_diffusers_sampling(tiny_pipe):
+    """Guidance from the first step on is the pipeline's own sampling, bit for bit; batches cut differently agree."""
+    from memprune.mitigate.jain import guided_sample
+    from memprune.sampling import generate, text_embeddings
+
+    embeds = text_embeddings(tiny_pipe, PROMPTS)
+    got, info = guided_sample(tiny_pipe, embeds, SEEDS, cfg(), mode="static", transition_t=1000, guidance_before=0.0)
+    assert np.array_equal(got, generate(tiny_pipe, PROMPTS, SEEDS, cfg()))
+    assert np.all(info["transition_step"] == 0)
+    cut, _ = guided_sample(tiny_pipe, embeds, SEEDS, cfg(3), mode="static", transition_t=1000)
+    assert np.abs(cut.astype(int) - got.astype(int)).max() <= 1
+
+
+def test_jain_dynamic_point_is_the_first_local_minimum_of_the_guidance_difference(tiny_pipe):
+    from memprune.mitigate.jain import guided_sample, turned
+    from memprune.sampling import text_embeddings
+
+    assert not turned([3.0, 2.0]) and turned([3.0, 2.0, 2.5]) and not turned([3.0, 2.0, 1.0]) and not turned([1.0, 2.0, 3.0])
+    c = SamplingConfig_steps(10)
+    embeds = text_embeddings(tiny_pipe, PROMPTS)
+    got, info = guided_sample(tiny_pipe, embeds, SEEDS, c, mode="dynamic", guidance_before=1.0)
+    never, _ = guided_sample(tiny_pipe, embeds, SEEDS, c, mode="static", transition_t=-1.0, guidance_before=1.0)
+    at_once, _ = guided_sample(tiny_pipe, embeds, SEEDS, c, mode="static", transition_t=1000.0)
+    tiny_pipe.scheduler.set_timesteps(10)
+    timesteps = tiny_pipe.scheduler.timesteps.numpy()
+    for i in range(len(SEEDS)):
+        step = info["transition_step"][i]
+        assert step == -1 or step >= 2
+        assert np.isnan(info["transition_t"][i]) if step == -1 else info["transition_t"][i] == timesteps[step]
+        if step == -1:  # no minimum: guidance 1 throughout, as their script
+            assert np.array_equal(got[i], never[i])
+        elif step == 0:
+            assert np.array_equal(got[i], at_once[i])
+
+
+def SamplingConfig_steps(steps):
+    from memprune.sampling import SamplingConfig
+
+    return SamplingConfig(steps=steps, guidance=3.0, batch_size=4)
+
+
+def test_jain_variant_reads_its_mode_blocks_and_generates_from_embeddings(tiny_pipe):
+    from memprune import variants
+    from memprune.errors import InputError
+    from memprune.sampling import text_embeddings
+    from memprune.variants.jain import schedule
+
+    assert schedule({"mode": "opposite"}) == {"mode": "opposite", "transition_t": 650.0, "guidance_before": -2.0}
+    assert schedule({"mode": "static", "static": {"transition_t": 300}})["transition_t"] == 300.0
+    with pytest.raises(InputError, match="mitigation.jain.mode"):
+        schedule({"mode": "sometimes"})
+    v = variants.get("jain")
+    assert v.attacked_as == "none"
+    images, _ = v.generate(tiny_pipe, PROMPTS, SEEDS, cfg(), v.default_params)
+    from_embeds, _ = v.generate_embeds(tiny_pipe, text_embeddings(tiny_pipe, PROMPTS), SEEDS, cfg(), v.default_params)
+    assert np.array_equal(images, from_embeds)
+    opposite, _ = v.generate(tiny_pipe, PROMPTS, SEEDS, cfg(), {**v.default_params, "mode": "opposite"})
+    assert not np.array_equal(images, opposite)
+
+
+# ---------------------------------------------------------------------------------------------- Ren et al.
+
+
+def test_ren_leaves_unflagged_images_bit_identical(tiny_pipe):
+    from memprune.mitigate.ren import ren_generate
+    from memprune.sampling import generate
+
+    plain = generate(tiny_pipe, PROMPTS, SEEDS, cfg())
+    got, info = ren_generate(tiny_pipe, SEEDS, cfg(), prompts=PROMPTS, threshold=np.inf)
+    assert not info["flagged"].any() and np.array_equal(got, plain)
+    # flag half: the other half stays bit-identical within the same batches
+    threshold = float(np.median(info["entropy"]))
+    half, info = ren_generate(tiny_pipe, SEEDS, cfg(), prompts=PROMPTS, threshold=threshold, c1=3.0)
+    flagged = info["flagged"]
+    assert 0 < flagged.sum() < len(flagged)
+    assert np.array_equal(half[~flagged], plain[~flagged])
+    assert all(not np.array_equal(half[i], plain[i]) for i in np.flatnonzero(flagged))
+
+
+def test_ren_processor_rescales_the_bos_logit_and_masks_padding(tiny_pipe):
+    """The recomputed rows: c1 = 1 without a mask is diffusers' attention; c1 scales exactly token 0's logit."""
+    from memprune.mitigate.ren import attention_logits, cross_attention_layers, rescaled_attention
+
+    _, attn = cross_attention_layers(tiny_pipe.unet)[0]
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 16, attn.query_dim, generator=gen)
+    e = torch.randn(2, 20, attn.cross_attention_dim, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(rescaled_attention(attn, h, e, [False, False], [None, None], 1.0), attn(h, e), rtol=1e-5, atol=1e-6)
+        logits, v = attention_logits(attn, h, e)
+        logits[1, ..., 0] *= 1.25
+        logits[1, ..., 5:] = -torch.inf
+        p = torch.softmax(logits, -1)
+        expected = attn.to_out[0]((p @ v).transpose(1, 2).reshape(2, 16, -1))
+        torch.testing.assert_close(rescaled_attention(attn, h, e, [False, True], [None, 5], 1.25), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ren_detector_is_the_entropy_of_the_first_step_attention(tiny_pipe):
+    from memprune.mitigate.ren import cross_attention_layers, entropy, first_step_entropy
+    from memprune.sampling import text_embeddings
+
+    names = [n for n, _ in cross_attention_layers(tiny_pipe.unet)]
+    assert names[0].startswith("down_blocks") and names[-1].startswith("up_blocks")
+    assert names.index(next(n for n in names if n.startswith("mid_block"))) < names.index(next(n for n in names if n.startswith("up_blocks")))
+    np.testing.assert_allclose(entropy(np.full((1, 4), 0.25)), [np.log(4)])
+    embeds = text_embeddings(tiny_pipe, PROMPTS)
+    scores = first_step_entropy(tiny_pipe, embeds, SEEDS, cfg())
+    assert scores.shape == (4,) and np.all((scores > 0) & (scores <= np.log(20) + 1e-9))
+    single = first_step_entropy(tiny_pipe, embeds, SEEDS, cfg(), layers=[0])
+    assert not np.allclose(single, scores)
+    np.testing.assert_allclose(first_step_entropy(tiny_pipe, embeds, SEEDS, cfg(1)), scores, rtol=1e-5)
+    from memprune.errors import InputError
+
+    with pytest.raises(InputError, match="detect_layers"):
+        first_step_entropy(tiny_pipe, embeds, SEEDS, cfg(), layers=[len(names)])
+
+
+def test_ren_variant_from_embeddings_flags_and_mitigates(tiny_pipe):
+    from memprune import variants
+    from memprune.sampling import generate, text_embeddings
+
+    v = variants.get("ren")
+    assert v.attacked_as == "none"
+    embeds = text_embeddings(tiny_pipe, PROMPTS)
+    plain = generate(tiny_pipe, PROMPTS, SEEDS, cfg(), prompt_embeds=embeds)
+    got, info = v.generate_embeds(tiny_pipe, embeds, SEEDS, cfg(), {**v.default_params, "detect": False, "c1": 3.0})
+    assert info["flagged"].all() and all(not np.array_equal(got[i], plain[i]) for i in range(4))
+    got, info = v.generate_embeds(tiny_pipe, embeds, SEEDS, cfg(), {**v.default_params, "threshold": 1e9})
+    assert not info["flagged"].any() and np.array_equal(got, plain)
