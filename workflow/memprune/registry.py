@@ -33,7 +33,7 @@ class Registry:
     def get(self, name: str):
         self._discover()
         if name not in self.entries:
-            raise InputError(f"unknown {self.kind} {name!r}; known: {sorted(self.entries)}")
+            raise InputError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self.entries))}")
         return self.entries[name]
 
     def names(self) -> list[str]:

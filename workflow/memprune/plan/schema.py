@@ -56,12 +56,25 @@ def check_names(config: dict, schema: dict | None = None) -> None:
     schema = schema or load_schema()
     _check_keys(config, schema, "")
     known_localizers = localize.names()
+    # entries of another name (random_nemo: {localizer: random, like: nemo}): the schema's oneOf branches
+    branches = {b["properties"]["localizer"]["const"]: b
+                for b in schema["properties"]["localizers"]["additionalProperties"]["oneOf"]}
     localizers = config.get("localizers")
     for name, entry in (localizers if isinstance(localizers, dict) else {}).items():
         impl = entry.get("localizer") if isinstance(entry, dict) else None
         if impl is not None:
             if impl not in known_localizers:
                 raise _unknown(f"localizers.{name}.localizer", "localizer", impl, known_localizers)
+            if impl not in branches:
+                raise InputError(f"config key localizers.{name}.localizer: an entry of another name runs one of "
+                                 f"{', '.join(sorted(branches))} at other parameters; {impl!r} runs once, as {impl}:")
+            for key in entry:
+                if key not in branches[impl]["properties"]:
+                    raise _unknown(f"localizers.{name}.{key}", "parameter", key, branches[impl]["properties"])
+            missing = [k for k in branches[impl].get("required", ()) if k not in entry]
+            if missing:
+                raise InputError(f"config key localizers.{name}: a {impl} entry of another name needs "
+                                 f"{', '.join(missing)} ({branches[impl]['properties'][missing[0]]['description']})")
         elif name not in known_localizers:
             error = _unknown(f"localizers.{name}", "localizer", name, known_localizers)
             raise InputError(f"{error}; an entry of another name sets `localizer:` (e.g. random_nemo: "
@@ -83,6 +96,9 @@ def _schema_error(config: dict, schema: dict) -> InputError | None:
     if error is None:
         return None
     where = ".".join(map(str, error.absolute_path)) or "(top level)"
+    if error.validator == "oneOf" and error.context:  # none of the allowed forms: say what each one lacks
+        forms = sorted({e.message for e in error.context})
+        return InputError(f"config key {where}: {error.instance!r} matches none of its allowed forms: {' | '.join(forms)}")
     return InputError(f"config key {where}: {error.message}")
 
 
