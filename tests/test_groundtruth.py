@@ -1,4 +1,4 @@
-"""`memprune fetch-groundtruth` against a local HTTP server: images land in <root>/<index>/0.png, dead links
+"""`memprune fetch-training-images` against a local HTTP server: images land in <root>/<index>/0.png, dead links
 are reported and not fatal, a second run skips what is present."""
 
 import csv
@@ -30,14 +30,14 @@ def server(tmp_path):
     httpd.shutdown()
 
 
-def test_fetch_groundtruth_downloads_and_reports_dead_links(server, tmp_path, capsys):
+def test_fetch_training_images_downloads_and_reports_dead_links(server, tmp_path, capsys):
     prompts = tmp_path / "mem.jsonl"
     rows = [{"caption": "first", "url": f"{server}/a.jpg"}, {"caption": "second", "url": f"{server}/missing.jpg"},
             {"caption": "third", "url": f"{server}/b.png"}, {"caption": "fourth", "url": f"{server}/c.jpg"},
             {"caption": "fifth"}]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     root = tmp_path / "gt"
-    assert main(["fetch-groundtruth", "--prompts", str(prompts), "--root", str(root), "--timeout", "5"]) == 0
+    assert main(["fetch-training-images", "--prompts", str(prompts), "--root", str(root), "--timeout", "5"]) == 0
     assert "dead: 3" in capsys.readouterr().out
     assert np.asarray(Image.open(root / "0" / "0.png")).shape == (8, 8, 3)
     assert Image.open(root / "2" / "0.png").mode == "RGB"
@@ -46,12 +46,12 @@ def test_fetch_groundtruth_downloads_and_reports_dead_links(server, tmp_path, ca
     assert report[0] == "downloaded" and report[1] == "dead: HTTP 404"
     assert report[3] == "dead: not an image" and report[4] == "dead: no url"
     # second run: nothing downloaded again
-    assert main(["fetch-groundtruth", "--prompts", str(prompts), "--root", str(root)]) == 0
+    assert main(["fetch-training-images", "--prompts", str(prompts), "--root", str(root)]) == 0
     assert "present: 2" in capsys.readouterr().out
 
 
-def test_fetch_groundtruth_needs_urls(tmp_path, capsys):
+def test_fetch_training_images_needs_urls(tmp_path, capsys):
     prompts = tmp_path / "mem.jsonl"
     prompts.write_text('{"caption": "x"}\n')
-    assert main(["fetch-groundtruth", "--prompts", str(prompts), "--root", str(tmp_path / "gt")]) == 2
+    assert main(["fetch-training-images", "--prompts", str(prompts), "--root", str(tmp_path / "gt")]) == 2
     assert f"{prompts}: no row has a `url` key" in capsys.readouterr().err

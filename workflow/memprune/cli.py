@@ -161,7 +161,7 @@ def cmd_train_clip(args) -> None:
     print(json.dumps(record["retrieval"]))
 
 
-def cmd_fetch_groundtruth(args) -> None:
+def cmd_fetch_training_images(args) -> None:
     from memprune.evaluate.fetch_images import fetch_training_images
 
     counts = fetch_training_images(Path(args.prompts), Path(args.root), args.timeout, args.workers)
@@ -306,13 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     from memprune.random_model import add_random_model_arguments
 
     add_random_model_arguments(sub)
-    p = sub.add_parser("fetch-groundtruth",
+    p = sub.add_parser("fetch-training-images",
                        help="download the training images of memorized prompts to <root>/<index>/0.png; report dead links")
     p.add_argument("--prompts", required=True, help=".jsonl prompt file with `url` per row")
     p.add_argument("--root", required=True, help="ground-truth directory (config key evaluate.ground_truth)")
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--workers", type=int, default=8)
-    p.set_defaults(func=cmd_fetch_groundtruth)
+    p.set_defaults(func=cmd_fetch_training_images)
     return parser
 
 

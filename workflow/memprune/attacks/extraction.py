@@ -124,7 +124,7 @@ def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], c
     """Generate and measure one chunk of prompts (steps 1-2) with a registry variant (`variant`, loaded with
     `checkpoint` where it needs one, generating with `params` over its defaults); netCDF, its attrs recording
     the variant, checkpoint and params, its variables what the variant recorded per image. `data_dir`: the
-    testbed dataset whose train-split images are the prompts' ground truth (`evaluate.groundtruth`)."""
+    testbed dataset whose train-split images are the prompts' ground truth (`evaluate.training_images`)."""
     import xarray as xr
 
     from memprune import __version__

@@ -16,9 +16,9 @@ one Snakemake job each:
   `pruned:<method>`, other variants by name), a summary table and the figures.
 
 Prompts (`.prompts`): the memorized prompt set (its first `max_memorized`), then the non-memorized prompts
-(generalization: the testbed's held-out scene captions, COCO captions for SD). Ground truth (`.groundtruth`):
+(generalization: the testbed's held-out scene captions, COCO captions for SD). Training images (`.training_images`):
 the testbed dataset's manifest (caption -> images), or a directory `<root>/<index>/*.png` where <index> is the
 prompt's 0-based position in the memorized prompt file. The command line is `.cli`.
 
-Modules import one way: figures, aggregate -> score, sample -> prompts, groundtruth.
+Modules import one way: figures, aggregate -> score, sample -> prompts, training_images.
 """

@@ -1,4 +1,4 @@
-"""`memprune fetch-groundtruth`: download the training images of memorized prompts into the layout memprune reads.
+"""`memprune fetch-training-images`: download the training images of memorized prompts into the layout memprune reads.
 
 Layout: `<root>/<index>/0.png`, index = the prompt's 0-based line in the prompt file (the order of the
 field's released lists; `evaluate.training_images.TrainingImages` reads the same layout). Each image is decoded,
@@ -23,7 +23,7 @@ from memprune.formats.store import atomic_dir, atomic_file
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "memprune-fetch-groundtruth (research; copy detection of diffusion models)"
+USER_AGENT = "memprune-fetch-training-images (research; copy detection of diffusion models)"
 
 
 def _fetch_one(index: int, url: str, root: Path, timeout: float) -> dict:
@@ -59,7 +59,7 @@ def fetch_training_images(prompts_file: Path, root: Path, timeout: float = 20.0,
     Returns counts per status kind (present, downloaded, dead) and writes `<root>/fetch_report.csv`."""
     prompts_file, root = Path(prompts_file), Path(root)
     if prompts_file.suffix.lower() != ".jsonl":
-        raise InputError(f"{prompts_file}: fetch-groundtruth needs a .jsonl prompt file with a `url` per row")
+        raise InputError(f"{prompts_file}: fetch-training-images needs a .jsonl prompt file with a `url` per row")
     rows = read_jsonl(prompts_file, required=("caption",))
     if not any("url" in r for r in rows):
         raise InputError(f"{prompts_file}: no row has a `url` key: nothing to download")

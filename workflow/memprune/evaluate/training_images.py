@@ -3,7 +3,7 @@ of two layouts:
 
 * the testbed dataset directory: `manifest.jsonl`, caption -> its images (and, for scenes, their attributes);
 * a directory `<root>/<index>/*.png` (or .jpg), index = the prompt's 0-based line in a prompt file: what
-  `memprune fetch-groundtruth` writes for Stable Diffusion's memorized prompts.
+  `memprune fetch-training-images` writes for Stable Diffusion's memorized prompts.
 
 `TrainingImages` is the one reader of these layouts: evaluation's copy similarity and Figure 4, the Frechet
 reference images, and the attack's "actually memorized" check all read through it.
