@@ -42,7 +42,8 @@ rule attack_analyze:
     conda:
         CONDA_ENV
     input:
-        lambda wc: ATTACK.chunks(ATTACK_MODELS[wc.attackmodel]),
+        chunks=lambda wc: ATTACK.chunks(ATTACK_MODELS[wc.attackmodel]),
+        data=[ATTACK.data] if ATTACK.data else [],
     output:
         f"{ATTACK.dir}/{{attackmodel}}.nc",
     wildcard_constraints:
@@ -52,8 +53,9 @@ rule attack_analyze:
     log:
         PLAN.log("attack/analyze", "{attackmodel}"),
     shell:
-        memprune("attack-analyze", f"--chunks {{input}} --variant {{params.id:q}} --threshold {ATTACK.cfg['distance_threshold']} "
-                 f"--min-clique {ATTACK.cfg['min_clique']} --copy-threshold {ATTACK.cfg['copy_threshold']} --out {{output}}")
+        memprune("attack-analyze", f"--chunks {{input.chunks}} --variant {{params.id:q}} --threshold {ATTACK.cfg['distance_threshold']} "
+                 f"--min-clique {ATTACK.cfg['min_clique']} --copy-threshold {ATTACK.cfg['copy_threshold']} "
+                 f"{options(data=ATTACK.data)} --out {{output}}")
 
 
 rule attack_table:

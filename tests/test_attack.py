@@ -356,3 +356,94 @@ def test_attack_chunk_scores_against_the_training_images(tiny_model, tmp_path):
     assert analyze_variant([chunk], "none", 0.05, 2, 0.4, res).has_truth.values.tolist() == [True, False]
     attack_figure([res], {"none": [chunk]}, data, tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 500
+
+
+def _synthetic_photos(n, seed=0):
+    """n distinct 32x32 photos: smooth random blobs, far apart in SSIM."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32] / 32.0
+    photos = []
+    for _ in range(n):
+        f = rng.uniform(1, 4, size=(3, 2))
+        ph = rng.uniform(0, 2 * np.pi, size=(3, 2))
+        img = np.stack([np.sin(2 * np.pi * (f[c, 0] * xx + f[c, 1] * yy) + ph[c, 0]) for c in range(3)], -1)
+        photos.append(((img + 1) * 127.5).astype(np.uint8))
+    return np.stack(photos)
+
+
+def _jitter(image, n, seed):
+    rng = np.random.default_rng(seed)
+    return np.clip(image[None].astype(int) + rng.integers(-3, 4, size=(n, *image.shape)), 0, 255).astype(np.uint8)
+
+
+def test_which_image_tells_the_prompts_own_image_from_another():
+    from memprune.attacks.extraction import identify, pairwise_tiled_distances, which_image
+
+    gallery = _synthetic_photos(4)
+    captions = ["own a", "own b", "other c", "other c"]  # a caption may have several images
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    images = np.stack([
+        np.concatenate([_jitter(gallery[0], 4, 0), noise[:2]]),  # "own a": a clique of its own photo
+        np.concatenate([_jitter(gallery[3], 4, 1), noise[2:4]]),  # "own b": a clique of another caption's photo
+        noise[:6][[5, 4, 3, 2, 1, 0]],  # "own b" again: nothing close, not identified
+    ])
+    prompts = ["own a", "own b", "own b"]
+    distance = np.stack([pairwise_tiled_distances(im) for im in images])
+    ssim_own = np.full((3, 6), 0.0)
+    res = identify(distance, ssim_own, threshold=0.05, min_clique=3, copy_threshold=0.4)
+    assert res["identified"].tolist() == [True, True, False] and res["clique_size"].tolist()[:2] == [4, 4]
+    got = which_image(images, distance, res["clique"], res["identified"], prompts, gallery, captions, 0.4)
+    assert got["nearest_image"].tolist() == [0, 3, -1]
+    assert got["nearest_caption"].tolist() == ["own a", "other c", ""]
+    assert got["own_image"].tolist() == [True, False, False]
+    assert got["actually_memorized"].tolist() == [True, False, False]
+    assert got["copies_another"].tolist() == [False, True, False]
+    assert got["nearest_ssim"][0] > 0.9 and np.isnan(got["nearest_ssim"][2])
+    # a clique near no training image at the copy threshold copies nothing
+    far = which_image(images, distance, res["clique"], res["identified"], prompts, gallery[1:3], captions[1:3], 0.4)
+    assert not far["actually_memorized"].any() and not far["copies_another"].any()
+
+
+def test_analyze_variant_counts_own_and_another_image_in_the_file_and_table(tmp_path):
+    """A synthetic chunk over a real dataset layout: one prompt's generations copy its own photo, one copies another
+    caption's photo, one copies nothing; attack.nc and the table keep the two kinds apart."""
+    from memprune.attacks.extraction import analyze_variant, attack_table, format_table, pairwise_tiled_distances
+    from memprune.evaluate.training_images import TrainingImages
+    from memprune.formats.store import write_netcdf
+    from memprune.testbed.dataset import DatasetSpec, generate_dataset
+
+    data = generate_dataset(DatasetSpec(seed=1, n_duplicated=3, duplication=2, n_single=2, renders_per_scene=1),
+                            tmp_path / "data").parent
+    truth = TrainingImages(data=data)
+    dup = [r for r in truth.rows if r["group"] == "duplicated"]
+    mine, theirs = dup[0], dup[1]
+    photo = lambda row: truth.images(row["caption"])[0]
+    rng = np.random.default_rng(0)
+    images = np.stack([_jitter(photo(mine), 5, 0), _jitter(photo(theirs), 5, 1),
+                       rng.integers(0, 256, size=(5, *photo(mine).shape), dtype=np.uint8)])
+    prompts = [mine["caption"], dup[2]["caption"], "a caption with no photo"]
+    ssim_truth = np.stack([np.full(5, 0.9), np.full(5, 0.1), np.full(5, np.nan)]).astype(np.float32)
+    chunk = xr.Dataset({"images": (("prompt", "seed", "y", "x", "rgb"), images),
+                        "distance": (("prompt", "seed", "seed_j"), np.stack([pairwise_tiled_distances(i) for i in images])),
+                        "ssim_truth": (("prompt", "seed"), ssim_truth)},
+                       coords={"prompt": np.array(prompts, dtype=object), "seed": np.arange(5), "seed_j": np.arange(5),
+                               "group": ("prompt", np.array(["memorized"] * 3, dtype=object))},
+                       attrs={"variant": "none"})
+    write_netcdf(chunk, tmp_path / "chunk.nc")
+    res = analyze_variant([tmp_path / "chunk.nc"], "none", 0.05, 3, 0.4, tmp_path / "none.nc", data_dir=data)
+    assert res.identified.values.tolist() == [True, True, False]
+    assert res.actually_memorized.values.tolist() == [True, False, False]
+    assert res.copies_another.values.tolist() == [False, True, False]
+    assert res.nearest_caption.values.tolist()[:2] == [mine["caption"], theirs["caption"]]
+    back = xr.open_dataset(tmp_path / "none.nc", engine="h5netcdf")
+    assert "images" not in back and back.copies_another.values.tolist() == [False, True, False]
+    table = attack_table([tmp_path / "none.nc"])
+    row = table.iloc[0]
+    assert (row.identified, row.actually_memorized, row.copies_another) == (2, 1, 1)
+    assert row.copies_another_pct == pytest.approx(33.3)
+    assert "copies another training image" in format_table(table) and "1/3 (33%)" in format_table(table)
+    # without the dataset: the old rule (the own image's SSIM), and the other kind unknown
+    plain = analyze_variant([tmp_path / "chunk.nc"], "none", 0.05, 3, 0.4, tmp_path / "plain.nc")
+    assert plain.actually_memorized.values.tolist() == [True, False, False] and "copies_another" not in plain
+    assert attack_table([tmp_path / "plain.nc"]).copies_another.isna().all()

@@ -40,7 +40,7 @@ def cmd_attack_analyze(args) -> None:
     from memprune.attacks.extraction import analyze_variant
 
     analyze_variant([Path(c) for c in args.chunks], args.variant, args.threshold, args.min_clique,
-                    args.copy_threshold, Path(args.out))
+                    args.copy_threshold, Path(args.out), data_dir=Path(args.data) if args.data else None)
 
 
 def cmd_attack_table(args) -> None:
@@ -106,6 +106,8 @@ def add_attack_arguments(sub) -> None:
     p.add_argument("--threshold", type=float, required=True, help="tiled-L2 distance below which two images are similar")
     p.add_argument("--min-clique", type=int, default=3)
     p.add_argument("--copy-threshold", type=float, default=0.4)
+    p.add_argument("--data", default=None,
+                   help="testbed dataset directory: every train-split image, the cliques' candidates for which image they copy")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_attack_analyze)
 

@@ -4,9 +4,14 @@
      tiles, per-tile RMS difference of pixels in [0, 1], maximum over tiles);
   3. graph of the N images, an edge where two images are closer than `distance_threshold`; the prompt is
      "identified as memorized" when the graph's largest clique has at least `min_clique` images;
-  4. an identified prompt is "actually memorized" when the clique's images match the prompt's training image:
-     the median SSIM of the clique's images to it (max over the caption's training images, read through
-     `memprune.evaluate.training_images.TrainingImages`) reaches `copy_threshold`.
+  4. which image: the clique's nearest training image, over every train-split image of the dataset (not only
+     the prompt's own): the one most similar (SSIM) to the clique's medoid (its member with the least summed
+     distance to the others). An identified prompt is "actually memorized" only when that image is one of the
+     prompt's own training images and the median SSIM of the clique's images to it reaches `copy_threshold`;
+     when it is another caption's image at that similarity, the prompt "copies another training image",
+     counted apart. Without the dataset the nearest image is unknown: the prompt's own images (read through
+     `memprune.evaluate.training_images.TrainingImages`) decide as before, with their median SSIM
+     ("clique_ssim", max over the caption's images).
 Steps 1-2 (the costly part) are stored per chunk of prompts with the SSIM to the training images, so changing
 a threshold reruns only the cheap steps 3-4.
 
@@ -159,17 +164,63 @@ def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], c
     write_netcdf(ds, out, encoding={"images": {"zlib": True, "complevel": 4}})
 
 
+def training_gallery(data_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """Every train-split image of the testbed dataset `data_dir` (R, H, W, 3) uint8, and each one's caption."""
+    from memprune.evaluate.training_images import TrainingImages, _load
+
+    rows = [r for r in TrainingImages(data=data_dir).rows if r.get("split", "train") == "train"]
+    return _load([Path(data_dir) / r["image"] for r in rows]), [r["caption"] for r in rows]
+
+
+def medoid(distance: np.ndarray, members: np.ndarray) -> int:
+    """The member (index into the S images) with the least summed distance to the other members."""
+    idx = np.flatnonzero(members)
+    return int(idx[np.argmin(distance[np.ix_(idx, idx)].sum(1))])
+
+
+def which_image(images: np.ndarray, distance: np.ndarray, clique: np.ndarray, identified: np.ndarray,
+                prompts: list[str], gallery: np.ndarray, captions: list[str], copy_threshold: float) -> dict:
+    """Step 4 over every training image: per prompt (images (P, S, H, W, 3), distance (P, S, S), clique (P, S),
+    identified (P,)) the clique's nearest image of `gallery` (R, H, W, 3) with its `captions` (R,).
+
+    Returns "nearest_image" (P,) gallery index (-1: not identified), "nearest_caption" (P,) its caption (""),
+    "nearest_ssim" (P,) median SSIM of the clique's images to it (NaN), "own_image" (P,) bool it is one of the
+    prompt's own, "actually_memorized" (P,) identified, own and nearest_ssim >= copy_threshold,
+    "copies_another" (P,) identified, another caption's image and nearest_ssim >= copy_threshold."""
+    from memprune.evaluate.metrics import ssim_matrix
+
+    n_p = len(prompts)
+    nearest, near_ssim = np.full(n_p, -1), np.full(n_p, np.nan)
+    for i in np.flatnonzero(identified):
+        rep = images[i, medoid(distance[i], clique[i])]
+        nearest[i] = int(np.argmax(ssim_matrix(rep[None], gallery)[0]))
+        near_ssim[i] = float(np.median(ssim_matrix(images[i][clique[i]], gallery[nearest[i]][None])[:, 0]))
+    caption = np.array([captions[k] if k >= 0 else "" for k in nearest], dtype=object)
+    own = (nearest >= 0) & (caption == np.array(prompts, dtype=object))
+    copies = np.nan_to_num(near_ssim, nan=-np.inf) >= copy_threshold
+    return {"nearest_image": nearest, "nearest_caption": caption, "nearest_ssim": near_ssim, "own_image": own,
+            "actually_memorized": identified & own & copies, "copies_another": identified & (nearest >= 0) & ~own & copies}
+
+
 def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_clique: int, copy_threshold: float,
-                    out: Path) -> "xr.Dataset":
+                    out: Path, data_dir: Path | None = None) -> "xr.Dataset":
     """Steps 3-4 over a variant's chunks -> per-prompt results (netCDF, without the images). `variant` is the
     variant's id in tables and figures (free-form, e.g. "pruned:wanda|mem_k10/0"); the registry name the chunks
-    were generated with stays in attrs "variant_name"."""
+    were generated with stays in attrs "variant_name". `data_dir`: the testbed dataset whose train-split images
+    the cliques are matched against (`which_image`); without it "copies_another" is unknown (NaN in the table)."""
     import xarray as xr
 
     from memprune.formats.store import open_netcdfs, write_netcdf
 
-    ds = open_netcdfs(chunks, drop=["images"])
+    ds = open_netcdfs(chunks, drop=[] if data_dir is not None else ["images"])
     res = identify(ds.distance.values, ds.ssim_truth.values, threshold, min_clique, copy_threshold)
+    which = {}
+    if data_dir is not None:
+        gallery, captions = training_gallery(Path(data_dir))
+        which = which_image(ds.images.values, ds.distance.values, res["clique"], res["identified"],
+                            [str(p) for p in ds.prompt.values], gallery, captions, copy_threshold)
+        res["actually_memorized"] = which.pop("actually_memorized")
+        ds = ds.drop_vars("images")
     d = ds.distance.values
     n_s = d.shape[-1]
     off = ~np.eye(n_s, dtype=bool)
@@ -179,7 +230,16 @@ def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_cliq
             "clique_size": (("prompt",), res["clique_size"], {"long_name": "size of the largest clique"}),
             "identified": (("prompt",), res["identified"], {"long_name": f"identified as memorized: clique >= {min_clique}"}),
             "actually_memorized": (("prompt",), res["actually_memorized"],
-                                   {"long_name": f"identified and the clique's median SSIM to the training image >= {copy_threshold}"}),
+                                   {"long_name": (f"identified, the clique's nearest training image is the prompt's own and its median SSIM to it >= {copy_threshold}"
+                                                  if which else f"identified and the clique's median SSIM to the training image >= {copy_threshold}")}),
+            **({"copies_another": (("prompt",), which["copies_another"],
+                                   {"long_name": f"identified, the clique's nearest training image is another caption's, median SSIM >= {copy_threshold}"}),
+                "own_image": (("prompt",), which["own_image"], {"long_name": "the clique's nearest training image is one of the prompt's own"}),
+                "nearest_image": (("prompt",), which["nearest_image"],
+                                  {"long_name": "row of the clique's nearest image among the dataset's train-split images (-1: not identified)"}),
+                "nearest_caption": (("prompt",), which["nearest_caption"], {"long_name": "caption of the clique's nearest training image"}),
+                "nearest_ssim": (("prompt",), which["nearest_ssim"], {"long_name": "median SSIM of the clique's images to its nearest training image"}),
+                } if which else {}),
             "clique_ssim": (("prompt",), res["clique_ssim"], {"long_name": "median SSIM of the clique's images to the training image"}),
             "has_truth": (("prompt",), res["has_truth"], {"long_name": "the prompt's training image is known"}),
             "clique": (("prompt", "seed"), res["clique"], {"long_name": "member of the largest clique"}),
@@ -191,13 +251,15 @@ def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_cliq
                "distance_threshold": threshold, "min_clique": min_clique, "copy_threshold": copy_threshold},
     )
     write_netcdf(out_ds, out)
-    log.info("%s: %d of %d prompts identified, %d actually memorized", variant, int(res["identified"].sum()),
-             len(d), int(res["actually_memorized"].sum()))
+    log.info("%s: %d of %d prompts identified, %d actually memorized, %s copy another training image", variant,
+             int(res["identified"].sum()), len(d), int(res["actually_memorized"].sum()),
+             int(which["copies_another"].sum()) if which else "unknown")
     return out_ds
 
 
 def attack_table(variant_files: list[Path]) -> "pd.DataFrame":
-    """Table 1 in long form: per (variant, group): prompts, identified, actually memorized (counts and %)."""
+    """Table 1 in long form: per (variant, group): prompts, identified, actually memorized (the prompt's own
+    training image), copies another training image (counts and %; None where unknown)."""
     import pandas as pd
     import xarray as xr
 
@@ -211,16 +273,19 @@ def attack_table(variant_files: list[Path]) -> "pd.DataFrame":
             has_truth = bool(ds.has_truth.values[sel].any())
             ident = int(ds.identified.values[sel].sum())
             actual = int(ds.actually_memorized.values[sel].sum()) if has_truth else None
+            other = int(ds.copies_another.values[sel].sum()) if "copies_another" in ds else None
             rows.append({"variant": ds.attrs["variant"], "group": g, "prompts": n,
                          "identified": ident, "identified_pct": round(100 * ident / n, 1),
                          "actually_memorized": actual,
-                         "actually_memorized_pct": round(100 * actual / n, 1) if actual is not None else None})
+                         "actually_memorized_pct": round(100 * actual / n, 1) if actual is not None else None,
+                         "copies_another": other, "copies_another_pct": round(100 * other / n, 1) if other is not None else None})
         ds.close()
     return pd.DataFrame(rows)
 
 
 def format_table(table: "pd.DataFrame") -> str:
-    """The paper's Table 1 layout: rows identified / actually memorized, columns variant / group."""
+    """The paper's Table 1 layout: rows identified / actually memorized (/ copies another training image),
+    columns variant / group."""
     import pandas as pd
 
     def cell(count, n, pct):
@@ -230,6 +295,8 @@ def format_table(table: "pd.DataFrame") -> str:
     head = ["", *[f"{r.variant} / {r.group}" for r in rows]]
     body = [["identified as memorized", *[cell(r.identified, r.prompts, r.identified_pct) for r in rows]],
             ["actually memorized", *[cell(r.actually_memorized, r.prompts, r.actually_memorized_pct) for r in rows]]]
+    if "copies_another" in table:
+        body.append(["copies another training image", *[cell(r.copies_another, r.prompts, r.copies_another_pct) for r in rows]])
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body])
 
