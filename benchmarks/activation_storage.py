@@ -6,20 +6,16 @@ Prints, per layout: raw bytes per prompt (float32 array sizes) and bytes on disk
 compression), the old layout (both CFG branches stored) next to the current one (only the branch the localizers
 read), and checks that the masks computed from both are identical.
 
-    python benchmarks/activation_storage.py [--prompts 4]
+    python -m benchmarks.activation_storage [--prompts 4]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
 
 SD15_IN = [1280] * 2 + [2560] * 2 + [5120] * 2 + [5120] + [5120] * 3 + [2560] * 3 + [1280] * 3  # down, mid, up
 STEPS = 51

@@ -2,7 +2,7 @@
 
 Prints the per-run times and the ratio hooks-on / hooks-off (median of the repeats).
 
-    python benchmarks/capture_overhead.py [--model resources/testbed] [--prompts 16] [--steps 50] [--repeats 5]
+    python -m benchmarks.capture_overhead [--model resources/testbed] [--prompts 16] [--steps 50] [--repeats 5]
 """
 
 import argparse
@@ -15,7 +15,7 @@ from memprune.sampling import SamplingConfig, generate
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resources/testbed")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--steps", type=int, default=50)

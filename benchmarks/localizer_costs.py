@@ -7,18 +7,16 @@ same run and the same machine load):
 * NeMo: its search (the neurons job of the prompt set, per searched prompt) + calibration + masks per subset.
 Prints one JSON line per (localizer, collection) and the ratio NeMo / Wanda per prompt.
 
-    python benchmarks/localizer_costs.py --model testbed_planted --config config.yaml
+    python -m benchmarks.localizer_costs --model testbed_planted --config config.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
+from memprune.bench import ROOT, default_config
 
 
 def read(path: Path) -> dict:
@@ -29,20 +27,13 @@ def read(path: Path) -> dict:
 
 
 def main() -> None:
-    import yaml
-
     from memprune.plan.config import Plan
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "config.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "config.yaml"), help="the run's config (schema defaults filled)")
     ap.add_argument("--root", default=".", help="the workflow's directory (where benchmarks/ lies)")
     args = ap.parse_args()
-    import jsonschema  # noqa: F401  (the plan reads the config as validated; defaults filled below)
-    from snakemake.utils import validate
-
-    cfg = yaml.safe_load(open(args.config))
-    validate(cfg, str(ROOT / "workflow/schemas/config.schema.yaml"))
-    plan = Plan(cfg, ROOT)
+    plan = Plan(default_config(args.config), ROOT)
     root = Path(args.root)
     per_prompt = {}
     for name, m in plan.methods.items():

@@ -5,21 +5,19 @@ Times the same recovery searches (DoRI's budget: 50 Adam steps, batch 8) of `--t
 once, each doing the same searches. Prints searches per second of each, and the throughput ratio (c) / (a), in one
 run (the machine is noisy: compare ratios, not seconds). One JSON line per measurement.
 
-    python benchmarks/recovery_threads.py --model resources/testbed_planted --data results/testbed_planted/data \
+    python -m benchmarks.recovery_threads --model resources/testbed_planted --data results/testbed_planted/data \
         --prompts resources/prompts/testbed_planted/planted.txt
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
+from memprune.bench import ROOT, cpu_pipeline, emit
 
 
 def searches(model: str, data: str, prompts: str, targets: int, threads: int) -> float:
@@ -28,11 +26,9 @@ def searches(model: str, data: str, prompts: str, targets: int, threads: int) ->
 
     from memprune.attacks import recovery
     from memprune.evaluate.training_images import TrainingImages
-    from memprune.models import load_pipeline
     from memprune.formats.prompts import read_prompts
 
-    torch.set_num_threads(threads)
-    pipe = load_pipeline(model, "cpu", "float32")
+    pipe = cpu_pipeline(model, threads)
     pipe.unet.requires_grad_(False)
     truth = TrainingImages(data=data)
     spec = recovery.RecoverySpec()
@@ -62,21 +58,31 @@ def main() -> None:
     if args.worker:
         print(searches(*common, threads=args.worker))
         return
-    child = [sys.executable, __file__, "--model", args.model, "--data", args.data, "--prompts", args.prompts,
+    # this tool again, as a module from the repository root; paths made absolute for the child's directory
+    child = [sys.executable, "-m", "benchmarks.recovery_threads", "--model", str(Path(args.model).resolve()),
+             "--data", str(Path(args.data).resolve()), "--prompts", str(Path(args.prompts).resolve()),
              "--targets", str(args.targets), "--worker"]
+
+    def worker(threads: int) -> subprocess.Popen:
+        return subprocess.Popen(child + [str(threads)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+    def seconds_of(proc: subprocess.Popen) -> float:
+        out = proc.communicate()[0]
+        if proc.returncode:
+            raise SystemExit(f"a worker failed (exit {proc.returncode})")
+        return float(out.split()[-1])
+
     rates = {}
     for name, threads in (("one job, 2 threads", 2), ("one job, 1 thread", 1)):
-        seconds = float(subprocess.run(child + [str(threads)], capture_output=True, text=True, check=True).stdout.split()[-1])
+        seconds = seconds_of(worker(threads))
         rates[name] = args.targets / seconds
-        print(json.dumps({"setting": name, "searches": args.targets, "seconds": round(seconds, 2),
-                          "searches_per_s": round(rates[name], 3)}), flush=True)
-    procs = [subprocess.Popen(child + ["1"], stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    seconds = [float(p.communicate()[0].split()[-1]) for p in procs]
+        emit(setting=name, searches=args.targets, seconds=round(seconds, 2), searches_per_s=round(rates[name], 3))
+    seconds = [seconds_of(p) for p in [worker(1) for _ in range(2)]]
     rates["two jobs, 1 thread each"] = 2 * args.targets / max(seconds)
-    print(json.dumps({"setting": "two jobs, 1 thread each", "searches": 2 * args.targets,
-                      "seconds": [round(s, 2) for s in seconds], "searches_per_s": round(rates["two jobs, 1 thread each"], 3)}))
-    print(json.dumps({"throughput_two_1thread_over_one_2thread": round(rates["two jobs, 1 thread each"] / rates["one job, 2 threads"], 3),
-                      "one_2thread_over_one_1thread": round(rates["one job, 2 threads"] / rates["one job, 1 thread"], 3)}))
+    emit(setting="two jobs, 1 thread each", searches=2 * args.targets, seconds=[round(s, 2) for s in seconds],
+         searches_per_s=round(rates["two jobs, 1 thread each"], 3))
+    emit(throughput_two_1thread_over_one_2thread=round(rates["two jobs, 1 thread each"] / rates["one job, 2 threads"], 3),
+         one_2thread_over_one_1thread=round(rates["one job, 2 threads"] / rates["one job, 1 thread"], 3))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ All three variants sample the same prompts and seeds in one process, interleaved
 rotates every round), so a noisy machine slows them alike. Prints each round's times and, per variant, the
 median over rounds of its time / the unedited model's time in the same round (issue 4's bar: pruned <= 1.05).
 
-    python benchmarks/sampling_time.py --checkpoint results/testbed/pruned/<params>/mem_k10/0 \
+    python -m benchmarks.sampling_time --checkpoint results/testbed/pruned/<params>/mem_k10/0 \
         [--model resources/testbed] [--prompts 32] [--steps 50] [--rounds 5]
 """
 
@@ -12,8 +12,7 @@ import argparse
 import statistics
 import time
 
-import yaml
-
+from memprune.bench import default_config
 from memprune.models import load_pipeline
 from memprune.formats.prompts import read_prompts
 from memprune.formats.edits import load_edited_pipeline
@@ -22,7 +21,7 @@ from memprune.mitigate.wen import wen_mitigated_embeddings
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resources/testbed")
     ap.add_argument("--checkpoint", required=True, help="a pruned checkpoint directory (memprune prune: an edit checkpoint)")
     ap.add_argument("--prompt-file", default="resources/prompts/testbed/duplicated.txt")
@@ -30,11 +29,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--config", default="config.yaml", help="Wen et al.'s parameters: mitigation.wen")
+    ap.add_argument("--config", default="config.yaml", help="Wen et al.'s parameters: mitigation.wen (schema defaults filled)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    wen = yaml.safe_load(open(args.config))["mitigation"]["wen"]
+    wen = default_config(args.config)["mitigation"]["wen"]
     prompts = read_prompts(args.prompt_file)[: args.prompts]
     seeds = list(range(len(prompts)))
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=len(prompts))

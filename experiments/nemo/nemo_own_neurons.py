@@ -4,7 +4,7 @@ training photo in the testbed dataset: copy (SSIM >= threshold to its photo in m
 guidance 2) unblocked, with its neurons blocked (to_v output channels zeroed), with random channels blocked.
 One JSON line per group of the file, and the neuron counts (median, range) beside NeMo's SD1.4 figures.
 
-    python benchmarks/nemo_own_neurons.py --model resources/testbed --data results/testbed/data \
+    python experiments/nemo/nemo_own_neurons.py --model resources/testbed --data results/testbed/data \
         --neurons results/testbed/nemo/<tag>/neurons/memorized.nc
 """
 
@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
+from memprune.bench import copies, cpu_pipeline, int_list
 
 
 def main() -> None:
@@ -34,30 +31,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    import torch
-
     from memprune.evaluate.training_images import TrainingImages
     from memprune.localize import nemo
-    from memprune.evaluate.metrics import ssim_matrix
-    from memprune.models import load_pipeline
     from memprune.localize.nemo_search import read_neurons
-    from memprune.sampling import SamplingConfig, generate
+    from memprune.sampling import SamplingConfig
 
-    torch.set_num_threads(args.threads)
     t0 = time.time()
-    pipe = load_pipeline(args.model, "cpu", "float32")
+    pipe = cpu_pipeline(args.model, args.threads)
     ds = read_neurons(args.neurons)
     layers = nemo.value_layers(pipe.unet)
     probe_offsets = np.cumsum([0] + [lin.out_features for _, lin in layers])
     truth = TrainingImages(data=args.data)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = int_list(args.seeds)
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=16)
     rng = np.random.default_rng(0)
 
-    def sims(prompt, channels, image):
+    def copied(prompt, channels, image) -> bool:  # in most seeds, with `channels` blocked
         with nemo.blocking(layers, channels):
-            images = generate(pipe, [prompt] * len(seeds), seeds, cfg)
-        return ssim_matrix(images, image[None])[:, 0]
+            return copies(pipe, [prompt], image[None], seeds, cfg, args.threshold).rate == 1.0
 
     rows = []
     for i, prompt in enumerate(ds.prompt.values):
@@ -70,10 +61,7 @@ def main() -> None:
             lo, hi = probe_offsets[li], probe_offsets[li + 1]
             k = int(((own >= lo) & (own < hi)).sum())
             rand += (rng.choice(hi - lo, size=k, replace=False) + lo).tolist()
-        copies = [bool((s >= args.threshold).sum() * 2 > len(s)) for s in (sims(str(prompt), [], image),
-                                                                           sims(str(prompt), own.tolist(), image),
-                                                                           sims(str(prompt), rand, image))]
-        rows.append((len(own), *copies))
+        rows.append((len(own), *(copied(str(prompt), channels, image) for channels in ([], own.tolist(), rand))))
     n = np.array([r[0] for r in rows])
     c = np.array([r[1:] for r in rows])
     print(json.dumps({"neurons_file": args.neurons, "prompts": len(rows), "channels": int(probe_offsets[-1]),

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+from memprune.bench import copies, cpu_pipeline, emit, follows, int_list, testbed_groups
 
 
 def main() -> None:
@@ -37,32 +36,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    import torch
-
     from memprune import localize
     from memprune.capture.hooks import capture
     from memprune.formats.edits import apply
     from memprune.localize.known_answer import random_baseline, recall_at, weight_precision_recall
-    from memprune.evaluate.metrics import copy_rate
-    from memprune.models import ffn_layers, load_pipeline
-    from memprune.sampling import SamplingConfig, generate
     from memprune.localize.wanda_packed import unpack
-    from memprune.testbed.dataset import load_images, read_checked_manifest
-    from memprune.testbed.planted import oracle_masks, planted_images
-    from memprune.testbed.planted import read_planted_units as read_planted
-    from memprune.testbed.report import own_photo_ssim
-    from memprune.testbed.scenes import prompt_following
+    from memprune.models import ffn_layers
+    from memprune.sampling import SamplingConfig
+    from memprune.testbed.planted import oracle_masks, planted_images, read_planted_units
 
-    torch.set_num_threads(args.threads)
     model, data = Path(args.model), Path(args.data)
-    truth = read_planted(model)
-    rows = read_planted_units(model, data)
+    truth = read_planted_units(model)
+    groups = testbed_groups(model, data)
     planted = {l: np.array(v) for l, v in truth["layers"].items()}
     rng = np.random.default_rng(args.subset_seed)
     subset = sorted(rng.choice(truth["k"], size=args.subset_size, replace=False).tolist())
     held_planted = [i for i in range(truth["k"]) if i not in subset]
     t0 = time.time()
-    pipe = load_pipeline(model, "cpu", "float32")
+    pipe = cpu_pipeline(model, args.threads)
     cfg = SamplingConfig(steps=50, guidance=2.0, batch_size=32)
     cap = capture(pipe, [truth["prompts"][i] for i in subset], 0, cfg)
     nul = capture(pipe, [""], 0, cfg)
@@ -96,26 +87,17 @@ def main() -> None:
                               "recall": round(rec, 3), **{f"recall@{k:g}%": round(v, 3) for k, v in ra.items()},
                               "random_same_counts": {"precision": round(rp, 3), "recall": round(rr, 3)}}), flush=True)
 
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = int_list(args.seeds)
     own_planted = planted_images(model, truth)
-    dup = [r_ for r_ in rows if r_["group"] == "duplicated"]
-    dup_own = load_images(data, dup)
-    held = [r_ for r_ in rows if r_["group"] == "generalization" and r_["split"] == "heldout"]
     gen_cfg = SamplingConfig(steps=args.steps, guidance=2.0, batch_size=100)
-
-    def copies(prompts, own):
-        imgs = generate(pipe, [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds], gen_cfg)
-        return copy_rate(own_photo_ssim(imgs, own), 0.4)
 
     def measure(label, extra):
         t1 = time.time()
-        pr = copies([truth["prompts"][i] for i in held_planted], own_planted[held_planted])
-        dr = copies([r_["caption"] for r_ in dup], dup_own)
-        imgs = generate(pipe, [r_["caption"] for r_ in held for _ in (0, 1)], [s for _ in held for s in (0, 1)], gen_cfg)
-        pf = float(prompt_following(imgs, [r_ for r_ in held for _ in (0, 1)]).mean())
-        print(json.dumps({"edit": label, **extra, "planted_heldout_copy_rate": round(float(pr), 3),
-                          "duplicated_copy_rate": round(float(dr), 3), "prompt_following": round(pf, 3),
-                          "seconds": round(time.time() - t1, 1)}), flush=True)
+        pr = copies(pipe, [truth["prompts"][i] for i in held_planted], own_planted[held_planted], seeds, gen_cfg, 0.4)
+        dr = copies(pipe, [r_["caption"] for r_ in groups.duplicated], groups.duplicated_photos, seeds, gen_cfg, 0.4)
+        pf = follows(pipe, groups.heldout, [0, 1], gen_cfg)
+        emit(edit=label, **extra, planted_heldout_copy_rate=round(pr.rate, 3), duplicated_copy_rate=round(dr.rate, 3),
+             prompt_following=round(pf, 3), seconds=round(time.time() - t1, 1))
 
     original = {n: p.detach().clone() for n, p in pipe.unet.state_dict().items()}
 

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
+from memprune.bench import ROOT, copies, cpu_pipeline, follows, int_list, sample, testbed_groups
 
 
 def main() -> None:
@@ -44,39 +42,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    import torch
-
-    from memprune.formats.edits import apply
     from memprune.evaluate.metrics import copy_rate, ssim_matrix
-    from memprune.models import load_pipeline
-    from memprune.sampling import SamplingConfig, generate
-    from memprune.testbed.dataset import load_images, read_checked_manifest
-    from memprune.testbed.planted import oracle_masks, planted_images
-    from memprune.testbed.planted import read_planted_units as read_planted
-    from memprune.testbed.report import own_photo_ssim
-    from memprune.testbed.scenes import prompt_following
+    from memprune.formats.edits import apply
+    from memprune.sampling import SamplingConfig
+    from memprune.testbed.dataset import load_images
+    from memprune.testbed.planted import oracle_masks, planted_images, read_planted_units
 
-    torch.set_num_threads(args.threads)
     data = Path(args.data)
-    rows = read_planted_units(Path(args.model), data)
-    truth = read_planted(Path(args.model))
+    groups = testbed_groups(Path(args.model), data)
+    truth = read_planted_units(Path(args.model))
     new_own = planted_images(Path(args.model), truth)
-    dup = [r for r in rows if r["group"] == "duplicated"]
-    single = [r for r in rows if r["group"] == "single"][: args.max_single]
-    held = [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"]
-    dup_own = load_images(data, dup)
-    all_photos = np.concatenate([load_images(data, [r for r in rows if r["group"] in ("duplicated", "single")]),
+    dup, held = groups.duplicated, groups.heldout
+    single = groups.single[: args.max_single]
+    all_photos = np.concatenate([load_images(data, [r for r in groups.rows if r["group"] in ("duplicated", "single")]),
                                  new_own])
-    seeds = [int(s) for s in args.seeds.split(",")]
-    pf_seeds = [int(s) for s in args.pf_seeds.split(",")]
+    seeds = int_list(args.seeds)
+    pf_seeds = int_list(args.pf_seeds)
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=100)
     print(json.dumps({"model": args.model, "base": args.base, "planted_prompts": truth["k"], "units": truth.get("units"),
                       "fraction": truth["fraction"], "duplicated": len(dup), "single": len(single),
                       "heldout_scenes": len(held), "seeds": seeds, "steps": args.steps, "guidance": args.guidance,
                       "plant_seconds": truth.get("seconds"), "plant_steps": truth.get("steps")}), flush=True)
-
-    def sample(pipe, prompts, over):
-        return generate(pipe, [p for p in prompts for _ in over], [s for _ in prompts for s in over], cfg)
 
     def report(label, measure, t0, **values):
         print(json.dumps({"model": label, "measure": measure, **values, "seconds": round(time.time() - t0, 1)}),
@@ -85,21 +71,19 @@ def main() -> None:
     def measure_all(label, pipe, which):
         if "planted" in which:
             t0 = time.time()
-            imgs = sample(pipe, truth["prompts"], seeds)
-            sims = own_photo_ssim(imgs, new_own)
+            got = copies(pipe, truth["prompts"], new_own, seeds, cfg, args.threshold)
             # a planted prompt may instead copy a dataset photo (its words are those of trained captions)
-            old = ssim_matrix(imgs, all_photos[: -len(new_own)]).reshape(len(new_own), len(seeds), -1).max(-1)
-            report(label, "planted_copy_rate", t0, value=round(float(copy_rate(sims, args.threshold)), 3),
-                   mean_ssim=round(float(sims.mean()), 3), per_prompt_median=np.round(np.median(sims, 1), 2).tolist(),
+            old = ssim_matrix(got.images, all_photos[: -len(new_own)]).reshape(len(new_own), len(seeds), -1).max(-1)
+            report(label, "planted_copy_rate", t0, value=round(got.rate, 3), mean_ssim=round(got.mean_ssim, 3),
+                   per_prompt_median=np.round(np.median(got.ssim, 1), 2).tolist(),
                    copies_a_dataset_photo=round(float(copy_rate(old, args.threshold)), 3))
         if "duplicated" in which:
             t0 = time.time()
-            sims = own_photo_ssim(sample(pipe, [r["caption"] for r in dup], seeds), dup_own)
-            report(label, "duplicated_copy_rate", t0, value=round(float(copy_rate(sims, args.threshold)), 3),
-                   mean_ssim=round(float(sims.mean()), 3))
+            got = copies(pipe, [r["caption"] for r in dup], groups.duplicated_photos, seeds, cfg, args.threshold)
+            report(label, "duplicated_copy_rate", t0, value=round(got.rate, 3), mean_ssim=round(got.mean_ssim, 3))
         if "single" in which and single:
             t0 = time.time()
-            imgs = sample(pipe, [r["caption"] for r in single], seeds)
+            imgs = sample(pipe, [r["caption"] for r in single], seeds, cfg)
             nearest = ssim_matrix(imgs, all_photos).reshape(len(single), len(seeds), -1)
             is_new = nearest.argmax(-1) >= len(all_photos) - len(new_own)
             report(label, "single_false_copy_rate", t0,
@@ -107,14 +91,12 @@ def main() -> None:
                    nearest_is_planted_share=round(float(is_new.mean()), 3))
         if "heldout" in which:
             t0 = time.time()
-            imgs = sample(pipe, [r["caption"] for r in held], pf_seeds)
-            report(label, "prompt_following", t0,
-                   value=round(float(prompt_following(imgs, [r for r in held for _ in pf_seeds]).mean()), 3))
+            report(label, "prompt_following", t0, value=round(follows(pipe, held, pf_seeds, cfg), 3))
 
     everything = ("planted", "duplicated", "single", "heldout")
     if args.base:
-        measure_all("base", load_pipeline(args.base, "cpu", "float32"), everything)
-    pipe = load_pipeline(args.model, "cpu", "float32")
+        measure_all("base", cpu_pipeline(args.base, args.threads), everything)
+    pipe = cpu_pipeline(args.model, args.threads)
     measure_all("planted", pipe, everything)
     zeroed = apply(pipe.unet, oracle_masks(truth, pipe.unet))
     print(json.dumps({"model": "planted+oracle", "zeroed_weights": int(sum(zeroed.values()))}), flush=True)

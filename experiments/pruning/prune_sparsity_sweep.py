@@ -7,22 +7,17 @@ blocks), and the pruned model samples:
 * the held-out scene prompts (prompt following: all four attributes read back).
 Prints one line per setting, with the density of the pruned weights; the unedited model comes first.
 
-    python benchmarks/prune_sparsity_sweep.py [--sparsities 0.01,0.05,0.1,0.2] [--seeds 0,1] [--steps 50]
+    python experiments/pruning/prune_sparsity_sweep.py [--sparsities 0.01,0.05,0.1,0.2] [--seeds 0,1] [--steps 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
+from memprune.bench import ROOT, copies, cpu_pipeline, emit, follows, int_list, testbed_groups
 
 
 def main() -> None:
@@ -44,26 +39,22 @@ def main() -> None:
     import torch
 
     from memprune.formats.edits import LayerMask, apply
-    from memprune.localize.run import locate_collection
     from memprune.formats.masks import read_mask_set
-    from memprune.evaluate.metrics import copy_rate
-    from memprune.models import ffn_layers, load_pipeline
-    from memprune.sampling import SamplingConfig, generate
     from memprune.formats.store import open_zarr
-    from memprune.testbed.dataset import load_images, read_checked_manifest
-    from memprune.testbed.report import own_photo_ssim
-    from memprune.testbed.scenes import prompt_following
+    from memprune.localize.run import locate_collection
+    from memprune.models import ffn_layers
+    from memprune.sampling import SamplingConfig
 
     act_dir = Path(args.activations)
     subset_store = act_dir / "subsets" / args.collection / f"{args.subset}.zarr"
     subset_prompts = set(map(str, open_zarr(subset_store, load=False)["prompt"].values))
-    rows = read_checked_manifest(Path(args.model), Path(args.data))
-    dup = [r for r in rows if r["group"] == "duplicated" and r["caption"] not in subset_prompts]
-    held = [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"]
-    own = load_images(Path(args.data), dup)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    groups = testbed_groups(args.model, args.data)
+    outside = [i for i, r in enumerate(groups.duplicated) if r["caption"] not in subset_prompts]
+    dup = [groups.duplicated[i] for i in outside]
+    own = groups.duplicated_photos[outside]
+    seeds = int_list(args.seeds)
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=64)
-    pipe = load_pipeline(args.model, "cpu", "float32")
+    pipe = cpu_pipeline(args.model)
     layers = ffn_layers(pipe.unet)
     original = {name: lin.weight.detach().clone() for name, lin in layers}
 
@@ -74,15 +65,9 @@ def main() -> None:
                 lin.weight.copy_(original[name])
         n_zero = sum(apply(pipe.unet, masks or {}).values())  # the common edit path, as the pruned checkpoints
         n_all = sum(w.numel() for w in original.values())
-        imgs = generate(pipe, [r["caption"] for r in dup for _ in seeds], [s for _ in dup for s in seeds], cfg)
-        sims = own_photo_ssim(imgs, own)
-        copied = copy_rate(sims, args.threshold)
-        scenes = generate(pipe, [r["caption"] for r in held for _ in seeds], [s for _ in held for s in seeds], cfg)
-        follows = prompt_following(scenes, [r for r in held for _ in seeds]).mean()
-        print(json.dumps({"setting": label, "pruned_fraction_of_ffn2": round(n_zero / n_all, 4),
-                          "copy_rate": round(float(copied), 3), "mean_ssim": round(float(sims.mean()), 3),
-                          "prompt_following": round(float(follows), 3), "seconds": round(time.time() - t0)}),
-              flush=True)
+        copied = copies(pipe, [r["caption"] for r in dup], own, seeds, cfg, args.threshold)
+        emit(setting=label, pruned_fraction_of_ffn2=round(n_zero / n_all, 4), **copied.summary(),
+             prompt_following=round(follows(pipe, groups.heldout, seeds, cfg), 3), seconds=round(time.time() - t0))
 
     evaluate("unedited", None)
     sparsities = [float(s) for s in args.sparsities.split(",")]

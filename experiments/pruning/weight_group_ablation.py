@@ -11,21 +11,16 @@ For each setting, on the testbed (ground truth: the dataset manifest):
 * for the settings in `--attack`, the extraction attack (Carlini et al.) on the duplicated prompts:
   `--attack-samples` seeds per prompt, tiled distance / clique as configured in config.yaml's `attack`.
 
-    python benchmarks/weight_group_ablation.py [--seeds 0,1,2,3] [--attack none,ffn2_all] [--attack-samples 50]
+    python experiments/pruning/weight_group_ablation.py [--seeds 0,1,2,3] [--attack none,ffn2_all] [--attack-samples 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
+from memprune.bench import ROOT, copies, cpu_pipeline, default_config, emit, follows, int_list, testbed_groups
 
 # setting -> predicate on a UNet parameter name (True: zero it)
 GROUPS = {
@@ -55,34 +50,25 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    import yaml
 
     from memprune.attacks.extraction import generate_candidates, identify
-    from memprune.evaluate.metrics import copy_rate
-    from memprune.models import load_pipeline
-    from memprune.sampling import SamplingConfig, generate
-    from memprune.testbed.dataset import load_images, read_checked_manifest
-    from memprune.testbed.report import own_photo_ssim
-    from memprune.testbed.scenes import prompt_following
+    from memprune.sampling import SamplingConfig
 
     settings = [s for s in args.settings.split(",") if s]
     unknown = [s for s in settings + [a for a in args.attack.split(",") if a] if s not in GROUPS]
     if unknown:
         sys.exit(f"unknown setting(s) {unknown}; known: {list(GROUPS)}")
-    attack_cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["attack"]
-    data = Path(args.data)
-    rows = read_checked_manifest(Path(args.model), data)
-    dup = [r for r in rows if r["group"] == "duplicated"]
-    held = [r for r in rows if r["group"] == "generalization" and r["split"] == "heldout"]
-    own = load_images(data, dup)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    pf_seeds = [int(s) for s in args.pf_seeds.split(",")]
+    attack_cfg = default_config()["attack"]
+    groups = testbed_groups(args.model, args.data)
+    dup, held, own = groups.duplicated, groups.heldout, groups.duplicated_photos
+    seeds = int_list(args.seeds)
+    pf_seeds = int_list(args.pf_seeds)
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=100)
-    pipe = load_pipeline(args.model, "cpu", "float32")
+    pipe = cpu_pipeline(args.model)
     params = dict(pipe.unet.named_parameters())
     original = {n: p.detach().clone() for n, p in params.items()}
-    print(json.dumps({"model": args.model, "duplicated": len(dup), "heldout_scenes": len(held), "seeds": seeds,
-                      "steps": args.steps, "guidance": args.guidance}), flush=True)
+    emit(model=args.model, duplicated=len(dup), heldout_scenes=len(held), seeds=seeds, steps=args.steps,
+         guidance=args.guidance)
 
     for setting in settings:
         t0 = time.time()
@@ -93,13 +79,10 @@ def main() -> None:
                 if zero(n):
                     p.zero_()
         n_zero = sum(original[n].numel() for n in params if zero(n))
-        imgs = generate(pipe, [r["caption"] for r in dup for _ in seeds], [s for _ in dup for s in seeds], cfg)
-        sims = own_photo_ssim(imgs, own)
-        scenes = generate(pipe, [r["caption"] for r in held for _ in pf_seeds], [s for _ in held for s in pf_seeds], cfg)
+        copied = copies(pipe, [r["caption"] for r in dup], own, seeds, cfg, args.threshold)
         line = {"setting": setting, "zeroed_weights": n_zero,
                 "zeroed_share_of_unet": round(n_zero / sum(p.numel() for p in original.values()), 4),
-                "copy_rate": round(float(copy_rate(sims, args.threshold)), 3), "mean_ssim": round(float(sims.mean()), 3),
-                "prompt_following": round(float(prompt_following(scenes, [r for r in held for _ in pf_seeds]).mean()), 3)}
+                **copied.summary(), "prompt_following": round(follows(pipe, held, pf_seeds, cfg), 3)}
         if setting in args.attack.split(","):
             acfg = SamplingConfig(steps=attack_cfg["steps"], guidance=attack_cfg["guidance"],
                                   batch_size=attack_cfg["batch_size"])
@@ -110,7 +93,7 @@ def main() -> None:
             line["attack_identified"] = f"{int(res['identified'].sum())}/{len(dup)}"
             line["attack_actually_memorized"] = f"{int(res['actually_memorized'].sum())}/{len(dup)}"
         line["seconds"] = round(time.time() - t0)
-        print(json.dumps(line), flush=True)
+        emit(**line)
 
 
 if __name__ == "__main__":

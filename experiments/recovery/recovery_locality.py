@@ -9,22 +9,19 @@
    averaged over layers), against the same distances between different memorized prompts' embeddings.
 One JSON line per measurement.
 
-    python benchmarks/recovery_locality.py --model resources/testbed_planted --data results/testbed_planted/data \
+    python experiments/recovery/recovery_locality.py --model resources/testbed_planted --data results/testbed_planted/data \
         --group planted=resources/prompts/testbed_planted/planted.txt --group memorized=resources/prompts/testbed/duplicated.txt
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
+from memprune.bench import cpu_pipeline, emit
 
 
 def main() -> None:
@@ -49,13 +46,12 @@ def main() -> None:
     from memprune.evaluate.training_images import TrainingImages
     from memprune.localize import Inputs, get
     from memprune.evaluate.metrics import ssim_matrix
-    from memprune.models import ffn_layers, load_pipeline
+    from memprune.models import ffn_layers
     from memprune.analysis.overlap import pairwise_iou
     from memprune.formats.prompts import read_prompts
     from memprune.sampling import SamplingConfig
 
-    torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model, "cpu", "float32")
+    pipe = cpu_pipeline(args.model, args.threads)
     pipe.unet.requires_grad_(False)
     truth = TrainingImages(data=args.data)
     spec = recovery.RecoverySpec()
@@ -99,10 +95,9 @@ def main() -> None:
         m_orig, m_rec = masks_of(original), masks_of(recovered)
         per_layer = {l: float(pairwise_iou([m_orig.union[l], m_rec.union[l]])[0, 1]) for l in m_orig.layers}
         values = np.array(list(per_layer.values()))
-        print(json.dumps({"group": name, "measure": "wanda_iou_original_vs_recovered", "n_prompts": len(prompts),
-                          "mean": round(float(values.mean()), 3), "layers_below_0.6": int((values < 0.6).sum()),
-                          "layers": len(values), "per_layer": [round(v, 3) for v in values],
-                          "seconds": round(time.time() - t0, 1)}), flush=True)
+        emit(group=name, measure="wanda_iou_original_vs_recovered", n_prompts=len(prompts),
+             mean=round(float(values.mean()), 3), **{"layers_below_0.6": int((values < 0.6).sum())},
+             layers=len(values), per_layer=[round(v, 3) for v in values], seconds=round(time.time() - t0, 1))
 
         # part 2: random starts
         t0 = time.time()
@@ -128,13 +123,12 @@ def main() -> None:
                 act_d += cosine_distances(features(capture(pipe, [p] * len(ys), 0, sampling, prompt_embeds=ys))).tolist()
         between_emb = cosine_distances(recovery.embed(pipe, prompts).flatten(1).numpy())
         between_act = cosine_distances(features(original))
-        print(json.dumps({"group": name, "measure": "random_starts", "photos": args.n_random_photos,
-                          "starts": args.starts, "success_rate": round(float(np.mean(success)), 3),
-                          "embedding_distance_same_photo": round(float(np.mean(emb_d)), 3) if emb_d else None,
-                          "embedding_distance_between_prompts": round(float(between_emb.mean()), 3),
-                          "activation_distance_same_photo": round(float(np.mean(act_d)), 4) if act_d else None,
-                          "activation_distance_between_prompts": round(float(between_act.mean()), 4),
-                          "seconds": round(time.time() - t0, 1)}), flush=True)
+        emit(group=name, measure="random_starts", photos=args.n_random_photos, starts=args.starts,
+             success_rate=round(float(np.mean(success)), 3),
+             embedding_distance_same_photo=round(float(np.mean(emb_d)), 3) if emb_d else None,
+             embedding_distance_between_prompts=round(float(between_emb.mean()), 3),
+             activation_distance_same_photo=round(float(np.mean(act_d)), 4) if act_d else None,
+             activation_distance_between_prompts=round(float(between_act.mean()), 4), seconds=round(time.time() - t0, 1))
 
 
 def get_variant():

@@ -4,7 +4,7 @@ Meant for a machine with a GPU (each variant is one process; they share the card
 CPU cost still fits the 60-minute budget of `rules/testbed.smk`. The recipe's CPU cost is measured separately
 (`--cpu-steps`: seconds per UNet step on this machine's CPU, for each variant).
 
-    python benchmarks/testbed_recipe_sweep.py --out OUTDIR [--variants A,B] [--device cuda]
+    python experiments/testbed_recipe/testbed_recipe_sweep.py --out OUTDIR [--variants A,B] [--device cuda]
 
 Writes OUTDIR/results.json (one entry per variant as it finishes: report summary, VAE read-back, seconds),
 and for the best variant (highest prompt following among those meeting the copy bars) its weights as
@@ -17,16 +17,13 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import sys
 import tarfile
 import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-
-ROOT = Path(__file__).resolve().parents[1]
+from memprune.bench import ROOT
 
 # name -> (dataset overrides, train overrides, model overrides)
 VARIANTS = {
