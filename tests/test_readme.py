@@ -1,5 +1,7 @@
-"""Every command the README shows works as written: each `snakemake` line of its bash blocks is dry-run (with
-`-n` added) in a directory laid out as a fresh clone, after the block's other commands (`cp ...`) ran there."""
+"""Every command the README and docs/ show works as written: each `snakemake` line of their bash blocks is dry-run
+(with `-n` added) in a directory laid out as a fresh clone, after the block's other commands (`cp ...`,
+`printf ... > file`) ran there. The README stays a short entry point: at most 150 lines, exactly two set-up
+commands (the main job, and the tests exactly as `.ci/run` runs them), and no link outside the repository."""
 
 import re
 import shlex
@@ -11,45 +13,72 @@ import pytest
 from conftest import REPO
 
 CLONE_ENTRIES = ("Snakefile", "config.yaml", "config", "rules", "workflow", "resources", "report", "envs")
+DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
+SHELL_STEPS = ("cp", "mkdir", "printf", "echo")  # the set-up steps a block may run before its snakemake lines
 
 
-def readme_commands() -> list[list[str]]:
-    """The README's bash blocks as lists of commands (continuations joined, comments dropped)."""
-    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+def bash_blocks(path) -> list[list[str]]:
+    """A file's bash blocks as lists of command lines (continuations joined, comments dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
     out = []
     for block in blocks:
         text = re.sub(r"\\\n\s*", " ", block)
-        commands = []
-        for line in text.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                commands.append(shlex.split(line, comments=True))
-        out.append(commands)
+        out.append([line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")])
     return out
 
 
 def snakemake_lines():
-    for block in readme_commands():
-        for i, cmd in enumerate(block):
-            if "snakemake" in cmd:
-                yield block[:i], cmd[cmd.index("snakemake"):]
+    """(file, the block's earlier lines, the snakemake command as argv) for every snakemake line."""
+    for path in DOCS:
+        for block in bash_blocks(path):
+            for i, line in enumerate(block):
+                cmd = shlex.split(line, comments=True)
+                if "snakemake" in cmd:
+                    yield path.relative_to(REPO).as_posix(), block[:i], cmd[cmd.index("snakemake"):]
 
 
 LINES = list(snakemake_lines())
 
 
-def test_readme_shows_the_two_setup_commands_and_snakemake_lines():
-    setup = [cmd for block in readme_commands() for cmd in block if cmd[:2] == ["pip", "install"]]
-    assert len(setup) == 2 and any("pytest" in c for c in setup) and any("snakemake" in c for c in setup)
-    assert len(LINES) >= 8
+def ci_command() -> str:
+    """The command .ci/run runs: its last line."""
+    return [l for l in (REPO / ".ci/run").read_text().splitlines() if l.strip()][-1].strip()
+
+
+def test_readme_shows_exactly_the_two_setup_commands_the_ci_runs():
+    setup = [line for block in bash_blocks(REPO / "README.md") for line in block if line.startswith("pip install")]
+    assert len(setup) == 2, setup
+    main_job, tests = setup
+    assert tests == ci_command()  # the README's test command is what CI runs, character for character
+    install = tests.split(" && ")[0]
+    assert main_job.split(" && ")[0] == install and main_job.split(" && ")[1].startswith("snakemake --cores")
+
+
+def test_readme_is_short_and_points_only_inside_the_repository():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    assert not re.search(r"(?<![.\w])\.\./", text) and "/work/" not in text  # no ../shared, no absolute paths
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_relative_links_resolve(path):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+        if "://" not in target:
+            assert (path.parent / target).exists(), f"{path.name}: {target}"
+
+
+def test_every_doc_has_snakemake_lines_planned():
+    files = {f for f, _, _ in LINES}
+    assert {"README.md", "docs/configuration.md", "docs/methods.md", "docs/testbeds.md", "docs/cluster.md"} <= files
+    assert sum(f == "README.md" for f, _, _ in LINES) >= 6
 
 
 def _dry_run(before, command, wd):
     for entry in CLONE_ENTRIES:
         (wd / entry).symlink_to(REPO / entry)
-    for cmd in before:  # e.g. `cp config.yaml my.yaml`
-        if cmd[0] in ("cp", "mkdir"):
-            subprocess.run(cmd, cwd=wd, check=True)
+    for line in before:  # e.g. `cp config.yaml my.yaml`, `printf '...' > overlay.yaml`
+        if shlex.split(line)[0] in SHELL_STEPS:
+            subprocess.run(["bash", "-c", line], cwd=wd, check=True)
     argv = [sys.executable, "-m", "snakemake", *command[1:]]
     if "-n" not in argv:
         argv.insert(3, "-n")
@@ -65,12 +94,12 @@ def dry_runs(tmp_path_factory):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = [pool.submit(_dry_run, before, command, tmp_path_factory.mktemp("readme"))
-                   for before, command in LINES]
+                   for _, before, command in LINES]
         return [f.result() for f in futures]
 
 
-@pytest.mark.parametrize("index", range(len(LINES)), ids=[" ".join(c)[:70] for _, c in LINES])
-def test_readme_snakemake_line_dry_runs_as_written(index, dry_runs):
-    command, proc = LINES[index][1], dry_runs[index]
+@pytest.mark.parametrize("index", range(len(LINES)), ids=[f"{f}: {' '.join(c)[:70]}" for f, _, c in LINES])
+def test_snakemake_line_dry_runs_as_written(index, dry_runs):
+    command, proc = LINES[index][2], dry_runs[index]
     assert proc.returncode == 0, f"{' '.join(command)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert "Job stats" in proc.stdout or "Nothing to be done" in proc.stdout + proc.stderr
