@@ -200,6 +200,8 @@ if ADVERSARIAL.enabled:
         params:
             spec=ADVERSARIAL.spec_json(),
         threads: 2
+        resources:
+            gpu=1,  # runs the model (workflow/profiles/slurm sizes it)
         log:
             PLAN.log("adversarial", PLAN.trained_tag()),
         benchmark:

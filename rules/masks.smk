@@ -59,6 +59,8 @@ rule nemo_calibration:
         f"{PLAN.results}/{{method}}/{{mtag}}/calibration.nc",
     params:
         params=lambda wc: json.dumps(PLAN.methods[wc.method].params),
+    resources:
+        gpu=1,  # runs the model (workflow/profiles/slurm sizes it)
     log:
         PLAN.log("nemo/{method}/{mtag}", "calibration"),
     benchmark:
@@ -80,6 +82,8 @@ rule nemo_neurons:
         params=lambda wc: json.dumps(PLAN.methods[wc.method].params),
         prompts_file=lambda wc: PLAN.sets[wc.pset].file,
         indices=lambda wc: json.dumps(PLAN.neuron_prompts(wc.pset)),
+    resources:
+        gpu=1,  # runs the model (workflow/profiles/slurm sizes it)
     log:
         PLAN.log("nemo/{method}/{mtag}", "{pset}"),
     benchmark:

@@ -27,6 +27,8 @@ rule train_testbed:
     params:
         spec=json.dumps(TESTBED["train"]),
     threads: 2
+    resources:
+        gpu=1,  # runs the model (workflow/profiles/slurm sizes it)
     log:
         "logs/testbed/train.log",
     benchmark:
@@ -47,6 +49,8 @@ rule testbed_report:
     params:
         seeds=",".join(map(str, TESTBED["report"]["seeds"])),
         guidance=",".join(map(str, TESTBED["report"]["guidance"])),
+    resources:
+        gpu=1,  # runs the model (workflow/profiles/slurm sizes it)
     log:
         f"logs/{PLAN.name}/testbed_report.log",
     benchmark:
@@ -87,6 +91,8 @@ if PLAN.derived:
             spec=json.dumps(PLAN.derived["train"]),
             command="plant" if PLAN.derived["kind"] == "planted" else "finetune-testbed",
         threads: 2
+        resources:
+            gpu=1,  # runs the model (workflow/profiles/slurm sizes it)
         log:
             f"logs/{PLAN.name}/train.log",
         benchmark:
