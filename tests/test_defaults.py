@@ -69,6 +69,19 @@ def test_a_minimal_config_gets_every_default_nested_ones_too():
     assert cfg["model"]["device"] == "auto" and cfg["collections"]["mem"]["seed"] == 0
 
 
+@pytest.mark.parametrize("name", ["config.yaml", "config/testbed.yaml", "config/testbed_finetune.yaml",
+                                  "config/testbed_closed_loop.yaml", "config/sd15.yaml", "config/sd2.yaml"])
+def test_defaults_are_filled_as_snakemake_fills_them(name):
+    from snakemake.utils import validate
+
+    from memprune.plan.schema import load_schema, resolve_shared, schema_order, validate_config
+
+    cfg = yaml.safe_load((REPO / name).read_text())
+    ours, theirs = validate_config(copy.deepcopy(cfg)), copy.deepcopy(cfg)
+    validate(theirs, str(REPO / "workflow/schemas/config.schema.yaml"), set_default=True)
+    assert ours == resolve_shared(schema_order(theirs, load_schema()))
+
+
 def test_one_copy_threshold_every_stage_defaults_to():
     from memprune.plan.config import Plan
     from memprune.plan.schema import validate_config

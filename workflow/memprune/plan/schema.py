@@ -1,9 +1,10 @@
 """The config checked against workflow/schemas/config.schema.yaml, with errors that name the fix, and completed:
-every schema default filled in (nested ones too: each section's `default: {}` lets its keys' defaults apply) and
-the shared keys resolved (a stage's `copy_threshold: null` takes the top-level `copy_threshold`).
+every schema default filled in (nested ones too: each section's `default: {}` lets its keys' defaults apply), as
+Snakemake's `validate(..., set_default=True)` fills them, and the shared keys resolved (a stage's
+`copy_threshold: null` takes the top-level `copy_threshold`).
 
 `validate_config(config)` is what the Snakefile calls; `resolve_shared(config)` runs again when a `Plan` is built
-(idempotent), so a config validated elsewhere (tests: `snakemake.utils.validate`) plans the same.
+(idempotent), so a config validated elsewhere (`snakemake.utils.validate`) plans the same. No Snakemake import.
 """
 
 from __future__ import annotations
@@ -129,15 +130,32 @@ def schema_order(node, schema: dict):
     return node
 
 
+def fill_defaults(config: dict, schema: dict) -> dict:
+    """Every schema default set where the config leaves the key out, in place: `snakemake.utils.validate`'s
+    `set_default=True` (jsonschema's documented extension of `properties`), without importing Snakemake. A
+    section's `default: {}` is set before its keys are visited, so nested defaults apply too."""
+    from jsonschema import Draft202012Validator, validators
+
+    properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, props, instance, sub):
+        if isinstance(instance, dict):
+            for key, spec in props.items():
+                if "default" in spec:
+                    instance.setdefault(key, copy.deepcopy(spec["default"]))
+        yield from properties(validator, props, instance, sub)
+
+    validators.extend(Draft202012Validator, {"properties": set_defaults})(schema).validate(config)
+    return config
+
+
 def validate_config(config: dict) -> dict:
     """Check `config` (names first, then the schema), fill the schema's defaults and resolve the shared keys,
     in place; raises InputError naming the key and the fix."""
-    from snakemake.utils import validate
-
     schema = load_schema()
     check_names(config, schema)
     error = _schema_error(copy.deepcopy(config), schema)
     if error is not None:
         raise error
-    validate(config, str(SCHEMA), set_default=True)
+    fill_defaults(config, schema)
     return resolve_shared(schema_order(config, schema))
