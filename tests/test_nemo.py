@@ -108,6 +108,111 @@ def test_search_finds_the_planted_channel_and_refinement_keeps_it(tiny_pipe):
     assert len(wide["initial"]) > 3 and wide["refined"] == [planted]
 
 
+def _search_unbatched(probe, embed, activation, z, threshold, params):
+    """NeMo's search written out: one UNet call (every seed) per candidate set, in order."""
+    reference = probe.deltas(embed)
+    per_seed = nemo.pairwise_max(reference)
+    look = per_seed >= threshold
+    if not look.any():
+        look = per_seed == per_seed.max()
+
+    def similarity(blocked):
+        return float(nemo.ssim(reference[look], probe.deltas(embed, blocked)[look]).max())
+
+    slices = [slice(probe.offsets[i], probe.offsets[i + 1]) for i in range(len(probe.layers))]
+    theta, k, rounds = float(params["theta"]), int(params["k"]), 0
+    while True:
+        chosen = set(np.nonzero(z > theta)[0].tolist())
+        for sl in slices:
+            chosen.update((np.argsort(-activation[sl], kind="stable")[:k] + sl.start).tolist())
+        sim, rounds = similarity(chosen), rounds + 1
+        if sim < threshold or theta <= params["theta_min"]:
+            break
+        theta, k = max(theta - params["theta_step"], params["theta_min"]), k + 1
+    level, blocked = (threshold if sim < threshold else sim), set(chosen)
+    for sl in reversed(slices):
+        in_layer = {c for c in blocked if sl.start <= c < sl.stop}
+        if in_layer and similarity(blocked - in_layer) < level:
+            blocked -= in_layer
+    for c in sorted(blocked, reverse=True):
+        if similarity(blocked - {c}) < level:
+            blocked.discard(c)
+    return {"initial": sorted(chosen), "initial_similarity": sim, "theta": theta, "k": k, "rounds": rounds,
+            "refined": sorted(blocked)}
+
+
+def _same_search(batched, unbatched):
+    for key in ("initial", "theta", "k", "rounds", "refined"):
+        assert batched[key] == unbatched[key], key
+    assert batched["initial_similarity"] == pytest.approx(unbatched["initial_similarity"], abs=1e-6)
+
+
+def test_batched_search_takes_the_unbatched_decisions_on_a_stand_in():
+    """Several candidate sets and seeds per call, early stops, speculation past the open test (batch 5 and 12):
+    the same rounds, initial and refined sets as one call per candidate, in fewer predictions."""
+    from diffusers import DDIMScheduler
+
+    planted, dim = 3, 16
+    model = _ToyDenoiser(dim, planted)
+    layers = [(f"v{i}", lin) for i, lin in enumerate(model.to_v)]
+    g = torch.Generator().manual_seed(2)
+    calib = torch.randn(12, 6, dim, generator=g)
+    act = nemo.text_activations(layers, calib)
+    mean, std = act.mean(0), act.std(0, ddof=1)
+    prompts = {"trigger": torch.randn(1, 6, dim, generator=g) + 10.0 * model.v, "plain": calib[:1],
+               "weak": torch.randn(1, 6, dim, generator=g) + 2.5 * model.v}
+    probe = nemo.Probe(model, DDIMScheduler(), layers, seeds=list(range(6)), steps=10, step_index=1)
+    scores = [nemo.pairwise_max(probe.deltas(calib[i : i + 1])).max() for i in range(len(calib))]
+    threshold = nemo.threshold_of(np.array(scores))
+    outcomes, costs = set(), {"unbatched": 0, 5: 0, 12: 0}
+    for embed in prompts.values():
+        a = nemo.text_activations(layers, embed)[0]
+        z = nemo.zscores(a, mean, std)
+        for params in ({**nemo.DEFAULTS}, {**nemo.DEFAULTS, "theta": 1.0, "k": 3},
+                       {**nemo.DEFAULTS, "theta": 3.0, "k": 2, "theta_step": 1.0}):
+            start = probe.samples
+            plain = _search_unbatched(probe, embed, a, z, threshold, params)
+            costs["unbatched"] += probe.samples - start
+            for batch in (5, 12):
+                probe.batch = batch
+                found = nemo.nemo_search(probe, embed, a, z, threshold, params)
+                _same_search(found, plain)
+                costs[batch] += found["samples"]
+            outcomes.add((len(plain["initial"]) > len(plain["refined"]), len(plain["refined"]) > 0))
+    assert (True, True) in outcomes  # refinements that drop neurons and keep some
+    assert costs[12] < costs["unbatched"] and costs[5] < costs["unbatched"], costs
+
+
+def test_prefix_reuse_gives_the_full_calls_bits(tiny_pipe):
+    """On a diffusers UNet, candidates that differ only in the mid block's value channels skip the down blocks
+    (their recorded outputs) and get the same bits as the full call; the search takes the unbatched decisions."""
+    from memprune.sampling import text_embeddings
+
+    unet = tiny_pipe.unet
+    layers = nemo.value_layers(unet)
+    probe = nemo.Probe(unet, tiny_pipe.scheduler, layers, seeds=list(range(6)), steps=10, step_index=1)
+    full = nemo.Probe(unet, tiny_pipe.scheduler, layers, seeds=list(range(6)), steps=10, step_index=1)
+    full._prefix = None
+    embed = text_embeddings(tiny_pipe, ["a red house by the sea"])
+    reference = probe.deltas(embed)
+    for p in (probe, full):
+        p.start(embed, reference)
+    mid = range(probe.offsets[-2], probe.offsets[-1])
+    base = frozenset([0, 1, probe.offsets[1]] + list(mid)[:4])
+    pairs = [(base - {c}, s) for c in list(mid)[:4] for s in range(6)]  # two calls of 12 (batch sizes as the full's)
+    probe.similarities(pairs[:12])  # records the down blocks' outputs under base's down channels
+    assert probe._prefix.level([b for b, _ in pairs[12:]], [s for _, s in pairs[12:]]) == len(unet.down_blocks) + 1
+    np.testing.assert_array_equal(probe.similarities(pairs), full.similarities(pairs))
+    assert probe._prefix.checked and probe._prefix.on
+    a = nemo.text_activations(layers, embed)[0]
+    z = np.random.default_rng(0).uniform(0, 3, len(a))  # about 1 in 6 channels over theta
+    per_seed = nemo.pairwise_max(reference)
+    for threshold in (float(np.median(per_seed)), float(per_seed.max()) * 0.999):
+        params = {**nemo.DEFAULTS, "theta": 2.5, "theta_step": 0.5, "theta_min": 2.0}
+        _same_search(nemo.nemo_search(probe, embed, a, z, threshold, params),
+                     _search_unbatched(full, embed, a, z, threshold, params))
+
+
 def test_union_masks_and_the_edit_zero_exactly_the_chosen_rows(tiny_pipe):
     import copy
 

@@ -34,13 +34,13 @@ A subset's neurons are the union of its prompts' refined sets; the edit zeroes t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 
 import numpy as np
 
 from memprune.localize import Localizer, pack
+from memprune.localize.nemo_probe import Probe, blocking, pairwise_max, ssim  # noqa: F401 (the method's names)
 from memprune.formats.masks import MaskSet
 from memprune.errors import InputError
 
@@ -92,150 +92,118 @@ def threshold_of(scores: np.ndarray) -> float:
     return float(scores.mean() + scores.std(ddof=1))
 
 
-def ssim(a, b):
-    """SSIM of paired images (N, C, H, W) in [0, 1] -> (N,): Gaussian window of 11 px, sigma 1.5 (the code's),
-    or the largest odd window below min(H, W) with sigma scaled; valid positions only, mean over channels."""
-    import torch
-    import torch.nn.functional as F
+class _Decider:
+    """Decides `similarity(blocked) < level` (similarity: the max over the looked-at seeds) for a chain of tests,
+    each from the outcomes before it, as early as the values allow: above the level once one seed is, below once
+    every seed is. A test guessed "above" first tries its likeliest seed, then the others; one guessed "below" and
+    a `full` one (whose value is kept) take every seed at once (on the testbeds most neurons are dropped: trying
+    one seed first cost more samples than it saved). A UNet call holds the open test's seeds and, as far as the
+    batch goes, those of the tests that follow when the tests before them go as guessed. Values are memoised per
+    (blocked, seed), so a wrong guess costs only its samples; the outcomes are those of evaluating the tests one
+    after another."""
 
-    size = min(11, min(a.shape[-2:]) - (1 - min(a.shape[-2:]) % 2))
-    size = max(size, 1)
-    sigma = 1.5 * size / 11
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    win = (g[:, None] * g[None, :]).to(a.dtype)[None, None].repeat(a.shape[1], 1, 1, 1)
+    def __init__(self, probe, look):
+        self.probe, self.order = probe, list(look)  # seeds, the likeliest to reach a level first
 
-    def blur(t):
-        return F.conv2d(t, win, groups=a.shape[1])
+    def outcome(self, blocked: frozenset, level: float, full: bool):
+        values = [self.probe.value(blocked, s) for s in self.order]
+        known = [v for v in values if v is not None]
+        if len(known) == len(values):
+            return max(known) < level
+        return False if not full and any(v >= level for v in known) else None
 
-    c1, c2 = 0.01**2, 0.03**2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.flatten(1).mean(1)
+    def value(self, blocked: frozenset) -> float:
+        return max(self.probe.value(blocked, s) for s in self.order)
 
-
-def pairwise_max(deltas):
-    """(S, C, H, W) -> (S,) numpy: per seed, the max SSIM of its delta to every other seed's."""
-    import torch
-
-    s = len(deltas)
-    i, j = torch.triu_indices(s, s, 1)
-    values = ssim(deltas[i], deltas[j]).cpu().numpy()
-    best = np.full(s, -np.inf)
-    np.maximum.at(best, i.numpy(), values)
-    np.maximum.at(best, j.numpy(), values)
-    return best
-
-
-@contextlib.contextmanager
-def blocking(layers: list, channels):
-    """Zero the given global channel indices (of the concatenated `layers`' outputs) while the context lasts."""
-    handles = []
-    offsets = np.cumsum([0] + [lin.out_features for _, lin in layers])
-    channels = np.asarray(sorted(channels), dtype=np.int64)
-    for li, (_, lin) in enumerate(layers):
-        local = (channels[(channels >= offsets[li]) & (channels < offsets[li + 1])] - offsets[li]).tolist()
-        if local:
-            def hook(module, inputs, out, idx=local):
-                out = out.clone()
-                out[..., idx] = 0
-                return out
-            handles.append(lin.register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    def run(self, state, step, level: float):
+        """`step(state)` -> None at the chain's end, or (blocked, full, guess, advance), `advance(below)` giving
+        the next state. Returns the end state."""
+        while True:
+            while (test := step(state)) is not None and (below := self.outcome(test[0], level, test[1])) is not None:
+                state = test[3](below)
+            if test is None:
+                return state
+            pairs, s = [], state
+            while len(pairs) < self.probe.batch and (test := step(s)) is not None:
+                blocked, full, guess, advance = test
+                below = self.outcome(blocked, level, full)
+                if below is None:
+                    pending = [x for x in self.order if self.probe.value(blocked, x) is None]
+                    take = pending if full or guess or (s is state and len(pending) < len(self.order)) else pending[:1]
+                    pairs += [(blocked, x) for x in take[: self.probe.batch - len(pairs)]]
+                    below = guess
+                s = advance(below)
+            values = self.probe.similarities(pairs)
+            best = pairs[int(np.argmax(values))][1]
+            self.order.remove(best)
+            self.order.insert(0, best)
 
 
-class Probe:
-    """The first-step noise difference of one model for a fixed set of seeds, with channels blocked on demand.
-    `runs` counts UNet evaluations (the search's cost)."""
-
-    def __init__(self, unet, scheduler, layers: list, seeds: list[int], steps: int, step_index: int):
-        import torch
-
-        self.unet, self.layers = unet, layers
-        self.names = [n for n, _ in layers]
-        self.offsets = np.cumsum([0] + [lin.out_features for _, lin in layers])
-        scheduler.set_timesteps(steps)
-        if not 0 <= step_index < len(scheduler.timesteps):
-            raise InputError(f"nemo: step_index {step_index} outside the {len(scheduler.timesteps)} timesteps")
-        self.t = scheduler.timesteps[step_index]
-        cfg = unet.config
-        shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-        dev, dt = unet.device, unet.dtype
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-        self.x = (noise * scheduler.init_noise_sigma).to(dev, dt)
-        self.x_in = scheduler.scale_model_input(self.x, self.t)
-        self.runs = 0
-
-    def blocking(self, channels):
-        return blocking(self.layers, channels)
-
-    def deltas(self, embed, blocked=()):
-        """(S, C, H, W) float32 in [0, 1]: eps(x_T, t, y) - x_T, min-max normalised per (seed, channel)."""
-        import torch
-
-        with torch.no_grad(), self.blocking(blocked):
-            eps = self.unet(self.x_in, self.t, encoder_hidden_states=embed.expand(len(self.x), -1, -1).to(self.unet.dtype)).sample
-        self.runs += 1
-        d = (eps - self.x).float()
-        lo, hi = d.amin(dim=(2, 3), keepdim=True), d.amax(dim=(2, 3), keepdim=True)
-        return ((d - lo) / (hi - lo).clamp_min(1e-12)).cpu()
+def _select(decider, sets: list[frozenset], threshold: float) -> int:
+    """The selection: the first round whose similarity falls below the threshold, else the last (the floor)."""
+    def step(r):
+        if r is None or r[1]:
+            return None
+        last = r[0] == len(sets) - 1
+        return sets[r[0]], last, False, lambda below: (r[0], True) if below or last else (r[0] + 1, False)
+    return decider.run((0, False), step, threshold)[0]
 
 
-def _similarity(probe, embed, reference, look, blocked) -> float:
-    return float(ssim(reference[look], probe.deltas(embed, blocked)[look]).max())
+def _refine(decider, blocked: frozenset, items: list[frozenset], level: float, guess: bool) -> frozenset:
+    """Unblock each item in turn (a layer's channels, or one neuron), for good when the similarity stays below
+    `level`."""
+    def step(state):
+        j, current = state
+        if j == len(items):
+            return None
+        return current - items[j], False, guess, lambda below: (j + 1, current - items[j] if below else current)
+    return decider.run((0, blocked), step, level)[1]
 
 
 def nemo_search(probe: Probe, embed, activation: np.ndarray, z: np.ndarray, threshold: float, params: dict) -> dict:
     """NeMo's search for one prompt (`embed` (1, tokens, dim), its activation and z-scores over the
     concatenated channels). Returns {memorized, score, looked_at, initial, initial_similarity, theta, k, rounds,
-    refined, refined_similarity, score_blocked, refine_capped, runs, seconds}; neuron sets as sorted global
-    channel indices."""
-    start, runs0 = time.perf_counter(), probe.runs
+    refined, refined_similarity, score_blocked, refine_capped, runs, samples, seconds}; neuron sets as sorted
+    global channel indices. The decisions are those of evaluating each candidate set on its own, in order."""
+    start, runs0, samples0 = time.perf_counter(), probe.runs, probe.samples
     reference = probe.deltas(embed)
     per_seed = pairwise_max(reference)
     score = float(per_seed.max())
     look = per_seed >= threshold
     if not look.any():  # under the threshold (not memorized): search on the seed of the highest score
         look = per_seed == per_seed.max()
-    theta, k, rounds = float(params["theta"]), int(params["k"]), 0
+    probe.start(embed, reference)
+    decider = _Decider(probe, sorted(np.nonzero(look)[0].tolist(), key=lambda s: -per_seed[s]))
     layer_slices = [slice(probe.offsets[i], probe.offsets[i + 1]) for i in range(len(probe.layers))]
+    if params["theta_step"] <= 0 and params["theta"] > params["theta_min"]:
+        raise InputError("config key localizers.nemo.theta_step: must be > 0 (theta decreases to theta_min)")
+    rounds = []  # (theta, k, set) per round: the selection lowers theta and raises k until the floor
+    theta, k = float(params["theta"]), int(params["k"])
     while True:
         chosen = set(np.nonzero(z > theta)[0].tolist())
         for sl in layer_slices:
             top = np.argsort(-activation[sl], kind="stable")[: min(k, sl.stop - sl.start)]
             chosen.update((top + sl.start).tolist())
-        similarity = _similarity(probe, embed, reference, look, chosen)
-        rounds += 1
-        floor = theta <= params["theta_min"]
-        if similarity < threshold or floor:
+        rounds.append((theta, k, frozenset(chosen)))
+        if theta <= params["theta_min"]:
             break
-        theta = max(theta - params["theta_step"], params["theta_min"])
-        k += 1
-    initial, initial_similarity = sorted(chosen), similarity
-    refine_at = threshold if similarity < threshold else similarity
-    blocked = set(initial)
-    for sl in reversed(layer_slices):  # layers, last to first
-        in_layer = {c for c in blocked if sl.start <= c < sl.stop}
-        if in_layer and _similarity(probe, embed, reference, look, blocked - in_layer) < refine_at:
-            blocked -= in_layer
+        theta, k = max(theta - params["theta_step"], params["theta_min"]), k + 1
+    last = _select(decider, [r[2] for r in rounds], threshold)
+    theta, k, chosen = rounds[last]
+    initial, initial_similarity = sorted(chosen), decider.value(chosen)
+    refine_at = threshold if initial_similarity < threshold else initial_similarity
+    in_layers = [frozenset(c for c in chosen if sl.start <= c < sl.stop) for sl in reversed(layer_slices)]
+    blocked = _refine(decider, chosen, [s for s in in_layers if s], refine_at, guess=False)  # layers, last first
     capped = len(blocked) > params["max_refine"]
-    if not capped:
-        for c in sorted(blocked, reverse=True):  # neurons, last layer first
-            if _similarity(probe, embed, reference, look, blocked - {c}) < refine_at:
-                blocked.discard(c)
+    if not capped:  # neurons, last layer first
+        blocked = _refine(decider, blocked, [frozenset([c]) for c in sorted(blocked, reverse=True)], refine_at, guess=True)
     refined = sorted(blocked)
     after = probe.deltas(embed, refined)
     return {"memorized": bool(score >= threshold), "score": score, "looked_at": int(look.sum()),
-            "initial": initial, "initial_similarity": initial_similarity, "theta": theta, "k": k, "rounds": rounds,
-            "refined": refined, "refined_similarity": float(ssim(reference[look], after[look]).max()),
+            "initial": initial, "initial_similarity": initial_similarity, "theta": theta, "k": k,
+            "rounds": last + 1, "refined": refined, "refined_similarity": float(ssim(reference[look], after[look]).max()),
             "score_blocked": float(pairwise_max(after).max()), "refine_capped": capped,
-            "runs": probe.runs - runs0, "seconds": time.perf_counter() - start}
+            "runs": probe.runs - runs0, "samples": probe.samples - samples0, "seconds": time.perf_counter() - start}
 
 
 def locate(inputs, params):

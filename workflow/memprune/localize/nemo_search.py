@@ -4,7 +4,8 @@
                   prompts; per calibration prompt its memorization score; attribute `threshold` (mean + 1 sd)
   <set>.nc        per prompt of a set that collections draw from (prompt, channel): z-scores, the initial and the refined
                   neuron sets; per prompt: memorization score before and after blocking its refined set,
-                  similarity of the blocked prediction, theta / k / rounds of the selection, UNet runs, seconds;
+                  similarity of the blocked prediction, theta / k / rounds of the selection, UNet calls (`runs`)
+                  and the predictions they made (`samples`), seconds;
                   `pool_index`: each prompt's line in its prompt set (a subset's edit: the union of its prompts)
 Both are written atomically and record the model's UNet hash, so masks are never built from another model's search.
 """
@@ -124,7 +125,7 @@ def search(model: str, pool: list[str], indices: list[int], calibration: str | P
         initial[i, r["initial"]], refined[i, r["refined"]] = True, True
     per = {key: ("prompt", np.array([r[key] for r in results])) for key in (
         "memorized", "score", "looked_at", "initial_similarity", "theta", "k", "rounds", "refined_similarity",
-        "score_blocked", "refine_capped", "runs", "seconds")}
+        "score_blocked", "refine_capped", "runs", "samples", "seconds")}
     ds = xr.Dataset(
         {"z": (("prompt", "channel"), z.astype(np.float32)), "activation": (("prompt", "channel"), act.astype(np.float32)),
          "initial": (("prompt", "channel"), initial), "refined": (("prompt", "channel"), refined),
