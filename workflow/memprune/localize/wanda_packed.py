@@ -60,9 +60,13 @@ def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, 
         a, b = a_all[t], b_all[t]
         # S_mem > S_null  <=>  |W_ij| (a_j - b_j) > 0: a column condition on the nonzero weights
         beats_null = a > b
-        top_vals, top_pos = torch.topk(w_cand * a[cand], k + 1, dim=1, sorted=True)
-        kth = top_vals[:, k - 1]
-        exact = (outside < kth) & (top_vals[:, k] < kth)
+        # the k-th and (k+1)-th largest candidate scores in place, the k largest before them (in no order: a
+        # row's selection is a set); numpy's partition is ~3x faster than a sorted torch.topk here (measured)
+        scores = (w_cand * a[cand]).numpy()
+        top_pos = torch.from_numpy(np.argpartition(-scores, (k - 1, k), axis=1)[:, : k + 1])
+        top_vals = torch.from_numpy(np.take_along_axis(scores, top_pos[:, k - 1 :].numpy(), axis=1))
+        kth = top_vals[:, 0]
+        exact = (outside < kth) & (top_vals[:, 1] < kth)
         pos = top_pos[exact, :k]
         sel_cols = cand[exact].gather(1, pos).reshape(-1)
         keep = beats_null[sel_cols] & (w_cand[exact].gather(1, pos).reshape(-1) > 0)
