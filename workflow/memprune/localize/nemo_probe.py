@@ -126,12 +126,23 @@ class _Prefix:
         self.channel_block = np.repeat(block_of, np.diff(offsets))  # per global channel: its block
         self.first = min(block_of)  # skipping fewer modules than this saves nothing
         self.store: dict = {}  # (module index, seed) -> (key, output of that seed)
+        self._keys: dict = {}  # blocked set -> its key per module
         self.checked = False
         self.on = True
 
     def key(self, j: int, blocked: frozenset) -> tuple:
         """What module j's output depends on besides the seed: the blocked channels of blocks before j."""
-        return tuple(sorted(c for c in blocked if self.channel_block[c] < j))
+        keys = self._keys.get(blocked)
+        if keys is None:
+            ordered = sorted(blocked)
+            blocks = self.channel_block[ordered] if ordered else np.zeros(0, int)
+            keys = self._keys[blocked] = [tuple(c for c, b in zip(ordered, blocks) if b < m)
+                                          for m in range(len(self.modules))]
+        return keys[j]
+
+    def clear(self) -> None:
+        self.store.clear()
+        self._keys.clear()
 
     def level(self, blocked: list, seeds: list) -> int:
         """How many leading modules every sample of a call can skip."""
@@ -228,7 +239,7 @@ class Probe:
         self._embed, self._reference = embed, reference
         self._memo = {(frozenset(), s): float(v) for s, v in enumerate(ssim(reference, reference))}
         if self._prefix is not None:
-            self._prefix.store.clear()
+            self._prefix.clear()
 
     def value(self, blocked: frozenset, seed: int):
         """The memoised similarity of a pair, or None."""
