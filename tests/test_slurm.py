@@ -71,7 +71,9 @@ def _slurm_conf(state: Path, node: str) -> str:
         f"StateSaveLocation={state}/ctld", f"SlurmdSpoolDir={state}/d",
         f"SlurmctldPidFile={state}/slurmctld.pid", f"SlurmdPidFile={state}/slurmd.pid",
         f"SlurmctldLogFile={state}/slurmctld.log", f"SlurmdLogFile={state}/slurmd.log",
-        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",  # no cgroups in a container
+        # no cgroups in a container; by process group, so a cancelled job's step (a snakemake that waits for its
+        # job on SIGTERM) is killed with it after KillWait
+        "ProctrackType=proctrack/pgid", "TaskPlugin=task/none", "KillWait=5",
         "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core_Memory",
         "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
         "JobCompType=jobcomp/none",
@@ -188,6 +190,18 @@ def _scontrol(jobid: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
+def _processes_under(workdir: Path) -> list[int]:
+    """Pids of processes whose command line names `workdir` (this test's own temporary directory)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(workdir).encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def _batch_script(jobid: str) -> str:
     """The script SLURM holds for a job (the plugin's --wrap: the job step's snakemake command)."""
     return _run(["scontrol", "write", "batch_script", jobid, "-"], timeout=10).stdout
@@ -228,6 +242,10 @@ def test_dag_on_slurm_matches_local_and_survives_scancel(slurm, tiny_model, tmp_
                     p.kill()
     text = log_path.read_text()
     t_total = time.time() - t0
+    left = _processes_under(cluster)
+    for pid in left:  # this run's job processes that outlived their SLURM job (none should)
+        os.kill(pid, 9)
+    assert not left, f"processes of this run's SLURM jobs still running after it: {left}"
     assert rc == 0, f"snakemake on SLURM failed ({rc}):\n{text[-6000:]}"
 
     # (c) the scheduler ran every job: their SLURM ids in the log, their records with the profile's resources
