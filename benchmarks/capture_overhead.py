@@ -1,6 +1,7 @@
 """Sampling with the capture hooks on vs off, on the same model, prompts and seeds, interleaved.
 
-Prints the per-run times and the ratio hooks-on / hooks-off (median of the repeats).
+The recording hooks stay installed (disarmed when off), as after a capture. Prints the per-run times and the
+ratio hooks-on / hooks-off (median of the repeats).
 
     python -m benchmarks.capture_overhead [--model resources/testbed] [--prompts 16] [--steps 50] [--repeats 5]
 """
@@ -9,7 +10,7 @@ import argparse
 import statistics
 import time
 
-from memprune.capture.hooks import FFNInputRecorder
+from memprune.capture.hooks import FFNInputRecorder, scheduled_calls
 from memprune.models import ffn_layers, load_pipeline
 from memprune.sampling import SamplingConfig, generate
 
@@ -22,17 +23,20 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", choices=("auto", "true", "false"), default="auto")
     args = ap.parse_args()
     pipe = load_pipeline(args.model, args.device, "auto")
     prompts = [f"velvet harbor and ember falcon by clara {i}" for i in range(args.prompts)]
-    cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=args.prompts)
+    cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=args.prompts, compile=args.compile)
     layers = ffn_layers(pipe.unet)
+    # installed once and left on the UNet, as capture does: "off" is the hooks disarmed
+    rec = FFNInputRecorder.for_unet(pipe.unet, layers)
+    calls = scheduled_calls(pipe.scheduler, args.steps)
 
     def run(hooks: bool) -> float:
         t = time.perf_counter()
         if hooks:
-            rec = FFNInputRecorder(pipe.unet, layers)
-            with rec:
+            with rec.recording(calls, 2 * len(prompts)):
                 generate(pipe, prompts, [0] * len(prompts), cfg)
             rec.result()
         else:

@@ -19,17 +19,39 @@ def test_recorder_matches_direct_geglu_output(tiny_pipe):
         geglu = unet.get_submodule(name.rsplit(".", 1)[0] + ".0")  # ff.net.0, the GEGLU
         handles.append(geglu.register_forward_hook(
             lambda m, a, out, name=name: direct[name].append(out.float().pow(2).sum(dim=1))))
-    rec = FFNInputRecorder(unet, layers)
-    with rec:
+    rec = FFNInputRecorder.for_unet(unet, layers)
+    with rec.recording(calls=3, batch=2):
         tiny_pipe(prompt=["a red circle at the left on a black background"], num_inference_steps=3,
                   guidance_scale=3.0, output_type="np")
     for h in handles:
         h.remove()
-    sumsq, t = rec.result()
-    assert len(t) == 3
+    sumsq = rec.result()
     for name, _ in layers:
-        assert sumsq[name].shape[:2] == (3, 2)  # (call, batch = uncond + cond)
-        np.testing.assert_allclose(sumsq[name], torch.stack(direct[name]).numpy(), rtol=1e-5)
+        assert sumsq[name].shape == (3, 2, unet.get_submodule(name).in_features)  # (call, uncond + cond, feature)
+        # float32: the same operations as a direct computation, so the same bits
+        np.testing.assert_array_equal(sumsq[name], torch.stack(direct[name]).numpy())
+    assert FFNInputRecorder.for_unet(unet, layers) is rec  # installed once per UNet
+
+
+def test_recording_refuses_a_wrong_call_count(tiny_pipe):
+    rec = FFNInputRecorder.for_unet(tiny_pipe.unet, ffn_layers(tiny_pipe.unet))
+    with pytest.raises(RuntimeError, match="3 UNet calls recorded where the scheduler made 2"):
+        with rec.recording(calls=2, batch=2):
+            tiny_pipe(prompt=["x"], num_inference_steps=3, guidance_scale=3.0, output_type="np")
+    with rec.recording(calls=2, batch=2):  # the buffers are reused, the count restarts
+        tiny_pipe(prompt=["x"], num_inference_steps=2, guidance_scale=3.0, output_type="np")
+    assert rec.result()[rec.layers[0][0]].shape[:2] == (2, 2)
+
+
+def test_low_precision_sums_accumulate_in_float32():
+    from memprune.capture.hooks import token_sumsq
+
+    x = torch.full((2, 4096, 3), 200.0)  # each square (40000) fits float16, their sum (1.6e8) does not
+    for dtype in (torch.float16, torch.bfloat16):
+        out = token_sumsq(x.to(dtype))
+        assert out.dtype == torch.float32
+        np.testing.assert_allclose(out.numpy(), 4096 * 200.0**2, rtol=1e-5)
+    np.testing.assert_array_equal(token_sumsq(x).numpy(), x.square().sum(dim=1).numpy())
 
 
 def test_capture_reads_timesteps_from_the_scheduler(tiny_model):
@@ -56,10 +78,10 @@ def test_capture_refuses_without_guidance(tiny_pipe):
 def test_reference_variant_normalises_tokens(tiny_pipe):
     unet = tiny_pipe.unet
     layers = ffn_layers(unet)
-    rec = FFNInputRecorder(unet, layers, normalize_tokens=True)
-    with rec:
+    rec = FFNInputRecorder.for_unet(unet, layers)
+    with rec.recording(calls=2, batch=2, normalize_tokens=True):
         tiny_pipe(prompt=["x"], num_inference_steps=2, guidance_scale=2.0, output_type="np")
-    sumsq, _ = rec.result()
+    sumsq = rec.result()
     # each token's vector has unit norm, so the features' squares sum to the number of tokens
     name, lin = layers[0]
     n_tokens = sumsq[name].sum(-1)

@@ -48,6 +48,39 @@ def resolve_dtype(dtype: str, device: str):
         raise InputError(f"config key model.dtype: unknown dtype {dtype!r}") from None
 
 
+def resolve_compile(setting: str | bool, device_type: str) -> bool:
+    """`model.compile`: `auto` is on for CUDA, off on CPU and MPS (where the default run stays eager and its outputs
+    byte-identical); `true` / `false` force it."""
+    value = str(setting).lower()
+    if value == "auto":
+        return device_type == "cuda"
+    if value in ("true", "false"):
+        return value == "true"
+    raise InputError(f"config key model.compile: {setting!r} is not auto, true or false")
+
+
+def compile_unet(unet, setting: str | bool = "auto", backend: str = "inductor") -> bool:
+    """`torch.compile` the UNet in place (`nn.Module.compile`, inductor's default mode) in channels_last memory
+    format, when `resolve_compile(setting, <its device>)` says so; once per UNet. Returns whether it is compiled.
+    `backend`: dynamo's backend (tests use `aot_eager`, which skips inductor's code generation).
+
+    Module names, state dicts and hooks present at the first call stay as they are. Dynamo by default skips the
+    guards on module hooks, so a hook added after the first call would never run; they are turned on here, so such
+    a hook (an inference-time mitigation, NeMo's blocking) recompiles instead of being ignored. Hooks meant to run
+    on every call (`capture.hooks.FFNInputRecorder`) are installed once, before the first call."""
+    import torch
+
+    if getattr(unet, "_compiled_call_impl", None) is not None:
+        return True
+    if not resolve_compile(setting, unet.device.type):
+        return False
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
+    unet.to(memory_format=torch.channels_last)
+    unet.compile(backend=backend)
+    log.info("UNet compiled (torch.compile, channels_last) on %s", unet.device)
+    return True
+
+
 # A derived testbed (`testbed.derived`): only its UNet is stored, over a base pipeline named in this file.
 BASE_FILE = "memprune_base.json"
 

@@ -20,6 +20,7 @@ class SamplingConfig:
     batch_size: int = 8
     height: int | None = None  # None: the model's default resolution
     width: int | None = None
+    compile: str | bool = "auto"  # torch.compile the UNet: auto = on CUDA only (models.compile_unet)
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], cfg: SamplingConfig, progress: bool = False,
@@ -32,7 +33,10 @@ def generate(pipe, prompts: list[str], seeds: list[int], cfg: SamplingConfig, pr
     import torch
     from tqdm.auto import tqdm
 
+    from memprune.models import compile_unet
+
     assert len(prompts) == len(seeds)
+    compile_unet(pipe.unet, cfg.compile)
     out = []
     starts = range(0, len(prompts), cfg.batch_size)
     for start in tqdm(starts, desc="sample", disable=not progress):

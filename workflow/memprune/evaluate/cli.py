@@ -20,7 +20,7 @@ def cmd_eval_sample(args) -> None:
     from memprune.evaluate.sample import sample_variant
 
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, height=args.height,
-                         width=args.width)
+                         width=args.width, compile=args.compile)
     sample_variant(args.variant, args.model, args.out, args.memorized, _seeds(args.seeds), cfg,
                    checkpoint=args.checkpoint, params=args.variant_params, max_memorized=args.max_memorized,
                    nonmemorized=args.nonmemorized, max_nonmemorized=args.max_nonmemorized, device=args.device,
@@ -70,6 +70,8 @@ def add_eval_arguments(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--scheduler", help="diffusers scheduler class name (default: the model's)")
+    p.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                   help="torch.compile the UNet (channels_last); auto: on CUDA only")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds")

@@ -311,7 +311,7 @@ class Plan:
     def sampling_args(self, section: dict | None = None, size: bool = True) -> str:
         s = section or self.config["sampling"]
         args = [f"--steps {s['steps']}", f"--guidance {s['guidance']}", f"--batch-size {s['batch_size']}",
-                f"--device {self.model['device']}", f"--dtype {self.model['dtype']}"]
+                f"--device {self.model['device']}", f"--dtype {self.model['dtype']}", f"--compile {str(self.model.get('compile', 'auto')).lower()}"]
         if self.model.get("scheduler"):
             args.append(f"--scheduler {self.model['scheduler']}")
         for key in ("height", "width") if size else ():
