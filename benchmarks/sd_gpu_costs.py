@@ -15,7 +15,8 @@ UNet. Measured so that order does not bias a path: every (path, batch, eager/com
 size before timing (the compile happens there, and is reported), then the repeats interleave all of them, and the
 medians are reported. FLOPs are counted once per (path, batch) on the eager UNet with
 `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention); share of peak = FLOPs / (seconds x
---peak-tflops). Prints one JSON line per measurement, the capture / generate ratios, then a table.
+--peak-tflops). Prints one JSON line per measurement, the capture / generate ratios (of the medians, and the median of
+each round's ratio), then a table.
 
     python -m benchmarks.sd_gpu_costs --models sd15 --batches 8,32 --compile      # an H200: peak 790 TFLOP/s bf16
     python -m benchmarks.sd_gpu_costs --models tiny --device cpu --batches 4 --steps 10 --compile --peak-tflops 0.1
@@ -104,10 +105,11 @@ def runner(pipe, unet, path: str, batch: int, steps: int):
     if path == "unet":
         c = unet.config
         side = c.sample_size
-        x = torch.randn(2 * batch, c.in_channels, side, side, device=unet.device, dtype=unet.dtype)
-        tokens = pipe.tokenizer.model_max_length
-        text = torch.randn(2 * batch, tokens, c.cross_attention_dim, device=unet.device, dtype=unet.dtype)
-        t = torch.tensor(500, device=unet.device)
+        with torch.inference_mode():  # inference tensors, as in the pipeline: the same compiled graph serves both
+            x = torch.randn(2 * batch, c.in_channels, side, side, device=unet.device, dtype=unet.dtype)
+            tokens = pipe.tokenizer.model_max_length
+            text = torch.randn(2 * batch, tokens, c.cross_attention_dim, device=unet.device, dtype=unet.dtype)
+            t = torch.tensor(500, device=unet.device)
 
         def call():
             with torch.inference_mode():
@@ -132,23 +134,30 @@ def count_flops(fn) -> int:
 
 
 def measure(kind: str, args) -> list[dict]:
-    from memprune.models import compile_unet
+    from torch._dynamo.utils import counters
+
+    from memprune.capture.hooks import FFNInputRecorder
+    from memprune.models import compile_unet, ffn_layers
 
     on_gpu = args.device.startswith("cuda")
     pipe = build(kind, args.device, torch.float16 if on_gpu else torch.float32)
     unets = {"eager": pipe.unet}
     if args.compile:
         unets["compiled"] = copy.deepcopy(pipe.unet)
-        compile_unet(unets["compiled"], "true")
+    for mode, unet in unets.items():  # the recording hooks first, as `capture` does: one set of graphs for all paths
+        FFNInputRecorder.for_unet(unet, ffn_layers(unet))
+        compile_unet(unet, "true" if mode == "compiled" else "false")
     batches = int_list(args.batches)
     jobs = {(path, b, mode): runner(pipe, unet, path, b, args.steps)
-            for b in batches for path in PATHS for mode, unet in unets.items()}
+            for b in batches for mode, unet in unets.items() for path in PATHS}  # capture right after generate
     flops = {(path, b): count_flops(runner(pipe, unets["eager"], path, b, args.steps)) for b in batches for path in PATHS}
     warm = {key: timed(fn) for key, fn in jobs.items()}  # each at its own batch size; compiles happen here
+    graphs = counters["stats"]["unique_graphs"]
     times = {key: [] for key in jobs}
     for _ in range(args.repeats):  # interleaved: every path once per round
         for key, fn in jobs.items():
             times[key].append(timed(fn))
+    recompiled = counters["stats"]["unique_graphs"] - graphs  # should be 0: a timing that includes a compile is void
     rows = []
     for (path, b, mode), ts in times.items():
         per = statistics.median(ts) / (1 if path == "unet" else b)
@@ -156,7 +165,7 @@ def measure(kind: str, args) -> list[dict]:
         rows.append({"model": kind, "batch": b, "path": path, "mode": mode, "unit": "call" if path == "unet" else "image",
                      "median_s": round(per, 5), "repeats_s": [round(t, 4) for t in ts],
                      "warmup_s": round(warm[(path, b, mode)], 3), "tflop": round(f / 1e12, 5),
-                     "share_of_peak": round(f / (per * args.peak_tflops * 1e12), 4)})
+                     "share_of_peak": round(f / (per * args.peak_tflops * 1e12), 4), "graphs_compiled_while_timing": recompiled})
     del pipe, unets
     if on_gpu:
         rows.append({"model": kind, "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
@@ -189,8 +198,11 @@ def main() -> None:
     timing = {(r["model"], r["batch"], r["path"], r["mode"]): r for r in rows if "path" in r}
     for (model, b, path, mode), r in timing.items():
         if path == "capture":
-            ratio = r["median_s"] / timing[(model, b, "generate", mode)]["median_s"]
-            emit(model=model, batch=b, mode=mode, capture_over_generate=round(ratio, 3))
+            gen = timing[(model, b, "generate", mode)]
+            # per round too: the two ran back to back, so load that drifts between rounds cancels
+            rounds = [c / g for c, g in zip(r["repeats_s"], gen["repeats_s"])]
+            emit(model=model, batch=b, mode=mode, capture_over_generate=round(r["median_s"] / gen["median_s"], 3),
+                 per_round_median=round(statistics.median(rounds), 3), per_round=[round(x, 3) for x in rounds])
     print("\n| model | batch | path | mode | s per call/image (median) | TFLOP | share of peak |")
     print("|---|---|---|---|---|---|---|")
     for r in timing.values():
