@@ -1,17 +1,21 @@
 # Density and pairwise IOU of the masks across subsets (the paper's Figures 1 and 2) for every localizer side by
 # side (`method` dimension), with two controls: a non-memorized collection and random masks of equal density.
+from memprune.plan.config import LATEST
 
 
+# Under results/<model>/, so configs of different models keep theirs; rule latest_analysis copies them to the
+# headline targets results/iou.nc and results/density.nc.
 rule analysis:
     conda:
         CONDA_ENV
     input:
         PLAN.all_mask_dirs(),
     output:
-        density=report("results/density.nc", category="Localization", caption="../report/density.rst"),
-        iou="results/iou.nc",
-        fig_iou=report("results/figures/iou.png", category="Localization", caption="../report/iou.rst"),
-        fig_density=report("results/figures/density.png", category="Localization", caption="../report/density_fig.rst"),
+        density=report(PLAN.analysis_outputs["density"], category="Localization", caption="../report/density.rst"),
+        iou=PLAN.analysis_outputs["iou"],
+        fig_iou=report(PLAN.analysis_outputs["fig_iou"], category="Localization", caption="../report/iou.rst"),
+        fig_density=report(PLAN.analysis_outputs["fig_density"], category="Localization",
+                           caption="../report/density_fig.rst"),
     params:
         methods=PLAN.analysis_json(),
     threads: 4  # layers in parallel; Snakemake caps it at --cores
@@ -23,6 +27,22 @@ rule analysis:
         memprune("analyze", f"--methods-json {{params.methods:q}} --seed {config['analysis']['random_control_seed']} "
                  "--jobs {threads} --density {output.density} --iou {output.iou} --fig-density {output.fig_density} "
                  "--fig-iou {output.fig_iou}")
+
+
+# `snakemake results/iou.nc`: the loaded config's density.nc and iou.nc, copied (a temporary file renamed, so the
+# target is whole or absent, and its time stamp is the copy's: newer than its input). Another config's run replaces
+# them (its inputs differ); results/<model>/ keeps each model's own.
+rule latest_analysis:
+    localrule: True
+    input:
+        **{name: PLAN.analysis_outputs[name] for name in LATEST.values()},
+    output:
+        **{name: path for path, name in LATEST.items()},
+    log:
+        PLAN.log("analysis", "latest"),
+    shell:
+        "(cp {input.iou} {output.iou}.tmp && mv {output.iou}.tmp {output.iou} && "
+        "cp {input.density} {output.density}.tmp && mv {output.density}.tmp {output.density}) 2> {log}"
 
 
 # A planted testbed (testbed.derived.kind planted): every localizer's masks scored against the planted units.

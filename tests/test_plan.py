@@ -31,7 +31,7 @@ def capture_chunks(plan: Plan) -> set[str]:
 # (config, capture chunks, eval models, attack models x chunks per model, detection sets): the old planner's
 # dry run of results/iou.nc + eval.nc + attack/table.csv + detection.nc on each shipped config
 OLD = {
-    "config/testbed.yaml": (12, 17, (3, 10), 3),  # + NeMo and its random control on 2 subsets, NeMo attacked, adversarial
+    "config/testbed.yaml": (12, 19, (5, 10), 3),  # + NeMo and its random control on 2 subsets, NeMo attacked, adversarial, Ren and Jain
     "config/sd15.yaml": (116, 12, (2, 63), 2),
     "config/sd2.yaml": (66, 12, (2, 28), 2),
 }
@@ -53,7 +53,9 @@ def test_shipped_configs_plan_what_the_old_planner_did(name):
     assert len({m.path for m in evaluation.models}) == n_eval
     assert len(attack.models) == n_attack and all(len(attack.chunks(m)) == per_model for m in attack.models)
     assert len(detection.sets) == n_det
-    assert plan.targets()[:3] == ["results/iou.nc", "results/density.nc", "results/figures/iou.png"]
+    per_model = [f"{plan.results}/{f}" for f in ("density.nc", "iou.nc", "figures/density.png", "figures/iou.png")]
+    assert plan.results == f"results/{cfg['model']['name']}"
+    assert plan.targets()[:6] == per_model + ["results/iou.nc", "results/density.nc"]  # the headline copies
     models = json.loads(evaluation.models_json())
     pruned = [v for v in models.values() if v["variant"] == "pruned" and v["method"] == "wanda"]
     assert len(pruned) == 10 and all(v["mask_costs"] for v in pruned)
@@ -120,13 +122,14 @@ def test_recovery_plans_every_compared_model_on_testbeds_only():
     from memprune.plan.compare import Recovery
 
     rec = Recovery(Plan(load("config.yaml"), REPO))
-    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo", "pruned:wanda_10", "wen", "adversarial"]
+    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo", "pruned:wanda_10", "wen", "ren", "jain", "adversarial"]
     assert rec.sets == ["planted", "memorized"] and rec.controls == ["single"]
     assert rec.targets()[0] == "results/testbed_planted/recovery.nc"
-    assert all(rec.result(m).startswith(rec.dir) for m in rec.models) and len({rec.result(m) for m in rec.models}) == 7
+    assert all(rec.result(m).startswith(rec.dir) for m in rec.models) and len({rec.result(m) for m in rec.models}) == 9
     by_variant = {m.variant: m for m in rec.models if m.method is None}
-    assert rec.searches_from(by_variant["wen"]) == [rec.result(by_variant["none"])]  # Wen reuses the unedited searches
-    assert all(rec.searches_from(m) == [] for m in rec.models if m.variant != "wen")
+    inference_time = ("wen", "ren", "jain")  # they reuse the unedited searches
+    assert all(rec.searches_from(by_variant[v]) == [rec.result(by_variant["none"])] for v in inference_time)
+    assert all(rec.searches_from(m) == [] for m in rec.models if m.variant not in inference_time)
     cfg = load("config.yaml")
     alone = Recovery(Plan({**cfg, "recovery": {**cfg["recovery"], "variants": ["wen"]}}, REPO))
     assert alone.searches_from(alone.models[0]) == []  # no unedited model attacked: Wen runs its own searches

@@ -11,6 +11,7 @@ import xarray as xr
 from conftest import REPO, WORKFLOW_COLLECTIONS as COLLECTIONS, WORKFLOW_SETS, snakemake, write_config
 
 MEM, CTRL = WORKFLOW_SETS["mem"], WORKFLOW_SETS["ctrl"]
+pytestmark = pytest.mark.slow  # every test here runs Snakemake
 
 
 def planned_jobs(proc) -> dict[str, int]:
@@ -34,8 +35,10 @@ def digest_tree(path: Path) -> str:
 
 def test_end_to_end_outputs(workflow_run):
     wd = workflow_run
-    iou = xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf")
-    dens = xr.open_dataset(wd / "results/density.nc", engine="h5netcdf")
+    iou = xr.open_dataset(wd / "results/tiny/iou.nc", engine="h5netcdf")
+    dens = xr.open_dataset(wd / "results/tiny/density.nc", engine="h5netcdf")
+    for name in ("iou.nc", "density.nc"):  # the headline targets: copies of the loaded config's model's
+        assert (wd / "results" / name).read_bytes() == (wd / "results/tiny" / name).read_bytes()
     assert list(iou.collection.values) == ["m5", "c4"]
     assert iou.control.values.tolist() == [False, True]
     assert iou.sizes["layer"] == 7 and iou.sizes["step"] == 6
@@ -45,7 +48,7 @@ def test_end_to_end_outputs(workflow_run):
     assert np.all(m.sel(subset_i=0, subset_j=0).values == 1.0)
     assert np.all(np.isnan(iou.iou.sel(collection="c4", subset_i=2).values))  # 2 subsets only: padded
     assert float(dens.density.max()) <= 0.05 + 1e-9
-    assert (wd / "results/figures/iou.png").stat().st_size > 1000
+    assert (wd / "results/tiny/figures/iou.png").stat().st_size > 1000
     store = xr.open_zarr(wd / "results/tiny/activations/seed0_steps6_g3.0_paper/subsets/m5/0.zarr")
     assert store.sizes["prompt"] == 5 and store.sizes["step"] == 6 and list(store.branch.values) == ["cond"]
     # zarr v3 with dimension names
@@ -58,6 +61,27 @@ def test_end_to_end_outputs(workflow_run):
 def test_second_run_does_nothing(workflow_run):
     proc = snakemake(workflow_run, "-n", "results/iou.nc")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_another_model_in_the_same_directory_keeps_the_first_models_results(workflow_run):
+    """A config of another model plans its own results/<model>/ outputs and replaces only the headline copies."""
+    wd = workflow_run
+    import yaml
+
+    before = (wd / "results/tiny/iou.nc").stat().st_mtime_ns
+    original = (wd / "config.yaml").read_text()
+    cfg = yaml.safe_load(original)
+    cfg["model"]["name"] = "tiny_other"
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    try:
+        proc = snakemake(wd, "-n", "results/iou.nc")
+    finally:
+        (wd / "config.yaml").write_text(original)  # restore
+    jobs = planned_jobs(proc)
+    assert jobs["analysis"] == 1 and jobs["latest_analysis"] == 1 and jobs["capture_null"] == 1
+    assert "results/tiny_other/iou.nc" in proc.stdout and "results/tiny/" not in proc.stdout
+    assert (wd / "results/tiny/iou.nc").stat().st_mtime_ns == before
+    assert "Nothing to be done" in snakemake(wd, "-n", "results/iou.nc").stdout  # back: the copies are current
 
 
 def test_new_collection_of_seen_prompts_schedules_no_sampling(workflow_run):

@@ -74,6 +74,8 @@ class EvalModel:
 
 TAG_NAMES = {"sparsity": "sp", "theta_step": "dth", "theta_min": "thmin", "step_index": "at", "max_refine": "ref",
              "max_calibration": "ncal", "calibration": "on"}  # parameter names shortened in path tags
+# The headline targets (`snakemake results/iou.nc`): copies of the loaded config's model's own (Plan.analysis_outputs)
+LATEST = {"results/iou.nc": "iou", "results/density.nc": "density"}
 
 
 def prompts_digest(prompts: list[str]) -> str:
@@ -243,6 +245,12 @@ class Plan:
     def calibration_files(self, method: str) -> list[str]:
         return [self.sets[s].file for s in self.methods[method].params["calibration"]]
 
+    @property
+    def analysis_outputs(self) -> dict[str, str]:
+        """This model's density and IOU of the masks (rules/analysis.smk) and their figures, by output name."""
+        files = {"density": "density.nc", "iou": "iou.nc", "fig_density": "figures/density.png", "fig_iou": "figures/iou.png"}
+        return {name: f"{self.results}/{file}" for name, file in files.items()}
+
     def pruned(self, method: str, collection: str, subset: int) -> str:
         return f"{self.results}/pruned/{method}/{self.methods[method].tag}/{collection}/{subset}"
 
@@ -296,7 +304,7 @@ class Plan:
                                for c, col in self.collections.items()} for m in self.methods})
 
     def targets(self) -> list[str]:
-        targets = ["results/iou.nc", "results/density.nc", "results/figures/iou.png"]
+        targets = list(self.analysis_outputs.values()) + list(LATEST)
         if self.derived and self.derived["kind"] == "planted":
             targets.append(f"{self.results}/localization.nc")
         return targets + ([self.report] if self.is_testbed else [])
