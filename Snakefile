@@ -32,6 +32,7 @@ validate_config(config)
 
 
 include: "rules/common.smk"
+include: "rules/models.smk"
 include: "rules/testbed.smk"
 include: "rules/activations.smk"
 include: "rules/masks.smk"

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_random_model_arguments(sub)
     p = sub.add_parser("fetch-training-images",
                        help="download the training images of memorized prompts to <root>/<index>/0.png; report dead links")
-    p.add_argument("--prompts", required=True, help=".jsonl prompt file with `url` per row")
+    p.add_argument("--prompts", required=True, help=".jsonl prompt file with `url` per row, or .csv with a URL column")
     p.add_argument("--root", required=True, help="ground-truth directory (config key evaluate.ground_truth)")
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--workers", type=int, default=8)

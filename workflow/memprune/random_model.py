@@ -165,8 +165,35 @@ def write_random_model(arch: str, out: Path, seed: int = 0, dtype: str = "float1
     return Path(out)
 
 
+def write_stand_in_images(prompts_file: Path, root: Path, size: int = 512, seed: int = 0) -> Path:
+    """Seeded random images in the fetched-images layout (`<root>/<index>/0.png`, index = 0-based line of
+    `prompts_file`): stand-ins for a random model's "training images", so that every stage reading training
+    images (evaluation, recovery, adversarial fine-tuning) runs offline with the real image size. Each image is
+    smooth noise (8x8 colours upsampled), one generator per index."""
+    import numpy as np
+    from PIL import Image
+
+    from memprune.formats.prompts import read_prompts
+    from memprune.formats.store import atomic_dir
+
+    prompts = read_prompts(Path(prompts_file))
+    with atomic_dir(Path(root)) as tmp:
+        for i in range(len(prompts)):
+            coarse = np.random.default_rng([seed, i]).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            (Path(tmp) / str(i)).mkdir()
+            Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(Path(tmp) / str(i) / "0.png")
+    return Path(root)
+
+
 def add_random_model_arguments(sub) -> None:
-    """Register `make-random-model`."""
+    """Register `make-random-model` and `make-stand-in-images`."""
+    p = sub.add_parser("make-stand-in-images",
+                       help="seeded random images as a prompt file's fetched training images (<root>/<index>/0.png)")
+    p.add_argument("--prompts-file", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=lambda args: write_stand_in_images(Path(args.prompts_file), Path(args.root), args.size, args.seed))
     p = sub.add_parser("make-random-model",
                        help="write a diffusers pipeline with SD1.5's or SD2's published architecture and random weights")
     p.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))

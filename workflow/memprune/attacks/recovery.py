@@ -76,7 +76,7 @@ def start_embedding(pipe, init: str, prompt: str, unrelated: str, reference, gen
         return embed(pipe, [unrelated])
     if init == "random":
         mean, std = reference.mean(0, keepdim=True), reference.std(0, keepdim=True)
-        return mean + std * torch.randn(mean.shape, generator=gen)
+        return mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)
     raise InputError(f"recovery: unknown init {init!r}; known: {list(INITS)}")
 
 
@@ -90,11 +90,11 @@ def denoising_loss(unet, scheduler, z0, cond, gen):
     v_pred = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z0),), generator=gen)
-    a = alphas[t].view(-1, 1, 1, 1)
+    z0, noise, a = z0.float().to(unet.device), noise.to(unet.device), alphas[t].view(-1, 1, 1, 1).to(unet.device)
     x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
     target = a.sqrt() * noise - (1 - a).sqrt() * z0 if v_pred else noise
-    dev, dt = unet.device, unet.dtype
-    pred = unet(x_t.to(dev, dt), t.to(dev), encoder_hidden_states=cond.to(dt)).sample
+    dev, dt = unet.device, unet.dtype  # noise and timesteps drawn on the CPU generator, the rest on the UNet's device
+    pred = unet(x_t.to(dev, dt), t.to(dev), encoder_hidden_states=cond.to(dev, dt)).sample
     return F.mse_loss(pred.float(), target.to(dev))
 
 
@@ -222,33 +222,31 @@ def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spe
     return ds
 
 
-def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, data_dir: str, groups: dict,
+def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, data_dir: str | None, groups: dict,
                 inits: list[str], spec: RecoverySpec, out: str | Path, variant_id: str, max_targets: int | None,
-                new_photos: int = 0, device="auto", dtype="auto", progress=False, searches_from: str | None = None) -> None:
+                new_photos: int = 0, device="auto", dtype="auto", progress=False, searches_from: str | None = None,
+                images: dict | None = None) -> None:
     """The recovery attack on one variant: targets are the first `max_targets` prompts of each group
-    (`groups`: {group: prompt list}) with their training photos from the testbed dataset `data_dir`, plus
-    `new_photos` crops the model never saw (captions from the dataset's grammar); written to `out` (netCDF).
+    (`groups`: {group: prompt list}) with their training photos from the testbed dataset `data_dir`, or from
+    `images` ({group: (root, prompt file)}, fetched; resized to the model's resolution), plus `new_photos` crops
+    the model never saw (testbed only); written to `out` (netCDF).
     `searches_from`: the unedited model's recovery file, whose searches an inference-time variant reuses."""
-    from memprune.evaluate.training_images import TrainingImages
+    from memprune.evaluate.training_images import first_photos
     from memprune.formats.store import write_netcdf
     from memprune.attacks.extraction import resolve_variant
 
     v, params = resolve_variant(variant, params)
-    truth = TrainingImages(data=data_dir)
-    targets = []
+    pipe = v.load(model, checkpoint, device, dtype, None)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    targets = first_photos(groups, data_dir, images, (side, side) if images else None, max_targets)
     all_prompts = [p for ps in groups.values() for p in ps]
-    for group, prompts in groups.items():
-        for k, prompt in enumerate(prompts[:max_targets]):
-            image = truth.first_image(prompt)
-            if image is None:
-                raise InputError(f"{data_dir}: no training image for the {group} prompt {prompt[:60]!r}")
-            targets.append({"prompt": prompt, "group": group, "image": image,
-                            "unrelated": all_prompts[(all_prompts.index(prompt) + len(all_prompts) // 2) % len(all_prompts)]})
+    for target in targets:
+        target["unrelated"] = all_prompts[(all_prompts.index(target["prompt"]) + len(all_prompts) // 2) % len(all_prompts)]
     if new_photos:
         from memprune.testbed.derived import new_photos as make_new
 
-        images, captions = make_new(Path(data_dir), new_photos, seed=10_000 + spec.seed)
-        for image, caption in zip(images, captions):
+        new_images, captions = make_new(Path(data_dir), new_photos, seed=10_000 + spec.seed)
+        for image, caption in zip(new_images, captions):
             targets.append({"prompt": caption, "group": "never_seen", "image": image, "unrelated": all_prompts[0]})
     if not targets:
         raise InputError("recovery: no targets (config key recovery.targets)")
@@ -257,7 +255,6 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
         if checkpoint or v.attacked_as != "none":
             raise InputError(f"--searches-from: the variant {v.name!r} is not attacked through the unedited UNet")
         searches = read_searches(searches_from, targets, inits, spec)
-    pipe = v.load(model, checkpoint, device, dtype, None)
     res = attack_targets(pipe, v, params, targets, inits, spec, all_prompts[:64], progress=progress, searches=searches)
     ds = recovery_dataset(variant_id, targets, inits, spec, res, {"model": str(model), "checkpoint": str(checkpoint or ""),
                                                                   "variant_name": v.name, "variant_params": json.dumps(params),
@@ -336,9 +333,12 @@ def add_recovery_arguments(sub) -> None:
     def run(args):
         groups = {g: read_prompts(Path(f)) for g, f in json_object(args.groups_json).items()}
         spec = RecoverySpec(**json_object(args.spec))
+        images = {g: tuple(v) for g, v in json_object(args.images_json).items()} if args.images_json else None
+        if bool(args.data) == bool(images):
+            raise InputError("recover: give the testbed dataset (--data) or the fetched images (--images-json), one of them")
         run_variant(args.model, args.variant, args.checkpoint, args.variant_params or {}, args.data, groups,
                     args.inits.split(","), spec, args.out, args.id or args.variant, args.max_targets, args.new_photos,
-                    args.device, args.dtype, progress=not args.no_progress, searches_from=args.searches_from)
+                    args.device, args.dtype, progress=not args.no_progress, searches_from=args.searches_from, images=images)
 
     def table(args):
         import pandas as pd
@@ -361,7 +361,8 @@ def add_recovery_arguments(sub) -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--variant-params", type=json_object, default=None)
     p.add_argument("--id", default=None, help="the variant's id in the table")
-    p.add_argument("--data", required=True, help="the testbed dataset (the targets' training photos)")
+    p.add_argument("--data", default=None, help="the testbed dataset (the targets' training photos)")
+    p.add_argument("--images-json", default=None, help="or {group: [root, prompt file]}: fetched images, <root>/<index>/*.png")
     p.add_argument("--groups-json", required=True, help='{group: prompt file}: targets and controls')
     p.add_argument("--inits", default="prompt", help=f"comma-separated starts: {','.join(INITS)}")
     p.add_argument("--spec", default="{}", help="JSON of RecoverySpec fields")

@@ -53,14 +53,31 @@ def _fetch_one(index: int, url: str, root: Path, timeout: float) -> dict:
     return {"index": index, "url": url, "status": "downloaded"}
 
 
+def _csv_column(path: Path, name: str) -> list[str]:
+    """The column `name` (any case) of a `;`- or `,`-separated file, one value per row ("" where empty)."""
+    text = path.read_text(encoding="utf-8")
+    first = text.splitlines()[0] if text.strip() else ""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";" if first.count(";") > first.count(",") else ",")
+    column = {n.strip().lower(): n for n in reader.fieldnames or [] if n}.get(name)
+    if column is None:
+        raise InputError(f"{path}:1: no column {name!r} in header {reader.fieldnames}")
+    return [(row[column] or "").strip() for row in reader]
+
+
 def fetch_training_images(prompts_file: Path, root: Path, timeout: float = 20.0, workers: int = 8) -> dict[str, int]:
-    """Download every row's `url` of a jsonl prompt file to `<root>/<index>/0.png`; skip those present.
+    """Download every row's `url` of a jsonl (or csv) prompt file to `<root>/<index>/0.png`; skip those present.
 
     Returns counts per status kind (present, downloaded, dead) and writes `<root>/fetch_report.csv`."""
     prompts_file, root = Path(prompts_file), Path(root)
-    if prompts_file.suffix.lower() != ".jsonl":
-        raise InputError(f"{prompts_file}: fetch-training-images needs a .jsonl prompt file with a `url` per row")
-    rows = read_jsonl(prompts_file, required=("caption",))
+    if prompts_file.suffix.lower() == ".csv":  # NeMo's LAION lists: `;`-separated, columns Caption and URL
+        from memprune.formats.prompts import read_prompts
+
+        urls = _csv_column(prompts_file, "url")
+        rows = [{"caption": c, "url": u} for c, u in zip(read_prompts(prompts_file), urls)]
+    elif prompts_file.suffix.lower() == ".jsonl":
+        rows = read_jsonl(prompts_file, required=("caption",))
+    else:
+        raise InputError(f"{prompts_file}: fetch-training-images needs a .jsonl (`url` per row) or .csv (a URL column) prompt file")
     if not any("url" in r for r in rows):
         raise InputError(f"{prompts_file}: no row has a `url` key: nothing to download")
     root.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,34 @@ class TrainingImages:
         """Per prompt, its training images (manifest rows of `split`), or None where none is known."""
         return [_load(files) if (files := self._files(p, split)) else None for p in prompts]
 
-    def first_image(self, prompt: str, split: str | None = None) -> np.ndarray | None:
-        """The prompt's first training image (H, W, 3) uint8, or None where none is known."""
+    def first_image(self, prompt: str, split: str | None = None, size: tuple[int, int] | None = None) -> np.ndarray | None:
+        """The prompt's first training image (H, W, 3) uint8 (resized to `size` = (W, H) if given), or None where
+        none is known."""
         files = self._files(prompt, split)
-        return _load(files[:1])[0] if files else None
+        return _load(files[:1], size)[0] if files else None
+
+
+def first_photos(groups: dict[str, list[str]], data: str | Path | None = None, images: dict | None = None,
+                 size: tuple[int, int] | None = None, max_per_group: int | None = None) -> list[dict]:
+    """{prompt, group, image (H, W, 3) uint8} for the first `max_per_group` prompts of each group ({group: prompt
+    list}): their first training image from the testbed dataset `data`, or from `images` = {group: (root, prompt
+    file)} (the fetched layout), resized to `size` = (W, H) if given. A testbed prompt without one is an InputError;
+    a fetched one is skipped (dead links are expected: the fetch report lists them), and a group left empty is one."""
+    if images:
+        missing = sorted(set(groups) - set(images))
+        if missing:
+            raise InputError(f"training images: no directory for the groups {missing}")
+        truths = {g: TrainingImages(root=root, memorized_file=file, kind=g) for g, (root, file) in images.items()}
+    else:
+        truths = dict.fromkeys(groups, TrainingImages(data=data))
+    photos = []
+    for group, prompts in groups.items():
+        for prompt in prompts[:max_per_group]:
+            image = truths[group].first_image(prompt, size=size)
+            if image is None and not images:
+                raise InputError(f"{data}: no training image for the {group} prompt {prompt[:60]!r}")
+            if image is not None:
+                photos.append({"prompt": prompt, "group": group, "image": image})
+        if images and not any(p["group"] == group for p in photos):
+            raise InputError(f"{images[group][0]}: no fetched image for any {group} prompt (memprune fetch-training-images)")
+    return photos

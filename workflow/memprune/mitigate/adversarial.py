@@ -111,7 +111,8 @@ def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_s
 
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    unet.set_attn_processor(AttnProcessor())  # plain attention: faster on CPU for the testbed's tiny heads
+    if unet.device.type == "cpu":
+        unet.set_attn_processor(AttnProcessor())  # plain attention: faster on CPU for the testbed's tiny heads
     T = len(targets)
     order = np.concatenate([np.random.default_rng(spec.seed + r).permutation(T) for r in range(spec.rounds)])
     batches = [order[i : i + spec.targets_per_step] for i in range(0, len(order), spec.targets_per_step)]
@@ -188,10 +189,36 @@ def testbed_inputs(pipe, data_dir: Path, prompts: list[str], max_targets: int | 
     return targets, latents, states, embed(pipe, [""]), [unrelated[i] for i in rng.permutation(len(unrelated))[:64]]
 
 
-def run(model: str, data_dir: str, prompts: list[str], spec: AdversarialSpec, out: str | Path,
-        max_targets: int | None = None, threads: int = 0, progress: bool = False) -> dict:
-    """Adversarially fine-tune the testbed `model` against the recovery attack on `prompts`' photos and write
-    the weights edit checkpoint to `out`."""
+def fetched_inputs(pipe, images: dict, target_sets: list[str], max_targets: int | None):
+    """Stable Diffusion: the targets (the first `max_targets` fetched photos of each target set) and the
+    retained data: every other fetched image of `images` ({set: (root, prompt file)}), at the model's resolution,
+    as latents and frozen text states (on the CPU; the loss moves each batch)."""
+    import torch
+
+    from memprune.attacks.recovery import image_latent
+    from memprune.evaluate.training_images import first_photos
+    from memprune.formats.prompts import read_prompts
+    from memprune.sampling import text_embeddings
+
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    groups = {s: read_prompts(Path(f)) for s, (_, f) in images.items()}
+    targets = first_photos({s: groups[s] for s in target_sets}, images=images, size=(side, side), max_per_group=max_targets)
+    names = {t["prompt"] for t in targets}
+    rows = [r for r in first_photos(groups, images=images, size=(side, side)) if r["prompt"] not in names]
+    if not rows:
+        raise InputError("adversarial: no retained images besides the targets (config key recovery.images)")
+    latents = torch.cat([image_latent(pipe, r["image"]).cpu() for r in rows])
+    states = text_embeddings(pipe, [r["prompt"] for r in rows]).float().cpu()
+    unrelated = [r["prompt"] for r in rows][:64]
+    return targets, latents, states, text_embeddings(pipe, [""]).float().cpu(), unrelated
+
+
+def run(model: str, data_dir: str | None, prompts: list[str], spec: AdversarialSpec, out: str | Path,
+        max_targets: int | None = None, threads: int = 0, progress: bool = False, images: dict | None = None,
+        target_sets: list[str] | None = None, device: str = "cpu") -> dict:
+    """Adversarially fine-tune `model` against the recovery attack and write the weights edit checkpoint to
+    `out`: a testbed on `prompts`' photos in its dataset `data_dir`, or (Stable Diffusion) on the fetched photos
+    of `target_sets` in `images` ({set: (root, prompt file)}). The UNet trains in float32 on `device`."""
     import torch
 
     from memprune.formats.edits import write_weights_edit
@@ -199,8 +226,11 @@ def run(model: str, data_dir: str, prompts: list[str], spec: AdversarialSpec, ou
 
     if threads:
         torch.set_num_threads(threads)
-    pipe = load_pipeline(model, "cpu", "float32")
-    targets, latents, states, null_state, unrelated = testbed_inputs(pipe, Path(data_dir), prompts, max_targets)
+    pipe = load_pipeline(model, device, "float32")
+    if images:
+        targets, latents, states, null_state, unrelated = fetched_inputs(pipe, images, target_sets or [], max_targets)
+    else:
+        targets, latents, states, null_state, unrelated = testbed_inputs(pipe, Path(data_dir), prompts, max_targets)
     log.info("adversarial fine-tuning on %d targets, %d retained rows", len(targets), len(latents))
     record = adversarial_finetune(pipe, targets, latents, states, null_state, spec, unrelated, progress=progress)
     write_weights_edit(model, pipe.unet, out, "adversarial", asdict(spec), {"adversarial": record})
@@ -216,11 +246,20 @@ def add_adversarial_arguments(sub) -> None:
     def main(args):
         spec = AdversarialSpec(**json_object(args.spec))
         prompts = [p for f in args.prompts_file for p in read_prompts(Path(f))[: args.max_targets]]
-        run(args.model, args.data, prompts, spec, args.out, None, args.threads, progress=not args.no_progress)
+        images = {s: tuple(v) for s, v in json_object(args.images_json).items()} if args.images_json else None
+        if bool(args.data) == bool(images):
+            raise InputError("adversarial-finetune: give the testbed dataset (--data) or the fetched images (--images-json)")
+        target_sets = [s for s, (_, f) in (images or {}).items() if f in args.prompts_file]
+        run(args.model, args.data, prompts, spec, args.out, args.max_targets if images else None, args.threads,
+            progress=not args.no_progress, images=images, target_sets=target_sets, device=args.device)
 
     p = sub.add_parser("adversarial-finetune", help="adversarial fine-tuning against the recovery attack (Finding Dori)")
-    p.add_argument("--model", required=True, help="a testbed model directory")
-    p.add_argument("--data", required=True, help="its dataset (targets' photos and the retained data)")
+    p.add_argument("--model", required=True, help="a testbed model directory, or a Stable Diffusion pipeline")
+    p.add_argument("--data", default=None, help="a testbed's dataset (targets' photos and the retained data)")
+    p.add_argument("--images-json", default=None,
+                   help="or {set: [root, prompt file]}: fetched images (<root>/<index>/*.png); the sets whose files are "
+                        "--prompts-file are the targets, every other image is retained")
+    p.add_argument("--device", default="cpu", help="where the UNet trains (float32)")
     p.add_argument("--prompts-file", required=True, nargs="+", help="memorized prompt files whose photos are the targets")
     p.add_argument("--max-targets", type=int, default=None, help="the first N prompts of each file")
     p.add_argument("--spec", default="{}", help="JSON of AdversarialSpec fields")

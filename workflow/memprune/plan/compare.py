@@ -4,7 +4,9 @@ paths, inputs and command arguments (`memprune.plan.config` holds prompt sets, c
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from memprune.plan.config import EvalModel, Plan, key_error, options
 
@@ -31,6 +33,34 @@ def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> l
     parts.append([plan.masks_bench(method, collection), 1.0 / len(col.subsets)])
     parts.append([plan.prune_bench(method, collection, subset), 1.0])
     return parts
+
+
+def image_roots(plan: Plan, key: str, sets: list[str]) -> dict[str, str]:
+    """{set: root} of the fetched training images of `sets` (config recovery.images: <root>/<index>/*.png), for a
+    model without a testbed dataset; a set without a directory is refused, naming `key`."""
+    images = (plan.config.get("recovery") or {}).get("images") or {}
+    missing = [s for s in sets if s not in images]
+    if missing:
+        raise key_error("recovery.images", f"{missing} ({key}) have no training-image directory: give <set>: <root> "
+                        "(`memprune fetch-training-images` writes <root>/<index>/0.png)")
+    return {s: plan.repo_path(images[s]) for s in sets}
+
+
+def truth_args(plan: Plan, roots: dict[str, str]) -> str:
+    """The training photos' arguments of `recover` / `adversarial-finetune`: the testbed dataset, or the roots."""
+    images = {s: [root, plan.sets[s].file] for s, root in roots.items()}
+    return f"--data {plan.data_dir}" if plan.is_testbed else f"--images-json {shlex.quote(json.dumps(images))}"
+
+
+def built_or_present(path: str) -> bool:
+    """Whether a path is an input of the jobs reading it: it exists here, or it lies under results/ (a workflow
+    output, e.g. a random model's stand-in images); elsewhere a missing file is named by the job, not the plan."""
+    return Path(path).exists() or path.startswith("results/")
+
+
+def truth_inputs(plan: Plan, roots: dict[str, str]) -> list[str]:
+    """The testbed dataset, or the image roots (`built_or_present`)."""
+    return [plan.data_dir] if plan.is_testbed else [r for r in roots.values() if built_or_present(r)]
 
 
 @dataclass
@@ -94,6 +124,8 @@ class Evaluation:
         from pathlib import Path
 
         inputs = {"data": self.data} if self.data else {}
+        if self.cfg.get("ground_truth") and built_or_present(self.plan.repo_path(self.cfg["ground_truth"])):
+            inputs["ground_truth"] = self.plan.repo_path(self.cfg["ground_truth"])
         if self.cfg["clip"].get("use_retrained") or (self.clip_dir and Path(self.clip_dir).exists()):
             inputs["clip"] = self.clip_dir
         return inputs
@@ -191,13 +223,15 @@ class Recovery:
     def __post_init__(self):
         plan, rec = self.plan, self.plan.config.get("recovery") or {}
         self.cfg = rec
-        self.enabled = bool(rec.get("targets")) and plan.is_testbed  # a testbed's photos are the targets
+        # the targets are a testbed's photos, or (Stable Diffusion) the fetched images of recovery.images
+        self.enabled = bool(rec.get("targets")) and (plan.is_testbed or bool(rec.get("images")))
         if not self.enabled:
-            self.models, self.sets, self.controls = [], [], []
+            self.models, self.sets, self.controls, self.roots = [], [], [], {}
             return
         first = plan.first_memorized()
         self.sets = plan.file_sets("recovery.targets", rec["targets"])
         self.controls = plan.file_sets("recovery.controls", rec.get("controls") or [])
+        self.roots = {} if plan.is_testbed else image_roots(plan, "recovery.targets and controls", self.sets + self.controls)
         pruned = plan._check_pruned("recovery.pruned", rec.get("pruned") if rec.get("pruned") is not None else ({first: [0]} if first else {}))
         methods = plan._check_methods("recovery.methods", rec.get("methods") or list(plan.methods)[:1])
         self.models = plan.models(rec.get("variants", ["none", "pruned"]), pruned, methods)
@@ -225,6 +259,12 @@ class Recovery:
 
     def groups_json(self) -> str:
         return json.dumps({s: self.plan.sets[s].file for s in self.sets + self.controls})
+
+    def truth_args(self) -> str:
+        return truth_args(self.plan, self.roots) if self.enabled else ""
+
+    def truth_inputs(self) -> list[str]:
+        return truth_inputs(self.plan, self.roots) if self.enabled else []
 
     def args(self) -> str:
         rec = self.cfg
@@ -255,10 +295,20 @@ class Adversarial:
         self.enabled = any(variants.get(v).trained for v in used)
         self.sets = plan.file_sets("adversarial.targets", a.get("targets", ["memorized"])) if self.enabled else []
         self.output = plan.trained_checkpoint() if self.enabled else None
+        # Stable Diffusion: the targets' fetched photos, and every other listed set's images as the retained data
+        self.roots = {} if plan.is_testbed or not self.enabled else image_roots(
+            plan, "adversarial.targets", list(dict.fromkeys(self.sets + list((plan.config.get("recovery") or {}).get("images") or {}))))
+
+    def truth_args(self) -> str:
+        return truth_args(self.plan, self.roots) if self.enabled else ""
+
+    def truth_inputs(self) -> list[str]:
+        return truth_inputs(self.plan, self.roots) if self.enabled else []
 
     def spec_json(self) -> str:
         return json.dumps({k: v for k, v in self.cfg.items() if k not in ("targets", "max_targets", "threads")})
 
     def args(self) -> str:
         files = " ".join(self.plan.sets[s].file for s in self.sets)
-        return f"--prompts-file {files} " + options(max_targets=self.cfg.get("max_targets"), threads=self.cfg.get("threads", 2))
+        return f"--prompts-file {files} " + options(max_targets=self.cfg.get("max_targets"), threads=self.cfg.get("threads", 2),
+                                                   device=None if self.plan.is_testbed else self.plan.model["device"])

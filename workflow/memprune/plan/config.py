@@ -111,7 +111,7 @@ class Plan:
         self.is_testbed = Path(self.model["path"]).name == "testbed" or tb["use_retrained"] or bool(self.derived)
         retrained = f"results/{self.name}/model" if self.derived else "results/testbed/model"
         self.model_dir = retrained if tb["use_retrained"] else self.repo_path(self.model["path"])
-        self.model_is_local = tb["use_retrained"] or Path(self.model_dir).exists()
+        self.model_is_local = tb["use_retrained"] or Path(self.model_dir).exists() or self.model_dir.startswith("results/")
         # the dataset the model is measured against: the testbed's, or the derived testbed's extended one
         self.data_dir = f"results/{self.name}/data" if self.derived else "results/testbed/data"
         s, a, d = cfg["sampling"], cfg["activations"], cfg["detection"]
@@ -370,8 +370,8 @@ class Plan:
         return f"r{a.get('rounds', 3)}_s{a.get('search_steps', 50)}_{digest}"
 
     def trained_checkpoint(self) -> str:
-        if not self.is_testbed:
-            raise key_error("variants", "the adversarial variant fine-tunes on a testbed's dataset; this model has none")
+        if not self.is_testbed and not (self.config.get("recovery") or {}).get("images"):
+            raise key_error("variants", "the adversarial variant fine-tunes on a testbed's dataset or recovery.images: this model has neither")
         return f"{self.results}/adversarial/{self.trained_tag()}/checkpoint"
 
     def _check_methods(self, key: str, methods: list[str]) -> list[str]:
