@@ -32,8 +32,8 @@ def capture_chunks(plan: Plan) -> set[str]:
 # dry run of results/iou.nc + eval.nc + attack/table.csv + detection.nc on each shipped config
 OLD = {
     "config/testbed.yaml": (12, 19, (5, 10), 3),  # + NeMo and its random control on 2 subsets, NeMo attacked, adversarial, Ren and Jain
-    "config/sd15.yaml": (116, 12, (2, 63), 2),
-    "config/sd2.yaml": (66, 12, (2, 28), 2),
+    "config/sd15.yaml": (116, 25, (4, 63), 2),  # + NeMo (10 subsets), random, random_nemo, adversarial; NeMo, adversarial attacked
+    "config/sd2.yaml": (66, 25, (4, 28), 2),
 }
 
 
@@ -133,7 +133,9 @@ def test_recovery_plans_every_compared_model_on_testbeds_only():
     cfg = load("config.yaml")
     alone = Recovery(Plan({**cfg, "recovery": {**cfg["recovery"], "variants": ["wen"]}}, REPO))
     assert alone.searches_from(alone.models[0]) == []  # no unedited model attacked: Wen runs its own searches
-    assert not Recovery(Plan(load("config/sd15.yaml"), REPO)).enabled  # SD: no training photos shipped
+    sd = load("config/sd15.yaml")
+    assert Recovery(Plan(sd, REPO)).enabled  # SD: the fetched training images of recovery.images
+    assert not Recovery(Plan({**sd, "recovery": {**sd["recovery"], "images": {}}}, REPO)).enabled
 
 
 def test_nemo_entries_name_calibration_sets_and_random_nemo_imitates_it():
@@ -172,6 +174,6 @@ def test_adversarial_is_trained_once_per_testbed_and_every_comparison_loads_it()
     off = {**cfg, **{k: {**cfg[k], "variants": ["none"]} for k in ("evaluate", "attack", "recovery")}}
     assert not Adversarial(Plan(off, REPO)).enabled
     sd = load("config/sd15.yaml")
-    sd["evaluate"]["variants"] = ["none", "adversarial"]
+    sd["evaluate"]["variants"], sd["recovery"]["images"] = ["none", "adversarial"], {}
     with pytest.raises(InputError, match="testbed"):
         Evaluation(Plan(sd, REPO))

@@ -157,7 +157,7 @@ def test_profile_dry_run_lists_gpu_jobs_for_sd15():
     jobs = planned_jobs(proc)
     # 500 memorized prompts / 8 per chunk = 63 chunks, plus the chunks of sd1_nmem.txt the control draws from
     assert 63 < jobs["capture_chunk"] <= 126 and jobs["capture_null"] == 1
-    assert jobs["masks"] == 16 and jobs["analysis"] == 1  # 4 localizers x 4 collections; the testbed's do not leak in
+    assert jobs["masks"] == 24 and jobs["analysis"] == 1  # 6 localizers x 4 collections; the testbed's do not leak in
     blocks = proc.stdout.split("\n\n")
     capture = next(b for b in blocks if "rule capture_chunk" in b or "capture_chunk" in b and "resources" in b)
     masks = next(b for b in blocks if "rule masks:" in b)
@@ -200,8 +200,9 @@ def test_profile_dry_run_plans_evaluation_attack_and_detection_for_sd15():
         cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = planned_jobs(proc)
-    assert jobs["eval_sample"] == 12 and jobs["prune"] == 10 and jobs["eval_aggregate"] == 1
-    assert jobs["attack_generate"] == 2 * 63  # unedited and one pruned model, 500 prompts / 8 per chunk
+    # unedited, 10 wanda + 10 NeMo + 1 random + 1 random_nemo pruned, Wen, adversarial (22 prune jobs)
+    assert jobs["eval_sample"] == 25 and jobs["prune"] == 22 and jobs["eval_aggregate"] == 1
+    assert jobs["attack_generate"] == 4 * 63  # unedited, wanda, NeMo, adversarial; 500 prompts / 8 per chunk
     blocks = proc.stdout.split("\n\n")
     for rule in ("eval_sample", "attack_generate", "detection_scores"):
         block = next(b for b in blocks if f"rule {rule}:" in b)
