@@ -144,7 +144,7 @@ rule recovery_model:
     input:
         unpack(checkpoint_input(RECOVERY_MODELS, "recmodel")),
         model=model_input(),
-        data=[PLAN.data_dir],
+        data=RECOVERY.truth_inputs(),
         searches=lambda wc: RECOVERY.searches_from(RECOVERY_MODELS[wc.recmodel]),
     output:
         f"{RECOVERY.dir}/{{recmodel}}.nc" if RECOVERY.enabled else [],
@@ -156,6 +156,9 @@ rule recovery_model:
         groups=RECOVERY.groups_json() if RECOVERY.enabled else "",
         spec=RECOVERY.spec if RECOVERY.enabled else "",
         reuse=lambda wc, input: f"--searches-from {input.searches}" if input.searches else "",
+        subset=lambda wc: RECOVERY.subset_args(RECOVERY_MODELS[wc.recmodel]),
+        targets=RECOVERY.targets_args(),
+        truth=RECOVERY.truth_args(),
     threads: RECOVERY.cfg.get("threads", 1)  # 1: two jobs at once on 2 cores (benchmarks/recovery_threads.py)
     resources:
         gpu=1,
@@ -164,9 +167,9 @@ rule recovery_model:
     benchmark:
         PLAN.bench(f"recovery/{RECOVERY.tag}" if RECOVERY.enabled else "recovery", "{recmodel}")
     shell:
-        memprune("recover", f"{{params.variant}} --model {PLAN.model_dir} --data {PLAN.data_dir} --groups-json {{params.groups:q}} --spec {{params.spec:q}} "
+        memprune("recover", f"{{params.variant}} --model {PLAN.model_dir} {{params.truth}} --groups-json {{params.groups:q}} --spec {{params.spec:q}} "
                  f"{RECOVERY.args() if RECOVERY.enabled else ''} --id {{params.id:q}} --device {config['model']['device']} "
-                 f"--dtype {config['model']['dtype']} {{params.reuse}} --out {{output}}")
+                 f"--dtype {config['model']['dtype']} {{params.reuse}} {{params.targets}} {{params.subset}} --out {{output}}")
 
 
 rule recovery_table:
@@ -194,11 +197,12 @@ if ADVERSARIAL.enabled:
             CONDA_ENV
         input:
             model=model_input(),
-            data=[PLAN.data_dir],
+            data=ADVERSARIAL.truth_inputs(),
         output:
             directory(ADVERSARIAL.output),
         params:
             spec=ADVERSARIAL.spec_json(),
+            truth=ADVERSARIAL.truth_args(),
         threads: 2
         resources:
             gpu=1,  # runs the model (workflow/profiles/slurm sizes it)
@@ -207,5 +211,5 @@ if ADVERSARIAL.enabled:
         benchmark:
             PLAN.bench("adversarial", PLAN.trained_tag())
         shell:
-            memprune("adversarial-finetune", f"--model {PLAN.model_dir} --data {PLAN.data_dir} {ADVERSARIAL.args()} "
+            memprune("adversarial-finetune", f"--model {PLAN.model_dir} {{params.truth}} {ADVERSARIAL.args()} "
                      f"--spec {{params.spec:q}} --no-progress --out {{output}}")

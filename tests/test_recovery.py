@@ -84,3 +84,58 @@ def test_wen_reuses_the_unedited_searches_exactly(tiny_pipe, tmp_path):
         recovery.read_searches(path, targets, inits, recovery.RecoverySpec(steps=5, batch_size=2))
     with pytest.raises(InputError, match="none.nc.*its starts"):
         recovery.read_searches(path, targets, ["prompt"], spec)
+
+
+def test_targets_are_said_apart_by_the_edits_subset():
+    groups = {"planted": ["p0", "p1", "p2", "p3"], "memorized": ["m0", "m1"]}
+    targets = [{"prompt": p, "group": g} for g, ps in groups.items() for p in ps] + [{"prompt": "new", "group": "never_seen"}]
+    assert recovery.split_of(targets, groups, None) == ["all"] * 7
+    assert recovery.split_of(targets, groups, {"planted": [1, 3]}) == ["heldout", "subset", "heldout", "subset",
+                                                                      "heldout", "heldout", "heldout"]
+
+
+def test_the_plan_measures_each_edit_on_its_own_subset_and_on_held_out_photos():
+    """Recovery targets of a set an edit was drawn from: the first max_targets of the subset's prompts and the first
+    max_targets of the others; each edited model's job names its own subset, the unedited model's none."""
+    from test_plan import load
+
+    from memprune.plan.compare import Recovery
+    from memprune.plan.config import Plan
+
+    cfg = load("config.yaml")
+    rec = Recovery(Plan(cfg, REPO))
+    n = cfg["recovery"]["max_targets"]
+    subset = sorted(Plan(cfg, REPO).collections["plant_k10"].subsets[0])
+    chosen = rec.chosen()
+    assert chosen["planted"] == subset[:n] + [i for i in range(25) if i not in subset][:n]
+    assert chosen["memorized"] == list(range(n)) and chosen["single"] == list(range(n))
+    pruned = next(m for m in rec.models if m.method == "oracle")
+    assert rec.subset_of(pruned) == {"planted": [int(i) for i in Plan(cfg, REPO).collections["plant_k10"].subsets[0]]}
+    assert rec.subset_of(rec.models[0]) is None and rec.subset_args(rec.models[0]) == ""
+    assert rec.subset_args(pruned).startswith("--subset-json '{\"planted\": [")
+    assert rec.targets_args().startswith("--targets-json '{")
+
+
+def test_recovery_table_rows_split_subset_and_held_out(tmp_path):
+    """recovery-table: an edited model's rows per group are its subset's targets and the held-out ones apart, a model
+    without an edit has one row per group ("all"); the counts and MR are those of the targets in each row."""
+    from memprune.attacks.recovery_report import summary
+    from memprune.formats.store import write_netcdf
+
+    spec = recovery.RecoverySpec(steps=2, seeds=[0, 1, 2])
+    image = np.zeros((4, 4, 3), np.uint8)
+    targets = [{"prompt": f"p{i}", "group": "planted", "image": image} for i in range(4)]
+    files = []
+    for name, split, after in [("none", ["all"] * 4, [0.9, 0.9, 0.1, 0.1]),
+                               ("pruned", ["subset", "subset", "heldout", "heldout"], [0.1, 0.1, 0.9, 0.1])]:
+        res = {"before": np.full((4, 1, 3), 0.9), "after": np.repeat(np.array(after)[:, None, None], 3, 2),
+               "loss": np.zeros((4, 1, 2)), "seconds": np.ones((4, 1)), "examples": np.zeros((4, 1, 2, 4, 4, 3), np.uint8),
+               "embedding": np.zeros((4, 1, 2, 3, 5), np.float32)}
+        ds = recovery.recovery_dataset(name, targets, ["prompt"], spec, res, {})
+        ds["split"] = ("target", np.array(split, dtype=object))
+        files.append(tmp_path / f"{name}.nc")
+        write_netcdf(ds, files[-1])
+    ds, rows = summary(files)
+    got = {(r["variant"], r["split"]): (r["targets"], r["mr_recovered"]) for r in rows}
+    assert got == {("none", "all"): (4, 0.5), ("pruned", "subset"): (2, 0.0), ("pruned", "heldout"): (2, 0.5)}
+    assert ds.split.dims == ("variant", "target")

@@ -222,14 +222,24 @@ def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spe
     return ds
 
 
+def split_of(targets: list[dict], groups: dict, subset: dict | None) -> list[str]:
+    """Per target, "subset" when its prompt is among those whose masks made the edit (`subset`: {group: prompt
+    indices into groups[group]}), "heldout" otherwise; "all" for a model without an edit (`subset` None)."""
+    if subset is None:
+        return ["all"] * len(targets)
+    own = {g: {groups[g][i] for i in idx} for g, idx in subset.items() if g in groups}
+    return ["subset" if t["prompt"] in own.get(t["group"], ()) else "heldout" for t in targets]
+
+
 def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, data_dir: str | None, groups: dict,
                 inits: list[str], spec: RecoverySpec, out: str | Path, variant_id: str, max_targets: int | None,
                 new_photos: int = 0, device="auto", dtype="auto", progress=False, searches_from: str | None = None,
-                images: dict | None = None) -> None:
+                images: dict | None = None, chosen: dict | None = None, subset: dict | None = None) -> None:
     """The recovery attack on one variant: targets are the first `max_targets` prompts of each group
-    (`groups`: {group: prompt list}) with their training photos from the testbed dataset `data_dir`, or from
+    (`groups`: {group: prompt list}), or those of `chosen` ({group: prompt indices}, the plan's: an edit's own
+    subset photos and held-out ones), with their training photos from the testbed dataset `data_dir`, or from
     `images` ({group: (root, prompt file)}, fetched; resized to the model's resolution), plus `new_photos` crops
-    the model never saw (testbed only); written to `out` (netCDF).
+    the model never saw (testbed only); written to `out` (netCDF), each target's `split` from `subset` (`split_of`).
     `searches_from`: the unedited model's recovery file, whose searches an inference-time variant reuses."""
     from memprune.evaluate.training_images import first_photos
     from memprune.formats.store import write_netcdf
@@ -238,7 +248,8 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
     v, params = resolve_variant(variant, params)
     pipe = v.load(model, checkpoint, device, dtype, None)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    targets = first_photos(groups, data_dir, images, (side, side) if images else None, max_targets)
+    picked = {g: [ps[i] for i in chosen[g]] if g in chosen else ps[:max_targets] for g, ps in groups.items()} if chosen else groups
+    targets = first_photos(picked, data_dir, images, (side, side) if images else None, None if chosen else max_targets)
     all_prompts = [p for ps in groups.values() for p in ps]
     for target in targets:
         target["unrelated"] = all_prompts[(all_prompts.index(target["prompt"]) + len(all_prompts) // 2) % len(all_prompts)]
@@ -258,71 +269,11 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
     res = attack_targets(pipe, v, params, targets, inits, spec, all_prompts[:64], progress=progress, searches=searches)
     ds = recovery_dataset(variant_id, targets, inits, spec, res, {"model": str(model), "checkpoint": str(checkpoint or ""),
                                                                   "variant_name": v.name, "variant_params": json.dumps(params),
-                                                                  "searches_from": str(searches_from or "")})
+                                                                  "searches_from": str(searches_from or ""),
+                                                                  "subset": json.dumps(subset) if subset is not None else ""})
+    ds["split"] = ("target", np.array(split_of(targets, groups, subset), dtype=object),
+                   {"long_name": "subset: a photo of the prompts whose masks made the edit; heldout: another; all: no edit"})
     write_netcdf(ds, out)
-
-
-def summary(paths: list[Path]):
-    """recovery.nc: the variants' files along `variant`, and per (variant, group, init) the copy rate of the
-    start (original prompt) and MR after recovery, mean SSIM of both."""
-    import xarray as xr
-
-    parts = [xr.load_dataset(p) for p in paths]
-    ds = xr.concat(parts, dim="variant", join="outer").assign_coords(variant=[p.attrs["variant"] for p in parts])
-    groups = list(dict.fromkeys(str(g) for g in parts[0]["group"].values))
-    rows = []
-    for v in ds.variant.values:
-        d = ds.sel(variant=v)
-        for g in groups:
-            sel = d.where(d.group == g, drop=True)
-            for init in ds.init.values:
-                s = sel.sel(init=init)
-                rows.append({"variant": str(v), "group": g, "init": str(init), "targets": int(s.sizes["target"]),
-                             "copy_rate_original": float(s.copied_original.mean()), "mr_recovered": float(s.recovered.mean()),
-                             "ssim_original": float(s.ssim_original.mean()), "ssim_recovered": float(s.ssim_recovered.mean()),
-                             "seconds_per_target": float(s.seconds.mean())})
-    return ds, rows
-
-
-def recovery_figure(ds, path) -> None:
-    """Per variant (rows): for the first two targets of each group, the target, the generation from the
-    original prompt and from the recovered embedding (init = prompt), with their median SSIM to the target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from memprune.formats.store import atomic_file
-
-    init = "prompt" if "prompt" in ds.init.values else str(ds.init.values[0])
-    picks = []
-    for g in dict.fromkeys(str(x) for x in np.ravel(ds.group.values)):
-        idx = [i for i, x in enumerate(np.ravel(ds.group.values)[: ds.sizes["target"]]) if str(x) == g][:2]
-        picks += idx
-    variants = [str(v) for v in ds.variant.values]
-    fig, axes = plt.subplots(len(variants), 3 * len(picks), figsize=(1.1 * 3 * len(picks), 1.4 * len(variants)),
-                             squeeze=False)
-    groups = np.ravel(ds.group.values)[: ds.sizes["target"]]
-    for r, v in enumerate(variants):
-        for c, t in enumerate(picks):
-            target = ds.target_image.isel(target=t)
-            ax = axes[r, 3 * c]
-            ax.imshow((target.isel(variant=0) if "variant" in target.dims else target).values.astype(np.uint8))
-            ax.set_title(f"{groups[t]}", fontsize=6)
-            ax.set_xticks([]), ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(v, fontsize=6)
-            for k, which in enumerate(("original", "recovered")):
-                ax = axes[r, 3 * c + 1 + k]
-                ax.imshow(ds.examples.sel(variant=v, init=init, which=which).isel(target=t).values.astype(np.uint8))
-                ax.set_xticks([]), ax.set_yticks([])
-                s = float(ds[f"ssim_{which}"].sel(variant=v, init=init).isel(target=t).median())
-                ax.set_title(f"{which[:4]} {s:.2f}", fontsize=6)
-    fig.suptitle("recovery attack: original prompt vs recovered embedding (median SSIM to the target)", fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def add_recovery_arguments(sub) -> None:
@@ -338,11 +289,14 @@ def add_recovery_arguments(sub) -> None:
             raise InputError("recover: give the testbed dataset (--data) or the fetched images (--images-json), one of them")
         run_variant(args.model, args.variant, args.checkpoint, args.variant_params or {}, args.data, groups,
                     args.inits.split(","), spec, args.out, args.id or args.variant, args.max_targets, args.new_photos,
-                    args.device, args.dtype, progress=not args.no_progress, searches_from=args.searches_from, images=images)
+                    args.device, args.dtype, progress=not args.no_progress, searches_from=args.searches_from, images=images,
+                    chosen=json_object(args.targets_json) if args.targets_json else None,
+                    subset=json_object(args.subset_json) if args.subset_json else None)
 
     def table(args):
         import pandas as pd
 
+        from memprune.attacks.recovery_report import recovery_figure, summary
         from memprune.formats.store import atomic_file, write_netcdf
 
         ds, rows = summary([Path(p) for p in args.variants])
@@ -367,6 +321,9 @@ def add_recovery_arguments(sub) -> None:
     p.add_argument("--inits", default="prompt", help=f"comma-separated starts: {','.join(INITS)}")
     p.add_argument("--spec", default="{}", help="JSON of RecoverySpec fields")
     p.add_argument("--max-targets", type=int, default=None)
+    p.add_argument("--targets-json", default=None, help="{group: [prompt indices]}: the targets (the plan's), instead of the first --max-targets")
+    p.add_argument("--subset-json", default=None,
+                   help="{group: [prompt indices]}: the prompts whose masks made the edit (targets' split: subset / heldout)")
     p.add_argument("--new-photos", type=int, default=0)
     p.add_argument("--searches-from", default=None,
                    help="the unedited model's recovery file: an inference-time variant (wen) reuses its searches")

@@ -240,7 +240,7 @@ class Recovery:
         self.spec = json.dumps(spec)
         inits = ",".join(rec.get("inits", ["prompt"]))
         self.tag = (f"s{spec.get('steps', 50)}_lr{spec.get('lr', 0.1)}_b{spec.get('batch_size', 8)}_seed{spec.get('seed', 0)}"
-                    f"_n{rec.get('max_targets')}_new{rec.get('new_photos', 0)}_{inits.replace(',', '+')}")
+                    f"_n{rec.get('max_targets')}_new{rec.get('new_photos', 0)}_{inits.replace(',', '+')}_split")  # split: subset and held-out targets
         self.dir = f"{plan.results}/recovery/{self.tag}"
 
     def by_path(self) -> dict[str, EvalModel]:
@@ -260,6 +260,30 @@ class Recovery:
     def groups_json(self) -> str:
         return json.dumps({s: self.plan.sets[s].file for s in self.sets + self.controls})
 
+    def subset_of(self, model: EvalModel) -> dict[str, list[int]] | None:
+        """{set: prompt indices} whose masks made `model`'s edit; None for a model without one."""
+        if model.method is None:
+            return None
+        col = self.plan.collections[model.collection]
+        return {col.set: [int(i) for i in col.subsets[model.subset]]}
+
+    def chosen(self) -> dict[str, list[int]]:
+        """The targets of every attacked model, {set: prompt indices}: of a set some edit's subset was drawn from,
+        the first max_targets of those subsets' prompts and the first max_targets of the others (held out), so
+        each edited model is measured on what its edit was made to remove and on photos of the same kind it was
+        not; of any other set (controls included), its first max_targets."""
+        n = self.cfg.get("max_targets")
+        out = {}
+        for s in self.sets + self.controls:
+            members = sorted({i for m in self.models if (sub := self.subset_of(m)) for i in sub.get(s, [])})
+            rest = [i for i in range(self.plan.sets[s].size) if i not in set(members)]
+            out[s] = members[:n] + rest[:n] if members and s in self.sets else list(range(self.plan.sets[s].size))[:n]
+        return out
+
+    def subset_args(self, model: EvalModel) -> str:
+        sub = self.subset_of(model)
+        return f"--subset-json {shlex.quote(json.dumps(sub))}" if sub is not None else ""
+
     def truth_args(self) -> str:
         return truth_args(self.plan, self.roots) if self.enabled else ""
 
@@ -270,6 +294,10 @@ class Recovery:
         rec = self.cfg
         return (f"--inits {','.join(rec.get('inits', ['prompt']))} "
                 + options(max_targets=rec.get("max_targets"), new_photos=rec.get("new_photos") or None))
+
+    def targets_args(self) -> str:
+        """`--targets-json` of every model's job (a rule parameter: its braces stay out of the shell template)."""
+        return f"--targets-json {shlex.quote(json.dumps(self.chosen()))}" if self.enabled else ""
 
     @property
     def output(self) -> str:
