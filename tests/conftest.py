@@ -83,16 +83,88 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
-def kill_while_running(cmd: list[str], seconds: float = 8.0) -> None:
-    """Start `cmd`, check it is still running `seconds` later (training, searching), then SIGKILL it."""
+def temporaries_of(target: Path) -> list[Path]:
+    """The temporary siblings memprune.formats.store writes `target` into before renaming it (`.<name>.tmp-*`)."""
+    return sorted(Path(target).parent.glob(f".{Path(target).name}.tmp-*"))
+
+
+def temporaries_under(root: Path) -> list[Path]:
+    """Every temporary output (`.<name>.tmp-*`) under `root`."""
+    return sorted(Path(root).rglob(".*.tmp-*")) if Path(root).exists() else []
+
+
+def kill_at_write(cmd: list[str], temporaries, not_before: float = 0.0, timeout: float = 900.0,
+                  group: bool = False) -> list[Path]:
+    """Start `cmd` and SIGKILL it (its whole process group when `group`: Snakemake and its jobs) the moment
+    `temporaries()` lists a temporary output on disk, `not_before` seconds after the start at the earliest.
+
+    Asserts that it was alive when killed: it must die of the signal, not exit on its own (an exit before any
+    temporary appeared fails with its stderr). Returns the temporaries still on disk after the kill: a killed
+    process cannot remove them, so they were on disk at the kill (empty only when the write it was in finished
+    between the look and the kill)."""
     import signal
+    import tempfile
     import time
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(seconds)
-    assert proc.poll() is None  # still running
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=group)
+        start = time.monotonic()
+        try:
+            while True:
+                if proc.poll() is not None:
+                    err.seek(0)
+                    raise AssertionError(f"{' '.join(cmd[:4])} ... exited ({proc.returncode}) before it was killed "
+                                         f"while writing:\n{err.read().decode(errors='replace')[-3000:]}")
+                elapsed = time.monotonic() - start
+                assert elapsed < timeout, f"no temporary output within {timeout:.0f} s"
+                if elapsed >= not_before and temporaries():
+                    break
+                time.sleep(0.002)
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                (os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill())
+                proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"it exited ({proc.returncode}) before the SIGKILL"
+    return temporaries()
+
+
+def kill_while_running(cmd: list[str], out: Path, timeout: float = 900.0) -> list[Path]:
+    """Start `cmd` (a memprune command writing `out`) and SIGKILL it while it writes `out`: asserts that it was
+    alive at the kill with the temporary of `out` on disk, and that `out` itself was never put in place."""
+    left = kill_at_write(cmd, lambda: temporaries_of(out), timeout=timeout)
+    assert left, f"the kill came after {out}'s temporary was renamed"
+    assert not Path(out).exists()
+    return left
+
+
+# The fast tier (`-m "not slow"`) starts no Python, Snakemake or SLURM process: a test that does is marked slow.
+_TIER = {"slow": True, "test": None}
+_STARTS_A_RUN = ("python", "snakemake", "memprune", "srun", "sbatch")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before the test's fixtures (a session fixture that runs the workflow counts for the test needing it)."""
+    _TIER.update(slow=item.get_closest_marker("slow") is not None, test=item.nodeid)
+
+
+def pytest_configure(config):
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        program = os.path.basename(os.fsdecode(argv[0])).split()[0] if argv else ""
+        if not _TIER["slow"] and (program.startswith(_STARTS_A_RUN) or argv[0] == sys.executable):
+            raise RuntimeError(f"{_TIER['test']} starts {program!r} in a subprocess: mark it @pytest.mark.slow "
+                               "(the fast tier runs none)")
+        original(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = guarded
 
 
 def denoising_loss(unet, scheduler, z0, y, n: int = 16, seed: int = 123) -> float:

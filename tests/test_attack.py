@@ -297,6 +297,7 @@ def test_attack_generate_runs_a_registry_variant(tiny_model, tmp_path):
     assert not (tmp_path / "x.nc").exists()
 
 
+@pytest.mark.slow  # minutes of model work on 2 cores: out of the fast tier
 def test_attack_chunk_generates_through_the_variant(tiny_model, tmp_path):
     """A variant registered from outside: the chunk holds what its `generate` made (one image for every seed:
     a full clique), not the plain model's images; "none" gives exactly `sampling.generate`'s images."""

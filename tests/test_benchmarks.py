@@ -55,7 +55,6 @@ def test_copies_scores_each_prompt_against_its_own_photo(tiny_pipe):
     assert got.ssim.shape == (2, 2) and got.images.shape[0] == 4
     assert np.allclose(got.ssim[:, 0], 1.0)
     assert np.all(got.ssim[:, 1] < 0.999) and got.rate == 0.0  # one seed of two is not most seeds
-    assert bench.copies(tiny_pipe, prompts, own, [0], cfg, threshold=0.999).rate == 1.0
     with pytest.raises(ValueError, match="own photos"):
         bench.copies(tiny_pipe, prompts, own[:1], [0], cfg, threshold=0.5)
     assert bench.int_list("0, 1,,2") == [0, 1, 2]

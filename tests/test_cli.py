@@ -14,6 +14,7 @@ from memprune.errors import InputError
 from memprune.formats.prompts import read_prompts
 
 
+@pytest.mark.slow  # minutes of model work on 2 cores: out of the fast tier
 def test_sample_cli_writes_pngs_and_index(tiny_model, tmp_path):
     out = tmp_path / "samples"
     assert main(["sample", "--model", str(tiny_model), "--prompt", "a red circle at the left on a black background",
@@ -62,6 +63,7 @@ def test_cli_error_exit_code_and_message(tmp_path, capsys):
     assert f"{bad}:1: bad JSON" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_config_error_names_the_key(tmp_path, tiny_model):
     write_config(tmp_path, tiny_model, {"mem": ["a", "b"]}, {"c": {"set": "mem", "n_subsets": 1, "size": 2}},
                  masks={"sparsity": "lots"})
@@ -70,6 +72,7 @@ def test_config_error_names_the_key(tmp_path, tiny_model):
     assert "sparsity" in proc.stderr + proc.stdout and "'lots' is not of type 'number'" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_refused(tmp_path, tiny_model):
     write_config(tmp_path, tiny_model, {"mem": ["a", "b"]}, {"c": {"set": "mem", "n_subsets": 1, "size": 2}},
                  masks={"sparsty": 0.1})
@@ -77,6 +80,7 @@ def test_unknown_config_key_is_refused(tmp_path, tiny_model):
     assert proc.returncode != 0 and "sparsty" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_subset_larger_than_set_is_refused(tmp_path, tiny_model):
     write_config(tmp_path, tiny_model, {"mem": ["a", "b"]}, {"c": {"set": "mem", "n_subsets": 1, "size": 3}})
     proc = snakemake(tmp_path, "-n", check=False)

@@ -137,6 +137,7 @@ def _half_guidance(pipe, prompts, seeds, cfg, params, progress=False):
                     "halfguidance_factor": factor, "halfguidance_seconds": 1.0}
 
 
+@pytest.mark.slow  # minutes of model work on 2 cores: out of the fast tier
 def test_a_variant_registered_from_outside_is_sampled_by_eval_sample(tiny_model, tiny_pipe, tmp_path, registered):
     from memprune.cli import main
     from memprune.evaluate.score import Samples
@@ -302,6 +303,7 @@ def eval_run(tiny_model, tmp_path_factory):
     return wd
 
 
+@pytest.mark.slow
 def test_prune_rule_in_the_dag_zeroes_the_union_mask(eval_run):
     """masks -> prune in the evaluation's DAG: each checkpoint zeroes exactly its subset's union mask."""
     import yaml
@@ -324,6 +326,7 @@ def test_prune_rule_in_the_dag_zeroes_the_union_mask(eval_run):
     assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(wd, "-n", target))
 
 
+@pytest.mark.slow
 def test_end_to_end_evaluation(eval_run):
     wd = eval_run
     ds = xr.open_dataset(wd / "results/tiny/eval.nc", engine="h5netcdf")
@@ -354,11 +357,13 @@ def test_end_to_end_evaluation(eval_run):
     assert "wen_mean_iterations" in timing
 
 
+@pytest.mark.slow
 def test_second_run_does_nothing(eval_run):
     proc = snakemake(eval_run, "-n", "results/tiny/eval.nc")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_one_sampling_job_per_variant_and_subset_cap(eval_run, tiny_model, tmp_path):
     from test_workflow import planned_jobs
 

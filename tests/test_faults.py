@@ -1,6 +1,8 @@
-"""Faults: a real SIGKILL at several points leaves nothing a rerun or reader would accept, and the rerun
-gives byte-identical results; Snakemake's lock refuses a second invocation on the same directory."""
+"""Faults: a real SIGKILL while an output is being written (the process alive, its temporary on disk) leaves
+nothing a rerun or reader would accept, and the rerun gives byte-identical results; Snakemake's lock refuses a
+second invocation on the same directory. Every test here starts processes: the slow tier."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -11,8 +13,10 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from conftest import REPO, WORKFLOW_COLLECTIONS, WORKFLOW_SETS, kill_while_running, write_config
-from test_workflow import digest_tree
+from conftest import (REPO, WORKFLOW_COLLECTIONS, WORKFLOW_SETS, kill_at_write, kill_while_running,
+                      temporaries_under, write_config)
+
+pytestmark = pytest.mark.slow
 
 MEM = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:6]
 
@@ -33,25 +37,36 @@ def _run(wd: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def _kill_after(wd: Path, seconds: float) -> None:
-    """Start the DAG and SIGKILL Snakemake and every job it started, `seconds` later."""
+def _kill_while_writing(wd: Path, not_before: float) -> list[Path]:
+    """Start the DAG and SIGKILL Snakemake and every job it started the moment a job has a temporary output on
+    disk, `not_before` seconds after the start at the earliest; the temporaries left by the kill."""
     # --rerun-incomplete (set in the shipped profiles): a job whose output was renamed into place just before
     # Snakemake itself was killed is flagged incomplete in Snakemake's metadata; it is run again.
-    proc = subprocess.Popen(_cmd(wd, "results/iou.nc", "--rerun-incomplete"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    return kill_at_write(_cmd(wd, "results/iou.nc", "--rerun-incomplete"), lambda: temporaries_under(wd / "results"),
+                         not_before=not_before, group=True)
+
+
+def _temporary(path: Path, results: Path) -> bool:
+    """A temporary sibling or inside one (`.<name>.tmp-*`): never an output's name, so no reader takes it."""
+    return any(part.startswith(".") for part in path.relative_to(results).parts)
+
+
+def _digest_outputs(path: Path) -> str:
+    """The bytes and names of every file under `path` but the temporaries a kill leaves behind."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and not _temporary(p, path):
+            h.update(p.relative_to(path).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def _accepted_outputs(wd: Path) -> list[Path]:
     """Every zarr store or netCDF under results/ must open completely."""
     results = wd / "results"
     found = []
-    def temporary(path: Path) -> bool:  # a temporary sibling or inside one: never an output name
-        return any(part.startswith(".") for part in path.relative_to(results).parts)
+    def temporary(path: Path) -> bool:
+        return _temporary(path, results)
 
     for store in results.rglob("*.zarr"):
         if temporary(store):
@@ -66,34 +81,42 @@ def _accepted_outputs(wd: Path) -> list[Path]:
     return found
 
 
-@pytest.mark.slow
-def test_sigkill_at_several_points_then_rerun_is_byte_identical(tiny_model, workflow_run, tmp_path):
-    """The shared workflow run's config, run again from scratch in another directory and SIGKILLed three times:
-    what is left always opens, and the rerun's masks and iou.nc are byte-identical to the uninterrupted run's."""
+def test_sigkill_while_writing_at_several_points_then_rerun_is_byte_identical(tiny_model, workflow_run, tmp_path):
+    """The shared workflow run's config, run again from scratch in another directory and SIGKILLed three times,
+    each while a job writes an output (Snakemake alive, the temporary on disk): what is left always opens, and
+    the rerun's masks and iou.nc are byte-identical to the uninterrupted run's."""
     wd = tmp_path / "killed"
     wd.mkdir()
     write_config(wd, tiny_model, WORKFLOW_SETS, WORKFLOW_COLLECTIONS)
-    for seconds in (4.0, 9.0, 14.0):
-        _kill_after(wd, seconds)
-        _accepted_outputs(wd)  # whatever exists is complete
-        _run(wd, "--unlock")
+    left = []
+    for not_before in (4.0, 9.0, 14.0):
+        for _ in range(3):  # a kill can land just after a short write finished: then kill at the next one
+            caught = _kill_while_writing(wd, not_before)
+            assert all(_temporary(p, wd / "results") for p in caught)
+            _accepted_outputs(wd)  # whatever exists is complete
+            _run(wd, "--unlock")
+            if caught:
+                left += caught
+                break
+        else:
+            raise AssertionError("three kills in a row came after the write they saw had finished")
+    assert len(left) >= 3
     _run(wd, "results/iou.nc", "--rerun-incomplete")
-    assert digest_tree(wd / "results/tiny/masks") == digest_tree(workflow_run / "results/tiny/masks")
-    xr.testing.assert_identical(xr.open_dataset(wd / "results/iou.nc", engine="h5netcdf").load(),
-                                xr.open_dataset(workflow_run / "results/iou.nc", engine="h5netcdf").load())
+    assert _digest_outputs(wd / "results/tiny/masks") == _digest_outputs(workflow_run / "results/tiny/masks")
+    xr.testing.assert_identical(xr.open_dataset(wd / "results/tiny/iou.nc", engine="h5netcdf").load(),
+                                xr.open_dataset(workflow_run / "results/tiny/iou.nc", engine="h5netcdf").load())
 
 
-def test_killed_capture_leaves_no_store(tiny_model, tmp_path):
+def test_killed_capture_leaves_no_store_and_reruns(tiny_model, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"prompt {i}\n" for i in range(8)))
     out = tmp_path / "chunk.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "memprune", "capture", "--model", str(tiny_model),
-                             "--prompts-file", str(prompts), "--steps", "200", "--guidance", "3", "--device", "cpu",
-                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(6.0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists()
+    cmd = [sys.executable, "-m", "memprune", "capture", "--model", str(tiny_model), "--prompts-file", str(prompts),
+           "--steps", "4", "--guidance", "3", "--device", "cpu", "--out", str(out)]
+    left = kill_while_running(cmd, out)  # alive, writing its store: the temporary on disk, the store not yet
+    assert all(p.name.startswith(".chunk.zarr.tmp-") for p in left)
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert xr.open_zarr(out).load().sizes["prompt"] == 8
 
 
 def test_second_snakemake_on_the_same_directory_is_refused(tiny_model, tmp_path):
@@ -115,7 +138,7 @@ def test_second_snakemake_on_the_same_directory_is_refused(tiny_model, tmp_path)
 
 
 @pytest.mark.parametrize("command,group", [("plant", "planted"), ("finetune-testbed", "finetuned")])
-def test_killed_training_of_a_derived_testbed_leaves_no_model_and_reruns(tiny_model, tmp_path, command, group):
+def test_killed_save_of_a_derived_testbed_leaves_no_model_and_reruns(tiny_model, tmp_path, command, group):
     import json
     import shutil
 
@@ -130,13 +153,12 @@ def test_killed_training_of_a_derived_testbed_leaves_no_model_and_reruns(tiny_mo
     shutil.copytree(tiny_model, base)
     (base / TRAIN_RECORD_NAME).write_text(json.dumps({"dataset_sha256": dataset_digest(base_data)}))
     out = tmp_path / "model"
-    long = {"steps": 100000, "batch_size": 4} if command == "plant" else {"epochs": 1000.0, "batch_size": 4}
     cmd = [sys.executable, "-m", "memprune", command, "--model", str(base), "--data", str(data), "--out", str(out),
            "--no-progress"]
-    kill_while_running(cmd + ["--spec", json.dumps({**long, "threads": 1})])
-    assert not out.exists()
     short = {"steps": 2, "batch_size": 4} if command == "plant" else {"epochs": 0.1, "batch_size": 4}
-    subprocess.run(cmd + ["--spec", json.dumps({**short, "threads": 1})], check=True, capture_output=True)
+    spec = ["--spec", json.dumps({**short, "threads": 1})]
+    kill_while_running(cmd + spec, out)  # killed while saving the trained model: no model
+    subprocess.run(cmd + spec, check=True, capture_output=True)
     from memprune.models import load_pipeline
 
     load_pipeline(out, "cpu", "float32")

@@ -22,6 +22,7 @@ def text_embeddings(pipe, prompts):
         return pipe.encode_prompt(prompts, pipe.unet.device, 1, False)[0]
 
 
+@pytest.mark.slow  # minutes of model work on 2 cores: out of the fast tier
 def test_optimisation_lowers_its_own_loss_and_keeps_shapes(tiny_pipe):
     from memprune.mitigate.wen import wen_mitigated_embeddings
 
@@ -98,6 +99,7 @@ def test_generation_with_the_embeddings_keeps_the_null_prompt_unconditional(tiny
     assert images.shape == plain.shape and not np.array_equal(images, plain)
 
 
+@pytest.mark.slow  # minutes of model work on 2 cores: out of the fast tier
 def test_works_for_v_prediction(tmp_path):
     from memprune.models import load_pipeline
     from memprune.mitigate.wen import wen_mitigated_embeddings

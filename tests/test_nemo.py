@@ -183,6 +183,7 @@ def test_batched_search_takes_the_unbatched_decisions_on_a_stand_in():
     assert costs[12] < costs["unbatched"] and costs[5] < costs["unbatched"], costs
 
 
+@pytest.mark.slow  # minutes of model work on 2 cores: out of the fast tier
 def test_prefix_reuse_gives_the_full_calls_bits(tiny_pipe):
     """On a diffusers UNet, candidates that differ only in the mid block's value channels skip the down blocks
     (their recorded outputs) and get the same bits as the full call; the search takes the unbatched decisions."""
@@ -247,6 +248,7 @@ def test_union_masks_and_the_edit_zero_exactly_the_chosen_rows(tiny_pipe):
         nemo.locate(Inputs(weights=weights, neurons=ds, subset_indices=[4, 5]), {})
 
 
+@pytest.mark.slow
 def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
     """NeMo and its random control run as localizers of the DAG: iou.nc holds them under their own (value)
     layers beside Wanda's FFN layers; the neurons file records every searched prompt; a killed search leaves no

@@ -99,6 +99,7 @@ def dry_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("index", range(len(LINES)), ids=[f"{f}: {' '.join(c)[:70]}" for f, _, c in LINES])
+@pytest.mark.slow
 def test_snakemake_line_dry_runs_as_written(index, dry_runs):
     command, proc = LINES[index][2], dry_runs[index]
     assert proc.returncode == 0, f"{' '.join(command)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
