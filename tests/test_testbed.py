@@ -84,8 +84,10 @@ def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
     from memprune.models import load_pipeline
     from memprune.testbed.derived import AddedSpec, base_of, extend_dataset
 
-    for name in ("testbed_planted", "testbed_finetune"):
-        cfg = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+    from memprune.plan.schema import validate_config
+
+    for name, config in (("testbed_planted", "config.yaml"), ("testbed_finetune", "config/testbed_finetune.yaml")):
+        cfg = validate_config(yaml.safe_load((REPO / config).read_text()))  # the schema's defaults filled in
         added = AddedSpec(**cfg["testbed"]["derived"]["added"])
         out = extend_dataset(manifest.parent, added, tmp_path / name).parent
         model = REPO / cfg["model"]["path"]
