@@ -273,6 +273,32 @@ def test_finetune_writes_a_loadable_model_trained_on_the_duplicated_photos(tiny_
     assert not (tmp_path / "bad").exists()
 
 
+def test_finetune_snapshot_equals_the_shorter_run(tiny_model, tiny_data, tmp_path):
+    """A snapshot after E epochs of a longer run is the run of E epochs: the same UNet bytes and record (but for
+    its wall-clock seconds); a snapshot past the run's end is refused before training."""
+    from memprune.cli import main
+
+    base, data = _derived_inputs(tiny_model, tiny_data, tmp_path, "finetuned", k=2, duplication=3)
+    spec = {"epochs": 0.3, "batch_size": 4, "lr": 1e-3, "warmup": 2, "threads": 1}
+    longer = dict(spec, epochs=0.6)
+    short, long_, snap = tmp_path / "short", tmp_path / "long", tmp_path / "snap"
+    assert main(["finetune-testbed", "--model", str(base), "--data", str(data), "--spec", json.dumps(spec),
+                 "--out", str(short), "--no-progress"]) == 0
+    assert main(["finetune-testbed", "--model", str(base), "--data", str(data), "--spec", json.dumps(longer),
+                 "--out", str(long_), "--snapshot", f"0.3={snap}", "--no-progress"]) == 0
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert (snap / weights).read_bytes() == (short / weights).read_bytes()
+    assert (long_ / weights).read_bytes() != (short / weights).read_bytes()
+    a, b = (json.loads((d / "memprune_train.json").read_text()) for d in (snap, short))
+    assert a["steps"] < json.loads((long_ / "memprune_train.json").read_text())["steps"]
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+    for bad in ("0.9=" + str(tmp_path / "late"), "x=" + str(tmp_path / "late"), "0.3"):
+        assert main(["finetune-testbed", "--model", str(base), "--data", str(data), "--spec", json.dumps(longer),
+                     "--out", str(tmp_path / "bad"), "--snapshot", bad, "--no-progress"]) == 2
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "late").exists()
+
+
 def test_extended_dataset_is_deterministic_and_adds_a_prompt_file(tiny_data, tmp_path):
     from memprune.testbed.dataset import dataset_digest, read_manifest
     from memprune.testbed.derived import AddedSpec, extend_dataset

@@ -39,8 +39,19 @@ def cmd_finetune(args) -> None:
 
     from memprune.testbed.finetune import FinetuneSpec, finetune
 
+    from memprune.errors import InputError
+
+    snapshots = {}
+    for item in args.snapshot or []:
+        epochs, sep, where = item.partition("=")
+        try:
+            snapshots[float(epochs)] = Path(where)
+        except ValueError:
+            sep = ""
+        if not sep or not where:
+            raise InputError(f"finetune-testbed --snapshot {item!r}: expected EPOCHS=DIR (e.g. 16=results/ft16)")
     record = finetune(Path(args.model), Path(args.data), Path(args.out), _spec(FinetuneSpec, args.spec, "finetune-testbed"),
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, snapshots=snapshots)
     print(json.dumps({k: record[k] for k in ("samples", "steps", "seconds")}
                      | {"final_loss": record["loss"][-1] if record["loss"] else None}))
 
@@ -73,3 +84,6 @@ def add_testbed_plant_arguments(sub) -> None:
              "its extended dataset (`memprune extend-data`, group finetuned)",
              "JSON of FinetuneSpec fields (epochs, batch_size, lr, warmup, weight_decay, cond_dropout, seed, threads)",
              "output model directory", cmd_finetune)
+    sub.choices["finetune-testbed"].add_argument(
+        "--snapshot", action="append", metavar="EPOCHS=DIR",
+        help="also save the model after EPOCHS (< the spec's) to DIR, as a run of that many epochs writes it")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +40,16 @@ class FinetuneSpec:
         return max(1, int(math.ceil(self.epochs * samples / self.batch_size)))
 
 
-def finetune(model_dir: Path, data_dir: Path, out_dir: Path, spec: FinetuneSpec, progress: bool = True) -> dict:
+def finetune(model_dir: Path, data_dir: Path, out_dir: Path, spec: FinetuneSpec, progress: bool = True,
+             snapshots: dict[float, Path] | None = None) -> dict:
     """Fine-tune the whole UNet of the testbed in `model_dir` on every training sample of the extended dataset
     `data_dir` (its own data and the "finetuned" photos, duplicates expanded, drawn uniformly), epsilon loss
-    with the training scheduler; write the derived model to `out_dir` atomically. Returns its record."""
+    with the training scheduler; write the derived model to `out_dir` atomically. Returns its record.
+
+    `snapshots` {epochs: directory}, each below `spec.epochs`: the model as a run of that many epochs would
+    write it, saved on the way. Nothing in a step depends on the run's length (constant rate after warmup,
+    one seeded stream of batches), so a snapshot's UNet and record are those of the shorter run, but for
+    `seconds` (tests/test_finetune_testbed.py)."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from tqdm.auto import tqdm
@@ -69,8 +75,21 @@ def finetune(model_dir: Path, data_dir: Path, out_dir: Path, spec: FinetuneSpec,
     latents = torch.cat([own_latents, new_latents.repeat_interleave(repeats, 0)])
     states = torch.cat([own_states, new_states.repeat_interleave(repeats, 0)])
     steps = spec.steps(len(latents))
+    snap_at = {}
+    for epochs, where in (snapshots or {}).items():
+        shorter = replace(spec, epochs=float(epochs))
+        if not 0 < shorter.steps(len(latents)) < steps:
+            raise InputError(f"finetune: snapshot at {epochs} epochs must lie between 0 and the run's {spec.epochs}")
+        snap_at[shorter.steps(len(latents))] = (shorter, Path(where))
     log.info("finetune: %d samples (%d new photos x %d), %d steps of %d (%.2f epochs)", len(latents), len(prompts),
              repeats, steps, spec.batch_size, spec.epochs)
+
+    digest = dataset_digest(data_dir)
+
+    def record_of(run: FinetuneSpec, n_steps: int, run_losses: list) -> dict:
+        return {"derived": "finetune", "dataset_sha256": digest, "spec": asdict(run), "samples": len(latents),
+                "steps": n_steps, "added": data_spec["added"], "prompts": prompts, "base_model": str(model_dir),
+                "loss": run_losses, "seconds": round(time.time() - t0, 1)}
 
     sched = make_train_scheduler()
     gen = torch.Generator().manual_seed(spec.seed)
@@ -95,11 +114,14 @@ def finetune(model_dir: Path, data_dir: Path, out_dir: Path, spec: FinetuneSpec,
             losses.append(round(float(np.mean(window)), 5))
             log.info("finetune step %d loss %.4f (mean of the last %d steps)", step + 1, losses[-1], len(window))
             window = []
+        if step + 1 in snap_at:
+            shorter, where = snap_at[step + 1]
+            so_far = losses + ([round(float(np.mean(window)), 5)] if window else [])
+            save_derived(where, unet, model_dir, record_of(shorter, step + 1, so_far))
+            log.info("snapshot after %d steps (%.2f epochs): %s", step + 1, shorter.epochs, where)
     unet.eval().requires_grad_(False)
     unet.set_attn_processor(AttnProcessor2_0())  # diffusers' default, as from_pretrained sets it
-    record = {"derived": "finetune", "dataset_sha256": dataset_digest(data_dir), "spec": asdict(spec),
-              "samples": len(latents), "steps": steps, "added": data_spec["added"], "prompts": prompts,
-              "base_model": str(model_dir), "loss": losses, "seconds": round(time.time() - t0, 1)}
+    record = record_of(spec, steps, losses)
     save_derived(out_dir, unet, model_dir, record)
     log.info("fine-tuned %d steps in %.0fs: %s", steps, record["seconds"], out_dir)
     return record
