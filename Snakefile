@@ -39,6 +39,7 @@ include: "rules/masks.smk"
 include: "rules/evaluate.smk"
 include: "rules/analysis.smk"
 include: "rules/attack.smk"
+include: "rules/leaderboard.smk"
 
 
 rule all:

@@ -66,7 +66,8 @@ rule eval_aggregate:
         "its share of its collection's masks job and its prune job (Snakemake benchmark s); files missing are listed "
         "in mask_benchmarks_missing",
         options=options(reference_images=PLAN.repo_path(EVAL.cfg["reference_images"]) if EVAL.cfg.get("reference_images") else None,
-                        nonmemorized=EVAL.nonmemorized),
+                        nonmemorized=EVAL.nonmemorized,
+                        report_thresholds=",".join(map(str, EVAL.cfg["report_thresholds"])) or None),
     resources:
         gpu=1 if EVAL.cfg["fid_reference"] == "images" else 0,
     log:

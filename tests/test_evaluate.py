@@ -238,9 +238,14 @@ def test_eval_aggregate_lays_out_variants_by_method_and_subsets(tmp_path):
     assert main(["eval-aggregate", "--models-json", str(tmp_path / "models.json"), "--copy-threshold", "0.4",
                  "--fid-reference", "unedited", "--memorized", str(tmp_path / "mem.txt"), "--ground-truth",
                  str(tmp_path / "gt"), "--mask-cost-note", "test", "--out", out["eval"], "--summary", out["summary"],
-                 "--fig-scatter", out["scatter"], "--fig-bars", out["bars"], "--fig-grid", out["grid"]]) == 0
+                 "--fig-scatter", out["scatter"], "--fig-bars", out["bars"], "--fig-grid", out["grid"],
+                 "--report-thresholds", "0.2,0.5"]) == 0
     ds = xr.open_dataset(out["eval"], engine="h5netcdf").load()
     assert list(ds.variant.values) == ["none", "pruned:wanda", "pruned:random", "wen"]
+    # the fraction of memorized test images at or above each threshold (copies 0.9, 0.1, 0.5, 0.3; >= counts)
+    assert ds.threshold.values.tolist() == [0.2, 0.5]
+    np.testing.assert_array_equal(ds.fraction_over.sel(subset="m/1").values, [[1, 1], [0, 0], [1, 1], [1, 0]])
+    assert np.isnan(ds.fraction_over.sel(variant="pruned:wanda", subset="m/2")).all()
     assert list(ds.subset.values) == ["m/0", "m/1", "m/2"] and list(ds.collection.values) == ["m"] * 3
     assert ds.in_test.values[:, :6].tolist() == [[i // 2 != k for i in range(6)] for k in range(3)]
     assert ds.in_test.values[:, 6:].all()
@@ -268,6 +273,7 @@ def test_eval_aggregate_lays_out_variants_by_method_and_subsets(tmp_path):
         ("none", "all"), ("pruned:wanda", "mean"), ("pruned:random", "mean"), ("wen", "all"), ("pruned:wanda", "m/0"),
         ("pruned:wanda", "m/1"), ("pruned:random", "m/1"), ("pruned:random", "m/2")]
     assert float(rows[2]["copy_rate"]) == 1.0 and float(rows[1]["time_per_image_vs_none"]) == 0.5
+    assert [float(r["fraction_over_0.5"]) for r in rows[:4]] == [1.0, 0.0, 1.0, 0.0]
     for k in ("scatter", "bars", "grid"):
         assert Path(out[k]).stat().st_size > 1000
     from memprune.evaluate.figures import styles

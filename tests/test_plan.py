@@ -32,8 +32,8 @@ def capture_chunks(plan: Plan) -> set[str]:
 # dry run of results/iou.nc + eval.nc + attack/table.csv + detection.nc on each shipped config
 OLD = {
     "config/testbed.yaml": (12, 19, (5, 10), 3),  # + NeMo and its random control on 2 subsets, NeMo attacked, adversarial, Ren and Jain
-    "config/sd15.yaml": (116, 25, (4, 63), 2),  # + NeMo (10 subsets), random, random_nemo, adversarial; NeMo, adversarial attacked
-    "config/sd2.yaml": (66, 25, (4, 28), 2),
+    "config/sd15.yaml": (116, 27, (6, 63), 2),  # + NeMo (10 subsets), random, random_nemo, adversarial, Ren, Jain; NeMo, adversarial, Ren, Jain attacked
+    "config/sd2.yaml": (66, 27, (6, 28), 2),
 }
 
 

@@ -67,11 +67,15 @@ def test_sd_configs_plan_every_localizer_and_stage(name):
     ev = Evaluation(plan)
     by_method = {m: sum(1 for x in ev.models if x.method == m) for m in ["wanda", "nemo", "random", "random_nemo"]}
     assert by_method == {"wanda": 10, "nemo": 10, "random": 1, "random_nemo": 1}
-    assert [x.variant for x in ev.models if x.method is None] == ["none", "wen", "adversarial"]
-    assert [m.id.split("|")[0] for m in Attack(plan).models] == ["none", "pruned:wanda", "pruned:nemo", "adversarial"]
+    assert [x.variant for x in ev.models if x.method is None] == ["none", "wen", "ren", "jain", "adversarial"]
+    assert [m.id.split("|")[0] for m in Attack(plan).models] == ["none", "pruned:wanda", "pruned:nemo", "ren", "jain",
+                                                                 "adversarial"]
     rec = Recovery(plan)
     assert rec.enabled and rec.sets == ["memorized"] and rec.controls == ["unmemorized"]
-    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:nemo", "wen", "adversarial"]
+    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:nemo", "wen", "ren", "jain",
+                                                        "adversarial"]
+    assert plan.config["evaluate"]["report_thresholds"] == [0.5, 0.7]  # MemBench's and Wen et al.'s SSCD thresholds
+    assert plan.config["mitigation"]["ren"]["detect"] is False
     images = json.loads(shlex.split(rec.truth_args())[1])
     assert images["memorized"] == [plan.config["recovery"]["images"]["memorized"], plan.sets["memorized"].file]
     adv = Adversarial(plan)
@@ -97,11 +101,14 @@ def dry_run(config: str, *targets: str) -> dict[str, int]:
 # target -> the counts of its dry run on config/sd15.yaml (the rules this config adds, and the total)
 SD15_TARGETS = {
     "results/iou.nc": {"capture_chunk": 116, "nemo_calibration": 1, "nemo_neurons": 2, "masks": 24, "total": 150},
-    "results/sd15/eval.nc": {"eval_sample": 25, "eval_score": 25, "prune": 22, "nemo_neurons": 1,
-                             "adversarial_finetune": 1, "total": 130},
-    "results/sd15/recovery.nc": {"recovery_model": 5, "prune": 2, "adversarial_finetune": 1, "total": 63},
-    "results/sd15/attack/table.csv": {"attack_generate": 4 * 63, "attack_analyze": 4, "adversarial_finetune": 1,
-                                      "total": 314},
+    "results/sd15/eval.nc": {"eval_sample": 27, "eval_score": 27, "prune": 22, "nemo_neurons": 1,
+                             "adversarial_finetune": 1, "total": 134},
+    "results/sd15/recovery.nc": {"recovery_model": 7, "prune": 2, "adversarial_finetune": 1, "total": 65},
+    "results/sd15/attack/table.csv": {"attack_generate": 6 * 63, "attack_analyze": 6, "adversarial_finetune": 1,
+                                      "total": 442},
+    # every stage's models once, then the table: 27 evaluated, 6 attacked, 7 recovered (the same subset-0 edits)
+    "results/sd15/leaderboard.csv": {"eval_sample": 27, "attack_generate": 6 * 63, "recovery_model": 7,
+                                     "leaderboard": 1, "leaderboard_stack": None},
     "results/sd15/detection.nc": {"detection_scores": 2, "total": 3},
 }
 
@@ -117,8 +124,8 @@ def test_sd15_targets_plan(target):
 def test_sd2_plans_every_stage():
     jobs = dry_run("config/sd2.yaml", "results/iou.nc", "results/sd2/eval.nc", "results/sd2/recovery.nc",
                    "results/sd2/attack/table.csv", "results/sd2/detection.nc")
-    assert jobs["nemo_neurons"] == 2 and jobs["recovery_model"] == 5 and jobs["adversarial_finetune"] == 1
-    assert jobs["attack_generate"] == 4 * 28 and jobs["eval_sample"] == 25 and jobs["masks"] == 12
+    assert jobs["nemo_neurons"] == 2 and jobs["recovery_model"] == 7 and jobs["adversarial_finetune"] == 1
+    assert jobs["attack_generate"] == 6 * 28 and jobs["eval_sample"] == 27 and jobs["masks"] == 12
 
 
 @pytest.mark.slow
@@ -127,8 +134,8 @@ def test_sd15_random_builds_its_model_and_runs_every_stage():
                    "results/sd15_random/recovery.nc", "results/sd15_random/attack/table.csv",
                    "results/sd15_random/detection.nc")
     assert jobs["random_model"] == 1 and jobs["stand_in_images"] == 2  # the DAG builds what it reads
-    assert jobs["nemo_neurons"] == 2 and jobs["recovery_model"] == 4 and jobs["adversarial_finetune"] == 1
-    assert jobs["eval_sample"] == 7 and jobs["attack_generate"] == 4 and jobs["detection_scores"] == 2
+    assert jobs["nemo_neurons"] == 2 and jobs["recovery_model"] == 6 and jobs["adversarial_finetune"] == 1
+    assert jobs["eval_sample"] == 9 and jobs["attack_generate"] == 6 and jobs["detection_scores"] == 2
     plan = Plan(load("config/sd15_random.yaml"), REPO)
     assert len(plan.neuron_prompts("memorized")) == 2  # NeMo on 2 prompts
     rec = Recovery(plan)  # 2 targets: the first of each set

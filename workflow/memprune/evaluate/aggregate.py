@@ -154,10 +154,22 @@ def long_names(copy_metric: str, feature_space: str, threshold: float, fid_ref_n
     }
 
 
+def fraction_over(copy_similarity: np.ndarray, mem: np.ndarray, thresholds: list[float]) -> np.ndarray:
+    """(variant, subset, threshold): the fraction of memorized test images (prompt x seed) whose copy similarity
+    reaches each threshold (MemBench's measure at SSCD 0.5; Wen et al. count SSCD 0.7); NaN for an empty cell."""
+    sim = copy_similarity[:, :, mem]  # (variant, subset, prompt, seed), NaN outside the test sets
+    valid = ~np.isnan(sim)
+    n = valid.sum(axis=(2, 3))
+    with np.errstate(invalid="ignore"):
+        hits = np.stack([(np.nan_to_num(sim, nan=-np.inf) >= t).sum(axis=(2, 3)) for t in thresholds], axis=-1)
+        return np.where(n[..., None] > 0, hits / np.maximum(n, 1)[..., None], np.nan)
+
+
 def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_reference: str = "renders",
                  metrics: MetricOptions | None = None, data=None, reference_images=None, nonmemorized=None,
-                 mask_cost_note: str | None = None) -> "xr.Dataset":
-    """The eval.nc dataset (see the module docstring) of the models and their loaded scores."""
+                 mask_cost_note: str | None = None, report_thresholds: list[float] | None = None) -> "xr.Dataset":
+    """The eval.nc dataset (see the module docstring) of the models and their loaded scores; with
+    `report_thresholds`, also `fraction_over (variant, subset, threshold)`."""
     import xarray as xr
 
     from memprune import __version__
@@ -215,6 +227,12 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
                "mask_cost_included": mask_cost_note or "",
                "mask_benchmarks_missing": ", ".join(missing_benchmarks)},
     )
+    if report_thresholds:
+        thr = [float(t) for t in report_thresholds]
+        out["fraction_over"] = (("variant", "subset", "threshold"), fraction_over(per["copy_similarity"], mem, thr),
+                                {"long_name": f"fraction of memorized test images ({base.attrs['copy_metric']}) at or above "
+                                              "each threshold"})
+        out = out.assign_coords(threshold=thr)
     for ds in scores.values():
         for a in RECORDED_TIMING:
             if f"timing_{a}" in ds.attrs:
@@ -255,7 +273,8 @@ def summary_table(ds, per_subset: list[str] | None = None):
 def aggregate(models_json: str, out: str | Path, summary: str | Path, fig_scatter: str | Path, fig_bars: str | Path,
               fig_grid: str | Path, copy_threshold: float = 0.4, fid_reference: str = "renders",
               metrics: MetricOptions | None = None, reference_images=None, memorized=None, nonmemorized=None,
-              data=None, ground_truth=None, mask_cost_note: str | None = None) -> "xr.Dataset":
+              data=None, ground_truth=None, mask_cost_note: str | None = None,
+              report_thresholds: list[float] | None = None) -> "xr.Dataset":
     """eval.nc, the summary table (also printed) and the three figures of the models JSON's models."""
     import pandas as pd
 
@@ -265,9 +284,13 @@ def aggregate(models_json: str, out: str | Path, summary: str | Path, fig_scatte
     models = read_models(models_json)
     scores = load_scores(models)
     ds = eval_dataset(models, scores, copy_threshold, fid_reference, metrics, data, reference_images, nonmemorized,
-                      mask_cost_note)
+                      mask_cost_note, report_thresholds)
     write_netcdf(ds, out)
     table = summary_table(ds)
+    for t in ds.threshold.values if "fraction_over" in ds else []:  # per variant: mean over its subsets' test sets
+        frac = ds.fraction_over.sel(threshold=t)
+        table[f"fraction_over_{t:g}"] = [float(np.nanmean(frac.sel(variant=r.variant).values)) if r.subset in ("all", "mean")
+                                         else float(frac.sel(variant=r.variant, subset=r.subset)) for r in table.itertuples()]
     with atomic_file(Path(summary)) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     with pd.option_context("display.width", 200, "display.max_columns", 30):

@@ -1,4 +1,5 @@
-"""The `eval-sample`, `eval-score` and `eval-aggregate` subcommands: their options and handlers. An optional
+"""The `eval-sample`, `eval-score`, `eval-aggregate`, `leaderboard` and `leaderboard-stack` subcommands: their
+options and handlers. An optional
 option defaults to None; the workflow's rules omit it when unset."""
 
 from __future__ import annotations
@@ -40,7 +41,34 @@ def cmd_eval_aggregate(args) -> None:
     aggregate(args.models_json, args.out, args.summary, args.fig_scatter, args.fig_bars, args.fig_grid,
               copy_threshold=args.copy_threshold, fid_reference=args.fid_reference, metrics=_metric_options(args),
               reference_images=args.reference_images, memorized=args.memorized, nonmemorized=args.nonmemorized,
-              data=args.data, ground_truth=args.ground_truth, mask_cost_note=args.mask_cost_note)
+              data=args.data, ground_truth=args.ground_truth, mask_cost_note=args.mask_cost_note,
+              report_thresholds=[float(t) for t in args.report_thresholds.split(",")] if args.report_thresholds else None)
+
+
+def cmd_leaderboard(args) -> None:
+    import pandas as pd
+
+    from memprune.errors import InputError
+    from memprune.evaluate.leaderboard import _read_models, leaderboard, leaderboard_figure, write_table
+
+    models = _read_models(args.models_json)
+    attack = {}
+    for item in args.attack or []:
+        model_id, sep, path = item.rpartition("=")
+        if not sep or model_id not in models:
+            raise InputError(f"leaderboard --attack {item!r}: expected MODEL_ID=FILE with a model of --models-json")
+        attack[model_id] = path
+    table = leaderboard(models, args.eval, attack, args.recovery, args.localization, args.eval_kind)
+    write_table(table, args.out)
+    leaderboard_figure(table, args.figure)
+    with pd.option_context("display.width", 250, "display.max_columns", 60):
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+def cmd_leaderboard_stack(args) -> None:
+    from memprune.evaluate.leaderboard import stack
+
+    print(stack(args.inputs, args.out).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
 def _metric_args(p) -> None:
@@ -101,6 +129,8 @@ def add_eval_arguments(sub) -> None:
     p.add_argument("--memorized", help="memorized prompt file (index of the ground-truth layout, for the grid)")
     p.add_argument("--nonmemorized", help="non-memorized prompt file (index of --reference-images)")
     p.add_argument("--mask-cost-note", help="what the mask cost of a pruned model counts (eval.nc attrs)")
+    p.add_argument("--report-thresholds", help="comma-separated copy similarities: also report the fraction of memorized "
+                                               "test images at or above each (eval.nc fraction_over), e.g. 0.5,0.7")
     _metric_args(p)
     p.add_argument("--out", required=True, help="eval.nc")
     p.add_argument("--summary", required=True, help="eval_summary.csv")
@@ -108,3 +138,23 @@ def add_eval_arguments(sub) -> None:
     p.add_argument("--fig-bars", required=True)
     p.add_argument("--fig-grid", required=True)
     p.set_defaults(func=cmd_eval_aggregate)
+
+    p = sub.add_parser("leaderboard", help="one row per compared model: copies per kind, MR after recovery, prompt "
+                                           "following and Frechet vs the unedited model, localization, cost")
+    p.add_argument("--models-json", required=True,
+                   help='JSON object (or a file holding it) {model id: {"variant": V, "method": M or null, "subset": '
+                        '"collection/i" or null, "prompts_file": F, "indices": [...] (the edit\'s subset), "edit_prompts": N, '
+                        '"edit_benchmark": tsv}}')
+    p.add_argument("--eval", help="eval.nc")
+    p.add_argument("--eval-kind", help="the evaluated memorized prompt set's name (a label)")
+    p.add_argument("--attack", nargs="*", metavar="MODEL_ID=FILE", help="the attack's per-model files")
+    p.add_argument("--recovery", help="recovery.nc")
+    p.add_argument("--localization", help="localization.nc (a planted testbed)")
+    p.add_argument("--out", required=True, help="leaderboard.csv")
+    p.add_argument("--figure", required=True, help="the figure (png)")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("leaderboard-stack", help="results/leaderboard.csv: the models' leaderboards one under the other")
+    p.add_argument("--inputs", nargs="+", required=True, help="results/<model>/leaderboard.csv files")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_leaderboard_stack)

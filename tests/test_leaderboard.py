@@ -1,0 +1,228 @@
+"""The leaderboard: its columns from known stage files, the command, the stack, and the plan of every shipped
+config (the loaded config's models, the files it reads, the configs results/leaderboard.csv stacks)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import yaml
+
+from conftest import REPO
+
+from memprune.errors import InputError
+
+NAN = np.nan
+
+
+def _eval(path: Path) -> None:
+    variants, subsets = ["none", "pruned:wanda", "wen", "adversarial"], ["m/0", "m/1"]
+    two = lambda *rows: (("variant", "subset"), np.array(rows, dtype=float))  # noqa: E731
+    xr.Dataset(
+        {"copy_rate": two([0.8, 0.6], [0.1, NAN], [0.4, 0.2], [0.0, 0.0]),
+         "prompt_following": two([0.5, 0.7], [0.25, NAN], [0.6, 0.6], [0.3, 0.3]),
+         "frechet_distance": two([2.0, 2.0], [4.0, NAN], [3.0, 3.0], [8.0, 8.0]),
+         "seconds_per_image": two([1.0, 1.0], [1.0, NAN], [3.0, 3.0], [1.0, 1.0]),
+         "mask_seconds": two([0.0, 0.0], [20.0, NAN], [0.0, 0.0], [0.0, 0.0]),
+         "fraction_over": (("variant", "subset", "threshold"), np.stack([
+             np.array([[0.9, 0.7], [0.1, NAN], [0.5, 0.3], [0.0, 0.0]]),
+             np.array([[0.5, 0.5], [0.0, NAN], [0.2, 0.0], [0.0, 0.0]])], axis=-1))},
+        coords={"variant": variants, "subset": subsets, "threshold": [0.5, 0.7]},
+    ).to_netcdf(path, engine="h5netcdf")
+
+
+def _attack(path: Path, variant: str, actual, other) -> None:
+    prompts = np.array(["p0", "p1", "p2", "p3", "s0"], dtype=object)
+    xr.Dataset({"actually_memorized": ("prompt", np.array(actual, bool)),
+                "copies_another": ("prompt", np.array(other, bool))},
+               coords={"prompt": prompts, "group": ("prompt", np.array(["mem"] * 4 + ["single"], dtype=object))},
+               attrs={"variant": variant}).to_netcdf(path, engine="h5netcdf")
+
+
+def _recovery(path: Path) -> None:
+    rec = np.array([[[1, 1], [1, 0], [0, 0], [0, 0]],  # none: (target, init prompt/random)
+                    [[0, 1], [0, 0], [0, 0], [1, 0]]], dtype=np.uint8)  # pruned:wanda|m/0
+    xr.Dataset({"recovered": (("variant", "target", "init"), rec)},
+               coords={"variant": ["none", "pruned:wanda|m/0"], "target": np.arange(4), "init": ["prompt", "random"],
+                       "group": ("target", np.array(["mem", "mem", "single", "single"], dtype=object))},
+               ).to_netcdf(path, engine="h5netcdf")
+
+
+def _localization(path: Path) -> None:
+    xr.Dataset({"precision": (("localizer", "collection", "subset"), np.array([[[0.8, 0.7]]])),
+                "recall": (("localizer", "collection", "subset"), np.array([[[0.1, 0.2]]]))},
+               coords={"localizer": ["wanda"], "collection": ["m"], "subset": [0, 1]}).to_netcdf(path, engine="h5netcdf")
+
+
+@pytest.fixture
+def stages(tmp_path):
+    (tmp_path / "mem.txt").write_text("p0\np1\np2\np3\n")
+    _eval(tmp_path / "eval.nc")
+    _attack(tmp_path / "none.nc", "none", [1, 1, 1, 0, 0], [0, 0, 0, 1, 0])
+    _attack(tmp_path / "pruned.nc", "pruned:wanda|m/0", [1, 1, 0, 0, 0], [0, 0, 1, 0, 0])
+    _recovery(tmp_path / "recovery.nc")
+    _localization(tmp_path / "localization.nc")
+    (tmp_path / "adv.tsv").write_text("s\th:m:s\n30.0\t0:00:30\n")
+    models = {"none": {"variant": "none", "method": None, "subset": None},
+              "pruned:wanda|m/0": {"variant": "pruned", "method": "wanda", "subset": "m/0",
+                                   "prompts_file": str(tmp_path / "mem.txt"), "indices": [0, 1], "edit_prompts": 2},
+              "wen": {"variant": "wen", "method": None, "subset": None},
+              "adversarial": {"variant": "adversarial", "method": None, "subset": None,
+                              "edit_benchmark": str(tmp_path / "adv.tsv"), "edit_prompts": 3}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    return tmp_path
+
+
+def test_leaderboard_columns_from_known_stage_files(stages):
+    from memprune.cli import main
+
+    out, fig = stages / "leaderboard.csv", stages / "leaderboard.png"
+    assert main(["leaderboard", "--models-json", str(stages / "models.json"), "--eval", str(stages / "eval.nc"),
+                 "--eval-kind", "mem", "--attack", f"none={stages / 'none.nc'}", f"pruned:wanda|m/0={stages / 'pruned.nc'}",
+                 "--recovery", str(stages / "recovery.nc"), "--localization", str(stages / "localization.nc"),
+                 "--out", str(out), "--figure", str(fig)]) == 0
+    t = pd.read_csv(out).set_index("model")
+    assert list(t.index) == ["none", "pruned:wanda|m/0", "wen", "adversarial"]
+    assert list(t.columns[:4]) == ["variant", "localizer", "subset", "eval_kind"]
+    # evaluation: a pruned model's own cell and ratios on its subset; a model without an edit: means over subsets
+    assert t.loc["pruned:wanda|m/0", "eval_copies"] == 0.1 and t.loc["none", "eval_copies"] == pytest.approx(0.7)
+    assert t.loc["pruned:wanda|m/0", "prompt_following_vs_none"] == 0.5
+    assert t.loc["wen", "prompt_following_vs_none"] == pytest.approx(1.0) and t.loc["none", "frechet_vs_none"] == 1.0
+    assert t.loc["adversarial", "frechet_vs_none"] == 4.0
+    assert t.loc["wen", "overhead_seconds_per_image"] == 2.0 and t.loc["wen", "time_per_image_vs_none"] == 3.0
+    assert t.loc["none", "fraction_over_0.5"] == pytest.approx(0.8) and t.loc["pruned:wanda|m/0", "fraction_over_0.7"] == 0.0
+    # the attack: held-out prompts of each kind (the pruned model's subset p0, p1 left out)
+    assert t.loc["none", "copies_mem"] == 0.75 and t.loc["none", "copies_another_mem"] == 0.25
+    assert t.loc["pruned:wanda|m/0", "copies_mem"] == 0.0 and t.loc["pruned:wanda|m/0", "copies_another_mem"] == 0.5
+    assert t.loc["pruned:wanda|m/0", "attack_prompts_mem"] == 2 and t.loc["none", "attack_prompts_mem"] == 4
+    assert np.isnan(t.loc["wen", "copies_mem"])  # not attacked
+    # recovery: MR per group and start, every target together
+    assert t.loc["none", "mr_prompt_mem"] == 1.0 and t.loc["none", "mr_random_mem"] == 0.5
+    assert t.loc["pruned:wanda|m/0", "mr_prompt_mem"] == 0.0 and t.loc["pruned:wanda|m/0", "mr_prompt_single"] == 0.5
+    assert np.isnan(t.loc["wen", "mr_prompt_mem"])
+    # localization of the edit's masks; cost per prompt the edit was made from
+    assert t.loc["pruned:wanda|m/0", "precision"] == 0.8 and t.loc["pruned:wanda|m/0", "recall"] == 0.1
+    assert np.isnan(t.loc["none", "precision"])
+    assert t.loc["pruned:wanda|m/0", "locate_seconds_per_prompt"] == 10.0
+    assert t.loc["adversarial", "locate_seconds_per_prompt"] == 10.0
+    assert t.loc["none", "locate_seconds_per_prompt"] == 0.0 and t.loc["wen", "locate_seconds_per_prompt"] == 0.0
+    assert fig.stat().st_size > 1000
+
+
+def test_leaderboard_refuses_an_unknown_model_and_writes_nothing(stages):
+    from memprune.cli import main
+
+    out = stages / "bad.csv"
+    assert main(["leaderboard", "--models-json", str(stages / "models.json"), "--attack", f"ghost={stages / 'none.nc'}",
+                 "--out", str(out), "--figure", str(stages / "bad.png")]) == 2
+    assert main(["leaderboard", "--models-json", '{"wen": {"variant": "wen"}}', "--out", str(out),
+                 "--figure", str(stages / "bad.png")]) == 2
+    assert not out.exists() and not (stages / "bad.png").exists()
+
+
+def test_stack_adds_the_testbed_column(tmp_path):
+    from memprune.cli import main
+
+    for name, extra in (("a", {"copies_mem": [0.5, 0.0]}), ("b", {"copies_planted": [1.0, 0.1]})):
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"model": ["none", "wen"], **extra}).to_csv(tmp_path / name / "leaderboard.csv", index=False)
+    out = tmp_path / "all.csv"
+    assert main(["leaderboard-stack", "--inputs", str(tmp_path / "a/leaderboard.csv"), str(tmp_path / "b/leaderboard.csv"),
+                 "--out", str(out)]) == 0
+    t = pd.read_csv(out)
+    assert list(t.columns) == ["testbed", "model", "copies_mem", "copies_planted"]
+    assert t.testbed.tolist() == ["a", "a", "b", "b"] and np.isnan(t.copies_planted[0]) and t.copies_planted[2] == 1.0
+    (tmp_path / "c.csv").write_text("x\n1\n")
+    assert main(["leaderboard-stack", "--inputs", str(tmp_path / "c.csv"), "--out", str(tmp_path / "no.csv")]) == 2
+    assert not (tmp_path / "no.csv").exists()
+
+
+def _plan(name: str):
+    from memprune.plan.compare import Adversarial, Attack, Evaluation, Recovery
+    from memprune.plan.config import Plan
+    from memprune.plan.leaderboard import Leaderboard
+    from memprune.plan.schema import validate_config
+
+    cfg = validate_config(yaml.safe_load((REPO / name).read_text()))
+    plan = Plan(cfg, REPO)
+    return Leaderboard(plan, Evaluation(plan), Attack(plan), Recovery(plan), Adversarial(plan))
+
+
+def test_default_config_lists_every_compared_model_and_stacks_every_testbed():
+    board = _plan("config.yaml")
+    models = json.loads(board.models_json())
+    assert list(models)[0] == "none"
+    assert {"wen", "ren", "jain", "pruned:wanda|plant_k10/0", "pruned:oracle|plant_k10/0", "pruned:nemo|plant_k10/0"} <= set(models)
+    assert any(k.startswith("adversarial") for k in models)
+    adv = next(v for k, v in models.items() if v["variant"] == "adversarial")
+    assert adv["edit_benchmark"].startswith("benchmarks/testbed_planted/adversarial/") and adv["edit_prompts"] == 25
+    wanda = models["pruned:wanda|plant_k10/0"]
+    assert wanda["edit_prompts"] == 10 and len(wanda["indices"]) == 10 and wanda["prompts_file"].endswith("planted.txt")
+    inputs = board.inputs()
+    assert inputs["eval"] == "results/testbed_planted/eval.nc" and inputs["localization"].endswith("localization.nc")
+    assert inputs["recovery"] == "results/testbed_planted/recovery.nc" and len(inputs["attack"]) == 7
+    stacked = board.stacked()
+    assert set(stacked) >= {"testbed_planted", "testbed", "testbed_finetune"}
+    assert set(board.others()) == set(stacked) - {"testbed_planted"}
+
+
+def test_a_missing_or_clashing_stacked_config_is_named(tmp_path):
+    from memprune.plan.leaderboard import Leaderboard
+
+    board = _plan("config/testbed.yaml")
+    assert board.stacked() == {"testbed": []}  # no configs listed: this model alone
+    board.plan.config["leaderboard"] = {"configs": ["config/testbed.yaml", ["config/testbed.yaml", str(tmp_path / "o.yaml")]]}
+    (tmp_path / "o.yaml").write_text("model: {name: testbed_other}\n")  # an overlay: the second file renames the model
+    assert set(Leaderboard.stacked(board)) == {"testbed", "testbed_other"}
+    assert Leaderboard.others(board) == {"testbed_other": f"config/testbed.yaml {tmp_path / 'o.yaml'}"}
+    for configs, message in (([str(tmp_path / "gone.yaml")], "no such config file"),
+                             (["config/testbed.yaml", "config/testbed.yaml"], "both run model 'testbed'")):
+        board.plan.config["leaderboard"] = {"configs": configs}
+        with pytest.raises(InputError, match=message):
+            Leaderboard.stacked(board)
+
+
+@pytest.mark.slow
+def test_stacked_leaderboard_runs_another_configs_dag(tiny_model, tmp_path):
+    """`results/leaderboard.csv` on a tiny model under two configs: this config's leaderboard in this run, the
+    other's by its own Snakemake run; both stacked, each with its evaluation and attack columns."""
+    from conftest import snakemake, write_config
+    from memprune.testbed.clip import ClipSpec, save_untrained_clip
+    from PIL import Image
+
+    mem = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:6]
+    non = (REPO / "resources/prompts/testbed/heldout.txt").read_text().splitlines()[:2]
+    clip = save_untrained_clip(tmp_path / "clip", ClipSpec(vision_width=32, vision_layers=1, text_width=32, text_layers=1))
+    rng = np.random.default_rng(0)
+    for i in range(len(mem)):
+        (tmp_path / "gt" / str(i)).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "gt" / str(i) / "0.png")
+    (tmp_path / "non.txt").write_text("".join(p + "\n" for p in non))
+    stages = dict(
+        evaluate={"variants": ["none", "pruned"], "max_subsets": 1, "seeds": [0, 1], "nonmemorized": str(tmp_path / "non.txt"),
+                  "ground_truth": str(tmp_path / "gt"), "fid_reference": "unedited", "clip": {"weights": str(clip)}},
+        attack={"n_samples": 3, "steps": 2, "guidance": 2.0, "batch_size": 16, "chunk_size": 6},
+        activations={"chunk_size": 6},
+        leaderboard={"configs": [str(tmp_path / "config.yaml"), str(tmp_path / "other.yaml")]})
+    collections = {"m3": {"set": "mem", "n_subsets": 2, "size": 3, "seed": 0}}
+    write_config(tmp_path, tiny_model, {"mem": mem}, collections, **stages)
+    other = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    other["model"]["name"] = "tiny_other"
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    snakemake(tmp_path, "results/leaderboard.csv")
+    t = pd.read_csv(tmp_path / "results/leaderboard.csv")
+    assert t.testbed.tolist() == ["tiny", "tiny", "tiny_other", "tiny_other"]
+    assert t.model.tolist() == ["none", "pruned:wanda|m3/0"] * 2
+    assert {"eval_copies", "copies_mem", "prompt_following_vs_none", "locate_seconds_per_prompt"} <= set(t.columns)
+    assert (t.attack_prompts_mem.tolist() == [6, 3, 6, 3])  # the pruned model's own 3 prompts are left out
+    assert (t.locate_seconds_per_prompt[t.model == "none"] == 0).all() and (t.locate_seconds_per_prompt[1::2] > 0).all()
+    # the same model and config under two names: the same table, but for the measured times
+    a, b = (t[t.testbed == n].drop(columns=["testbed", "seconds_per_image", "overhead_seconds_per_image",
+                                            "time_per_image_vs_none", "edit_seconds", "locate_seconds_per_prompt"])
+            .reset_index(drop=True) for n in ("tiny", "tiny_other"))
+    pd.testing.assert_frame_equal(a, b)
+    assert (tmp_path / "logs/tiny_other/leaderboard/run.log").exists()
+    assert (tmp_path / "results/tiny/figures/leaderboard.png").exists()
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(tmp_path, "-n", "results/leaderboard.csv"))

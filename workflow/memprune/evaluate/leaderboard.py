@@ -1,0 +1,257 @@
+"""The leaderboard (`memprune leaderboard`, `memprune leaderboard-stack`): one row per compared model of a config
+(the unedited model, each localizer's edit, each mitigation), saying what it removes, at what cost, and whether it
+stays removed, from the files the other stages wrote:
+
+* copies, per kind of memorized prompt (the extraction attack's groups, `attack/<model>.nc`): `copies_<kind>`, the
+  share of the kind's prompts whose attack clique is the prompt's own training image ("actually memorized"), and
+  `copies_another_<kind>`, the share whose clique is another training image. An edited model counts the prompts
+  outside the subset its edit was made from (held out); a model without an edit counts every prompt of the kind.
+* `eval_copies` (`eval.nc`): the evaluation's copy rate on held-out memorized prompts of `evaluate.memorized`
+  (`eval_kind`), and `fraction_over_<t>` where `evaluate.report_thresholds` asks for it.
+* stays removed (`recovery.nc`): `mr_prompt_<group>` and `mr_random_<group>`, the recovery attack's MR from the
+  prompt and from random starts, on the same targets for every model (the edit's subset and held-out photos
+  together; controls are groups too: a control recovered is a false recovery).
+* what it costs generation (`eval.nc`): `prompt_following_vs_none` and `frechet_vs_none`, ratios to the unedited
+  model on the same test prompts (Frechet: the unedited model's own distance is 0 where the reference is its own
+  generations; the ratio is then NaN and `frechet_distance` says the value).
+* where it is: `precision` and `recall` of the edit's masks against the planted units (`localization.nc`, a
+  planted testbed's localizers).
+* cost: `locate_seconds_per_prompt`, the seconds the edit took (masks and prune: their Snakemake benchmarks, as in
+  eval.nc `mask_seconds`; adversarial fine-tuning: its training job) per prompt it was made from; 0 for the
+  unedited model and inference-time mitigations; `overhead_seconds_per_image`, generation seconds per image
+  minus the unedited model's (Wen's optimisation included), and their ratio `time_per_image_vs_none`.
+
+A column is NaN where its stage does not cover the model (e.g. a second subset evaluated but not attacked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from memprune.errors import InputError
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "none"
+
+
+def _read_models(text: str) -> dict:
+    path = Path(text)
+    raw = path.read_text() if not text.lstrip().startswith("{") and path.exists() else text
+    try:
+        models = json.loads(raw)
+    except ValueError as e:
+        raise InputError(f"leaderboard --models-json: not JSON ({e})") from None
+    if not isinstance(models, dict) or REFERENCE not in models:
+        raise InputError(f"leaderboard --models-json: expected an object of model ids holding {REFERENCE!r}")
+    return models
+
+
+def _mean(values) -> float:
+    a = np.asarray(values, dtype=float)
+    return float(np.nanmean(a)) if a.size and not np.isnan(a).all() else np.nan
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if np.isfinite(a) and np.isfinite(b) and abs(b) > 1e-12 else np.nan
+
+
+def _benchmark_seconds(path: str | None) -> float:
+    """The `s` column of a Snakemake benchmark file (its last run), NaN when it is missing."""
+    if not path or not Path(path).exists():
+        return np.nan
+    import pandas as pd
+
+    return float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
+
+
+def eval_columns(ds, model_id: str, entry: dict) -> dict:
+    """The evaluation's columns of one model: a pruned model's cell (its variant, its subset), ratios to the
+    unedited model on that subset's test set; a model without an edit: means over the subsets' test sets."""
+    variant = entry["variant"] if entry.get("method") is None else f"{entry['variant']}:{entry['method']}"
+    if variant not in [str(v) for v in ds.variant.values]:
+        return {}
+    subset = entry.get("subset")
+    if subset is not None and subset not in [str(s) for s in ds.subset.values]:
+        return {}
+
+    def value(name: str, v: str) -> float:
+        x = ds[name].sel(variant=v)
+        return float(x.sel(subset=subset)) if subset is not None else _mean(x.values)
+
+    if subset is not None and not np.isfinite(value("seconds_per_image", variant)):
+        return {}  # this method has no model of this subset
+    row = {"eval_copies": value("copy_rate", variant)}
+    if "fraction_over" in ds:
+        for t in ds.threshold.values:
+            frac = ds.fraction_over.sel(threshold=t, variant=variant)
+            row[f"fraction_over_{float(t):g}"] = float(frac.sel(subset=subset)) if subset is not None else _mean(frac.values)
+    for name in ("prompt_following", "frechet_distance", "seconds_per_image"):
+        row[name] = value(name, variant)
+    row["prompt_following_vs_none"] = _ratio(row["prompt_following"], value("prompt_following", REFERENCE))
+    row["frechet_vs_none"] = _ratio(row["frechet_distance"], value("frechet_distance", REFERENCE))
+    none_spi = value("seconds_per_image", REFERENCE)
+    row["overhead_seconds_per_image"] = row["seconds_per_image"] - none_spi
+    row["time_per_image_vs_none"] = _ratio(row["seconds_per_image"], none_spi)
+    if entry.get("method") is not None:
+        row["edit_seconds"] = value("mask_seconds", variant)
+    return row
+
+
+def attack_columns(path: str, held_out: set[str]) -> dict:
+    """Per kind (the attack's prompt groups): the share of its prompts, less `held_out`'s complement (the edit's
+    own subset), actually memorized and copying another training image."""
+    import xarray as xr
+
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        prompts = [str(p) for p in ds.prompt.values]
+        groups = [str(g) for g in ds.group.values]
+        actual = ds.actually_memorized.values.astype(float)
+        other = ds.copies_another.values.astype(float) if "copies_another" in ds else np.full(len(prompts), np.nan)
+    row = {}
+    for g in dict.fromkeys(groups):
+        sel = np.array([gr == g and p not in held_out for p, gr in zip(prompts, groups)])
+        row[f"copies_{g}"] = _mean(actual[sel]) if sel.any() else np.nan
+        row[f"copies_another_{g}"] = _mean(other[sel]) if sel.any() else np.nan
+        row[f"attack_prompts_{g}"] = int(sel.sum())
+    return row
+
+
+def recovery_columns(ds, model_id: str) -> dict:
+    """MR from each start per target group (every split together: the same targets for every model)."""
+    if model_id not in [str(v) for v in ds.variant.values]:
+        return {}
+    d = ds.sel(variant=model_id)
+    groups = np.asarray(ds.group.values).astype(str)
+    groups = groups if groups.ndim == 1 else groups[0]
+    row = {}
+    for g in dict.fromkeys(groups):
+        idx = np.flatnonzero(groups == g)
+        for init in ds.init.values:
+            row[f"mr_{init}_{g}"] = _mean(d.recovered.sel(init=init).isel(target=idx).values)
+    return row
+
+
+def localization_columns(ds, entry: dict) -> dict:
+    method, subset = entry.get("method"), entry.get("subset")
+    if method is None or method not in [str(v) for v in ds.localizer.values]:
+        return {}
+    collection, i = subset.rsplit("/", 1)
+    if collection not in [str(c) for c in ds.collection.values]:
+        return {}
+    cell = ds.sel(localizer=method, collection=collection, subset=int(i))
+    return {"precision": float(cell.precision), "recall": float(cell.recall)}
+
+
+def subset_prompts(entry: dict) -> set[str]:
+    """The prompts an edit was made from: `subset_prompts`, or lines `indices` of `prompts_file`."""
+    if entry.get("subset_prompts") is not None:
+        return set(entry["subset_prompts"])
+    if entry.get("prompts_file"):
+        from memprune.formats.prompts import read_prompts
+
+        prompts = read_prompts(Path(entry["prompts_file"]))
+        return {prompts[i] for i in entry.get("indices") or []}
+    return set()
+
+
+COLUMNS_FIRST = ("model", "variant", "localizer", "subset", "eval_kind")
+
+
+def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str] | None = None,
+                recovery_nc: str | None = None, localization_nc: str | None = None, eval_kind: str | None = None):
+    """The leaderboard of `models` {id: {variant, method, subset, prompts_file + indices (or subset_prompts),
+    edit_prompts, edit_benchmark}}
+    (ids as evaluation, the attack and recovery name them) from the stages' files; a pandas DataFrame."""
+    import pandas as pd
+    import xarray as xr
+
+    attack = attack or {}
+    ev = xr.load_dataset(eval_nc, engine="h5netcdf") if eval_nc else None
+    rec = xr.load_dataset(recovery_nc, engine="h5netcdf") if recovery_nc else None
+    loc = xr.load_dataset(localization_nc, engine="h5netcdf") if localization_nc else None
+    rows = []
+    for model_id, entry in models.items():
+        row = {"model": model_id, "variant": entry["variant"], "localizer": entry.get("method") or "",
+               "subset": entry.get("subset") or "", "eval_kind": eval_kind or ""}
+        if ev is not None:
+            row.update(eval_columns(ev, model_id, entry))
+        if model_id in attack:
+            row.update(attack_columns(attack[model_id], subset_prompts(entry)))
+        if rec is not None:
+            row.update(recovery_columns(rec, model_id))
+        if loc is not None:
+            row.update(localization_columns(loc, entry))
+        if entry.get("method") is None:  # no edit to make, or a trained one (its job's benchmark)
+            bench = entry.get("edit_benchmark")
+            row["edit_seconds"] = _benchmark_seconds(bench) if bench else 0.0
+        n = entry.get("edit_prompts") or 0
+        row["locate_seconds_per_prompt"] = row.get("edit_seconds", np.nan) / n if n else (0.0 if row.get("edit_seconds") == 0 else np.nan)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table[[*COLUMNS_FIRST, *[c for c in table.columns if c not in COLUMNS_FIRST]]]
+
+
+def leaderboard_figure(table, path) -> None:
+    """Copies of the evaluated kind against prompt following (ratio to the unedited model), one point per model,
+    coloured by MR from the prompt after the recovery attack (the first recovered group)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from memprune.formats.store import atomic_file
+
+    mr = [c for c in table.columns if c.startswith("mr_prompt_")]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    x = table.get("prompt_following_vs_none", pd_nan(len(table)))
+    y = table.get("eval_copies", pd_nan(len(table)))
+    c = table[mr[0]] if mr else pd_nan(len(table))
+    sc = ax.scatter(x, y, c=c, cmap="viridis", vmin=0, vmax=1, s=40, edgecolors="k")
+    for xi, yi, name in zip(x, y, table["model"]):
+        if np.isfinite(xi) and np.isfinite(yi):
+            ax.annotate(name, (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("prompt following / unedited model")
+    kind = str(table["eval_kind"].iloc[0]) if len(table) else ""
+    ax.set_ylabel(f"copies of held-out {kind} prompts (evaluation)".replace("  ", " "))
+    fig.colorbar(sc, ax=ax, label=f"MR after recovery from the prompt ({mr[0][len('mr_prompt_'):]})" if mr else "MR (not run)")
+    ax.set_title("leaderboard: what each model removes, at what cost, and whether it stays removed", fontsize=8)
+    fig.tight_layout()
+    with atomic_file(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def pd_nan(n: int) -> np.ndarray:
+    return np.full(n, np.nan)
+
+
+def write_table(table, path) -> None:
+    from memprune.formats.store import atomic_file
+
+    with atomic_file(Path(path)) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+
+
+def stack(paths: list[str], out: str) -> "pd.DataFrame":
+    """results/leaderboard.csv: the per-model leaderboards one under the other, a first column `testbed` (the
+    model's name: its results/<name>/ folder); columns a testbed lacks are empty."""
+    import pandas as pd
+
+    parts = []
+    for p in paths:
+        try:
+            part = pd.read_csv(p)
+        except (OSError, ValueError) as e:
+            raise InputError(f"leaderboard-stack: {p}: {e}") from None
+        if "model" not in part:
+            raise InputError(f"leaderboard-stack: {p} is not a leaderboard (no 'model' column)")
+        part.insert(0, "testbed", Path(p).parent.name)
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True, sort=False)
+    write_table(table, out)
+    return table

@@ -1,0 +1,124 @@
+"""The leaderboard's half of the plan: which models it lists (every model evaluation, the attack and recovery
+compare), the files it reads, and the configs `results/leaderboard.csv` stacks (`leaderboard.configs`)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from memprune.plan.compare import Adversarial, Attack, Evaluation, Recovery
+from memprune.plan.config import Plan, key_error
+
+STACKED = "results/leaderboard.csv"
+
+
+def overlay(base: dict, top: dict) -> dict:
+    """`top` over `base`, mappings merged key by key (as Snakemake overlays several --configfile files)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_model_name(paths: list[Path]) -> str:
+    """The model name (`model.name`) that config files, overlaid in order, run (the schema's defaults filled in)."""
+    import yaml
+
+    from memprune.plan.schema import validate_config
+
+    cfg = {}
+    for path in paths:
+        try:
+            cfg = overlay(cfg, yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError) as e:
+            raise key_error("leaderboard.configs", f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    validate_config(cfg)
+    return str(cfg["model"]["name"])
+
+
+@dataclass
+class Leaderboard:
+    plan: Plan
+    evaluation: Evaluation
+    attack: Attack
+    recovery: Recovery
+    adversarial: Adversarial
+
+    def __post_init__(self):
+        seen = {}
+        for m in self.evaluation.models + self.attack.models + self.recovery.models:
+            seen.setdefault(m.id, m)
+        self.models = list(seen.values())
+        self.output = f"{self.plan.results}/leaderboard.csv"
+        self.figure = f"{self.plan.results}/figures/leaderboard.png"
+
+    def attacked(self):
+        return [m for m in self.models if m.id in {a.id for a in self.attack.models}]
+
+    def models_json(self) -> str:
+        plan, out = self.plan, {}
+        for m in self.models:
+            entry = {"variant": m.variant, "method": m.method, "subset": m.subset_label}
+            if m.method is not None:
+                col = plan.collections[m.collection]  # the subset's prompts, read by the job (a detected set's
+                entry["prompts_file"] = plan.sets[col.set].file  # file exists once detection ran)
+                entry["indices"] = [int(i) for i in col.subsets[m.subset]]
+                entry["edit_prompts"] = len(col.subsets[m.subset])
+            elif m.checkpoint:  # a trained edit (adversarial fine-tuning): its job's benchmark and target count
+                n = self.adversarial.cfg.get("max_targets")
+                entry["edit_benchmark"] = plan.bench("adversarial", plan.trained_tag())
+                entry["edit_prompts"] = sum(min(plan.sets[s].size, n or plan.sets[s].size) for s in self.adversarial.sets)
+            out[m.id] = entry
+        return json.dumps(out)
+
+    def inputs(self) -> dict:
+        inputs = {"eval": self.evaluation.targets()[0], "attack": [self.attack.result(m) for m in self.attacked()]}
+        if self.recovery.enabled:
+            inputs["recovery"] = self.recovery.output
+        if self.plan.derived and self.plan.derived["kind"] == "planted":
+            inputs["localization"] = f"{self.plan.results}/localization.nc"
+        return inputs
+
+    def args(self) -> str:
+        """The options naming the stages' files (the attack's per model: MODEL_ID=FILE)."""
+        attack = " ".join(shlex.quote(f"{m.id}={self.attack.result(m)}") for m in self.attacked())
+        inputs = self.inputs()
+        parts = [f"--eval {inputs['eval']}", f"--attack {attack}"]
+        if "recovery" in inputs:
+            parts.append(f"--recovery {inputs['recovery']}")
+        if "localization" in inputs:
+            parts.append(f"--localization {inputs['localization']}")
+        mem = self.plan.config["evaluate"].get("memorized")
+        if mem:
+            parts.append(f"--eval-kind {shlex.quote(Path(mem).stem if '/' in mem else mem)}")
+        return " ".join(parts)
+
+    def stacked(self) -> dict[str, list[str]]:
+        """{model name: its config files} of `leaderboard.configs` (an entry: a file, or files overlaid in order),
+        the loaded config's own model among them (built here, no files); every other is built by its own
+        Snakemake run (rule leaderboard_of_config)."""
+        configs = (self.plan.config.get("leaderboard") or {}).get("configs") or []
+        out = {}
+        for entry in configs:
+            files = [entry] if isinstance(entry, str) else list(entry)
+            paths = []
+            for c in files:
+                path = Path(self.plan.repo_path(c))
+                if not path.exists():
+                    raise key_error("leaderboard.configs", f"{c}: no such config file")
+                paths.append(path)
+            name = config_model_name(paths)
+            if name in out:
+                raise key_error("leaderboard.configs", f"{' + '.join(files)} and {' + '.join(out[name])} both run model {name!r}")
+            out[name] = [str(p) for p in paths]
+        out.setdefault(self.plan.name, [])
+        return out
+
+    def stacked_inputs(self) -> list[str]:
+        return [f"results/{name}/leaderboard.csv" for name in self.stacked()]
+
+    def others(self) -> dict[str, str]:
+        """{model name: its --configfile arguments} of the stacked models other than this config's."""
+        return {n: " ".join(shlex.quote(c) for c in files) for n, files in self.stacked().items() if n != self.plan.name}
