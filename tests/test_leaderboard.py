@@ -226,3 +226,21 @@ def test_stacked_leaderboard_runs_another_configs_dag(tiny_model, tmp_path):
     assert (tmp_path / "logs/tiny_other/leaderboard/run.log").exists()
     assert (tmp_path / "results/tiny/figures/leaderboard.png").exists()
     assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(tmp_path, "-n", "results/leaderboard.csv"))
+
+
+@pytest.mark.slow
+def test_killed_while_writing_its_figure_leaves_no_figure_and_a_rerun_completes(stages):
+    import sys
+
+    from conftest import kill_while_running
+
+    out, fig = stages / "leaderboard.csv", stages / "leaderboard.png"
+    cmd = [sys.executable, "-m", "memprune", "leaderboard", "--models-json", str(stages / "models.json"),
+           "--eval", str(stages / "eval.nc"), "--attack", f"none={stages / 'none.nc'}", "--recovery",
+           str(stages / "recovery.nc"), "--out", str(out), "--figure", str(fig)]
+    left = kill_while_running(cmd, fig)
+    assert left and not fig.exists()
+    import subprocess
+
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert fig.stat().st_size > 1000 and pd.read_csv(out).model.tolist()[0] == "none"
