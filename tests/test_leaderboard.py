@@ -164,7 +164,8 @@ def test_default_config_lists_every_compared_model_and_stacks_every_testbed():
     assert inputs["eval"] == "results/testbed_planted/eval.nc" and inputs["localization"].endswith("localization.nc")
     assert inputs["recovery"] == "results/testbed_planted/recovery.nc" and len(inputs["attack"]) == 7
     stacked = board.stacked()
-    assert set(stacked) >= {"testbed_planted", "testbed", "testbed_finetune"}
+    assert set(stacked) == {"testbed_planted", "testbed", "testbed_finetune", "testbed_finetune_e16", "testbed_finetune_e32"}
+    assert stacked["testbed_finetune_e32"] == ["config/testbed_finetune.yaml", "config/finetune/e32.yaml"]
     assert set(board.others()) == set(stacked) - {"testbed_planted"}
 
 

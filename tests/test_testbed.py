@@ -86,17 +86,29 @@ def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
 
     from memprune.plan.schema import validate_config
 
-    for name, config in (("testbed_planted", "config.yaml"), ("testbed_finetune", "config/testbed_finetune.yaml")):
-        cfg = validate_config(yaml.safe_load((REPO / config).read_text()))  # the schema's defaults filled in
+    from memprune.plan.leaderboard import overlay
+
+    derived = [["config.yaml"], ["config/testbed_finetune.yaml"]] + [  # the calibrated points: overlays on it
+        ["config/testbed_finetune.yaml", f"config/finetune/{p.name}"] for p in sorted((REPO / "config/finetune").glob("*.yaml"))]
+    assert len(derived) > 2
+    for configs in derived:
+        raw = {}
+        for c in configs:
+            raw = overlay(raw, yaml.safe_load((REPO / c).read_text()))
+        cfg = validate_config(raw)  # the schema's defaults filled in
+        name = cfg["model"]["name"]
         added = AddedSpec(**cfg["testbed"]["derived"]["added"])
         out = extend_dataset(manifest.parent, added, tmp_path / name).parent
         model = REPO / cfg["model"]["path"]
-        assert json.loads((model / "memprune_train.json").read_text())["dataset_sha256"] == dataset_digest(out), name
+        record = json.loads((model / "memprune_train.json").read_text())
+        assert record["dataset_sha256"] == dataset_digest(out), name
+        # the shipped UNet is what the config's training rule makes: its record holds the config's settings
+        assert {k: record["spec"][k] for k in cfg["testbed"]["derived"]["train"]} == cfg["testbed"]["derived"]["train"], name
         assert base_of(model) == (REPO / "resources" / "testbed").resolve()
-        shipped = (REPO / "resources" / "prompts" / name / f"{added.group}.txt").read_text()
+        shipped = (REPO / cfg["prompt_sets"][added.group]).read_text()
         assert (out / "prompts" / f"{added.group}.txt").read_text() == shipped, name
         check_trained_on(model, out)
-        assert sum(f.stat().st_size for f in model.rglob("*") if f.is_file()) < 12e6  # only a UNet added
+        assert sum(f.stat().st_size for f in model.rglob("*") if f.is_file()) < 10.5e6, name  # only a UNet added
     load_pipeline(REPO / "resources" / "testbed_planted", "cpu", "float32")
 
 

@@ -26,6 +26,22 @@ import numpy as np
 from memprune.bench import copies, cpu_pipeline, follows, int_list, testbed_groups
 
 
+def measure_finetuned(model, pipe, ft, photos, own_index, seeds, cfg, threshold) -> None:
+    """The fine-tuned prompts' copies of their own photo, and of another photo of the dataset (one JSON line)."""
+    from memprune.evaluate.metrics import copied_in_most_seeds, copy_rate, ssim_matrix
+
+    t0 = time.time()
+    got = copies(pipe, [r["caption"] for r in ft], photos[own_index], seeds, cfg, threshold)
+    sim = ssim_matrix(got.images, photos).reshape(len(ft), len(seeds), -1)
+    nearest = sim.argmax(-1)
+    other = np.where(nearest != own_index[:, None], sim.max(-1), 0.0)  # SSIM to a photo that is not its own
+    per_prompt = copied_in_most_seeds(got.ssim, threshold)
+    print(json.dumps({"model": model, "measure": "finetuned_copy_rate", "value": round(got.rate, 3),
+                      "copied": int(np.sum(per_prompt)), "mean_ssim": round(got.mean_ssim, 3),
+                      "copies_another_photo": round(float(copy_rate(other, threshold)), 3),
+                      "seconds": round(time.time() - t0, 1)}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="finetune testbeds (memprune finetune-testbed outputs)")
@@ -36,10 +52,9 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--threshold", type=float, default=0.4)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--skip", default="", help="comma-separated measurements to skip: duplicated, heldout")
+    ap.add_argument("--skip", default="", help="comma-separated measurements to skip: finetuned, duplicated, heldout")
     args = ap.parse_args()
 
-    from memprune.evaluate.metrics import copied_in_most_seeds, copy_rate, ssim_matrix
     from memprune.sampling import SamplingConfig
     from memprune.testbed.dataset import load_images
 
@@ -56,16 +71,8 @@ def main() -> None:
                           "exposures_per_photo": round(record["spec"]["epochs"] * record["added"]["duplication"]),
                           "final_loss": record["loss"][-1], "finetuned": len(ft), "seeds": seeds}), flush=True)
         pipe = cpu_pipeline(model, args.threads)
-        t0 = time.time()
-        got = copies(pipe, [r["caption"] for r in ft], photos[own_index], seeds, cfg, args.threshold)
-        sim = ssim_matrix(got.images, photos).reshape(len(ft), len(seeds), -1)
-        nearest = sim.argmax(-1)
-        other = np.where(nearest != own_index[:, None], sim.max(-1), 0.0)  # SSIM to a photo that is not its own
-        per_prompt = copied_in_most_seeds(got.ssim, args.threshold)
-        print(json.dumps({"model": model, "measure": "finetuned_copy_rate", "value": round(got.rate, 3),
-                          "copied": int(np.sum(per_prompt)), "mean_ssim": round(got.mean_ssim, 3),
-                          "copies_another_photo": round(float(copy_rate(other, args.threshold)), 3),
-                          "seconds": round(time.time() - t0, 1)}), flush=True)
+        if "finetuned" not in skip:
+            measure_finetuned(model, pipe, ft, photos, own_index, seeds, cfg, args.threshold)
         if "duplicated" not in skip:
             t0 = time.time()
             dup = copies(pipe, [r["caption"] for r in groups.duplicated], groups.duplicated_photos, seeds, cfg,
