@@ -200,9 +200,9 @@ def test_profile_dry_run_plans_evaluation_attack_and_detection_for_sd15():
         cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = planned_jobs(proc)
-    # unedited, 10 wanda + 10 NeMo + 1 random + 1 random_nemo pruned, Wen, adversarial (22 prune jobs)
-    assert jobs["eval_sample"] == 25 and jobs["prune"] == 22 and jobs["eval_aggregate"] == 1
-    assert jobs["attack_generate"] == 4 * 63  # unedited, wanda, NeMo, adversarial; 500 prompts / 8 per chunk
+    # unedited, 10 wanda + 10 NeMo + 1 random + 1 random_nemo pruned, Wen, Ren, Jain, adversarial (22 prune jobs)
+    assert jobs["eval_sample"] == 27 and jobs["prune"] == 22 and jobs["eval_aggregate"] == 1
+    assert jobs["attack_generate"] == 6 * 63  # unedited, wanda, NeMo, Ren, Jain, adversarial; 500 prompts / 8 per chunk
     blocks = proc.stdout.split("\n\n")
     for rule in ("eval_sample", "attack_generate", "detection_scores"):
         block = next(b for b in blocks if f"rule {rule}:" in b)
