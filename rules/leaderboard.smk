@@ -5,6 +5,7 @@
 from memprune.plan.leaderboard import STACKED, Leaderboard
 
 LEADER = Leaderboard(PLAN, EVAL, ATTACK, RECOVERY, ADVERSARIAL)
+LEADER_OTHERS = LEADER.others()  # {model name: its --configfile arguments}: the configs read and checked once
 
 
 rule leaderboard:
@@ -27,7 +28,7 @@ rule leaderboard:
 # Another config's model: its own Snakemake run (its own config, plan and paths) in this directory, for its
 # leaderboard alone; the stack below then reads it like this config's. It starts once this config's leaderboard
 # is done and takes every core, so no two runs build a shared input (results/testbed/data) at once.
-if LEADER.others():
+if LEADER_OTHERS:
 
     rule leaderboard_of_config:
         input:
@@ -35,9 +36,9 @@ if LEADER.others():
         output:
             "results/{other}/leaderboard.csv",
         wildcard_constraints:
-            other=_alternatives(list(LEADER.others())),
+            other=_alternatives(list(LEADER_OTHERS)),
         params:
-            configfile=lambda wc: LEADER.others()[wc.other],
+            configfile=lambda wc: LEADER_OTHERS[wc.other],
             snakefile=workflow.main_snakefile,
         threads: workflow.cores
         localrule: True

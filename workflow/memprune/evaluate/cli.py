@@ -49,9 +49,9 @@ def cmd_leaderboard(args) -> None:
     import pandas as pd
 
     from memprune.errors import InputError
-    from memprune.evaluate.leaderboard import _read_models, leaderboard, leaderboard_figure, write_table
+    from memprune.evaluate.leaderboard import leaderboard, leaderboard_figure, read_models, write_table
 
-    models = _read_models(args.models_json)
+    models = read_models(args.models_json)
     attack = {}
     for item in args.attack or []:
         model_id, sep, path = item.rpartition("=")

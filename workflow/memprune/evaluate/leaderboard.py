@@ -26,7 +26,6 @@ A column is NaN where its stage does not cover the model (e.g. a second subset e
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -39,15 +38,13 @@ log = logging.getLogger(__name__)
 REFERENCE = "none"
 
 
-def _read_models(text: str) -> dict:
-    path = Path(text)
-    raw = path.read_text() if not text.lstrip().startswith("{") and path.exists() else text
-    try:
-        models = json.loads(raw)
-    except ValueError as e:
-        raise InputError(f"leaderboard --models-json: not JSON ({e})") from None
-    if not isinstance(models, dict) or REFERENCE not in models:
-        raise InputError(f"leaderboard --models-json: expected an object of model ids holding {REFERENCE!r}")
+def read_models(text: str) -> dict:
+    """The leaderboard's models JSON (the text, or a file holding it), {model id: entry}, the unedited model in it."""
+    from memprune.evaluate.prompts import models_object
+
+    models, source = models_object(text)
+    if REFERENCE not in models:
+        raise InputError(f"models JSON ({source}): expected an object of model ids holding {REFERENCE!r}")
     return models
 
 
@@ -60,13 +57,12 @@ def _ratio(a: float, b: float) -> float:
     return a / b if np.isfinite(a) and np.isfinite(b) and abs(b) > 1e-12 else np.nan
 
 
-def _benchmark_seconds(path: str | None) -> float:
-    """The `s` column of a Snakemake benchmark file (its last run), NaN when it is missing."""
-    if not path or not Path(path).exists():
-        return np.nan
-    import pandas as pd
+def _benchmark_seconds(path: str) -> float:
+    """A Snakemake benchmark file's seconds, read as eval.nc's mask_seconds reads them; NaN when it is missing."""
+    from memprune.evaluate.aggregate import benchmark_seconds
 
-    return float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
+    seconds, missing = benchmark_seconds([(path, 1.0)])
+    return np.nan if missing else seconds
 
 
 def eval_columns(ds, model_id: str, entry: dict) -> dict:
@@ -207,10 +203,11 @@ def leaderboard_figure(table, path) -> None:
     from memprune.formats.store import atomic_file
 
     mr = [c for c in table.columns if c.startswith("mr_prompt_")]
+    missing = np.full(len(table), np.nan)  # a column no stage wrote
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    x = table.get("prompt_following_vs_none", pd_nan(len(table)))
-    y = table.get("eval_copies", pd_nan(len(table)))
-    c = table[mr[0]] if mr else pd_nan(len(table))
+    x = table.get("prompt_following_vs_none", missing)
+    y = table.get("eval_copies", missing)
+    c = table[mr[0]] if mr else missing
     sc = ax.scatter(x, y, c=c, cmap="viridis", vmin=0, vmax=1, s=40, edgecolors="k")
     for xi, yi, name in zip(x, y, table["model"]):
         if np.isfinite(xi) and np.isfinite(yi):
@@ -224,10 +221,6 @@ def leaderboard_figure(table, path) -> None:
     with atomic_file(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
-
-def pd_nan(n: int) -> np.ndarray:
-    return np.full(n, np.nan)
 
 
 def write_table(table, path) -> None:

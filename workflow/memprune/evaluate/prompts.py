@@ -77,8 +77,8 @@ def one_per_subset(vid: str) -> bool:
     return entry.needs_checkpoint and not entry.trained
 
 
-def read_models(text: str | Path) -> list[ModelEntry]:
-    """The models JSON (the text, or a file holding it) -> its entries, in order; checked."""
+def models_object(text: str | Path) -> tuple[dict, str]:
+    """A models JSON argument (the text, or a file holding it) -> (the non-empty object, where it came from)."""
     text = str(text)
     source = "--models-json"
     if not text.lstrip().startswith("{"):
@@ -92,6 +92,12 @@ def read_models(text: str | Path) -> list[ModelEntry]:
         raise InputError(f"models JSON ({source}): bad JSON ({e.msg})") from None
     if not isinstance(spec, dict) or not spec:
         raise InputError(f"models JSON ({source}): expected a non-empty JSON object")
+    return spec, source
+
+
+def read_models(text: str | Path) -> list[ModelEntry]:
+    """The models JSON (the text, or a file holding it) -> its entries, in order; checked."""
+    spec, source = models_object(text)
     models, seen = [], set()
     for key, e in spec.items():
         if not isinstance(e, dict) or "variant" not in e or "scores" not in e:
