@@ -36,8 +36,12 @@ def random_like_packed(packed: np.ndarray, in_features: int, rng: np.random.Gene
     result = np.zeros((counts.size, out_dim * n_bytes), dtype=np.uint8)
     for idx, count in enumerate(counts):
         pos = rng.choice(n, size=int(count), replace=False)
-        row, col = np.divmod(pos, in_features)
-        np.bitwise_or.at(result[idx], row * n_bytes + (col >> 3), (np.uint8(128) >> (col & 7).astype(np.uint8)).astype(np.uint8))
+        if in_features % 8:  # rows end inside a byte
+            row, col = np.divmod(pos, in_features)
+            pos = row * (n_bytes * 8) + col
+        # the positions are distinct, so adding a byte's bits or-s them (np.add.at has a fast path that
+        # np.bitwise_or.at lacks: ~5x, measured)
+        np.add.at(result[idx], pos >> 3, np.uint8(128) >> (pos & 7).astype(np.uint8))
     return result.reshape(*lead, out_dim, n_bytes)
 
 
