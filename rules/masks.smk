@@ -1,7 +1,23 @@
 # Localization: every localizer of config `localizers` (workflow/memprune/localize/) on every subset of each
-# collection, one job per (method, collection) writing one mask store per subset; paths carry the method and its
+# collection, one job per (method, collection) writing one mask store per subset, reading the observed weights
+# from one file per model (rule model_layers) instead of loading the UNet in each job; paths carry the method and its
 # parameters (masks/<method>/<tag>/<collection>/<i>.zarr). Pruned checkpoints (the common edit path,
 # memprune.formats.edits) are made per subset when evaluation or the attack asks for them.
+
+
+rule model_layers:
+    conda:
+        CONDA_ENV
+    input:
+        model_input(),
+    output:
+        PLAN.layers_file,
+    log:
+        PLAN.log("masks", "layers"),
+    benchmark:
+        PLAN.bench("masks", "layers")
+    shell:
+        memprune("layers", f"--model {PLAN.model_dir} --out {{output}}")
 
 
 rule masks:

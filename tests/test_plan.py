@@ -143,7 +143,7 @@ def test_nemo_entries_name_calibration_sets_and_random_nemo_imitates_it():
     plan = Plan(cfg, REPO)
     assert plan.methods["nemo"].per_prompt and plan.methods["random_nemo"].localizer == "random"
     assert plan.methods["random_nemo"].reference == "nemo"
-    assert plan.mask_inputs("nemo", "plant_k10") == {"neurons": plan.neurons("nemo", "planted")}
+    assert plan.mask_inputs("nemo", "plant_k10") == {"layers": plan.layers_file, "neurons": plan.neurons("nemo", "planted")}
     assert plan.neuron_prompts("planted") == sorted({i for s in plan.collections["plant_k10"].subsets for i in s})
     bad = {**cfg, "localizers": {**cfg["localizers"], "nemo": {"calibration": ["nope"]}}}
     with pytest.raises(InputError, match="localizers.nemo.calibration"):

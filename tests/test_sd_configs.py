@@ -100,12 +100,12 @@ def dry_run(config: str, *targets: str) -> dict[str, int]:
 
 # target -> the counts of its dry run on config/sd15.yaml (the rules this config adds, and the total)
 SD15_TARGETS = {
-    "results/iou.nc": {"capture_chunk": 116, "nemo_calibration": 1, "nemo_neurons": 2, "masks": 24, "total": 150},
+    "results/iou.nc": {"capture_chunk": 116, "nemo_calibration": 1, "nemo_neurons": 2, "masks": 24, "model_layers": 1, "total": 151},
     "results/sd15/eval.nc": {"eval_sample": 27, "eval_score": 27, "prune": 22, "nemo_neurons": 1,
-                             "adversarial_finetune": 1, "total": 134},
-    "results/sd15/recovery.nc": {"recovery_model": 7, "prune": 2, "adversarial_finetune": 1, "total": 65},
+                             "adversarial_finetune": 1, "total": 135},
+    "results/sd15/recovery.nc": {"recovery_model": 7, "prune": 2, "adversarial_finetune": 1, "total": 66},
     "results/sd15/attack/table.csv": {"attack_generate": 6 * 63, "attack_analyze": 6, "adversarial_finetune": 1,
-                                      "total": 442},
+                                      "total": 443},
     # every stage's models once, then the table: 27 evaluated, 6 attacked, 7 recovered (the same subset-0 edits)
     "results/sd15/leaderboard.csv": {"eval_sample": 27, "attack_generate": 6 * 63, "recovery_model": 7,
                                      "leaderboard": 1, "leaderboard_stack": None},

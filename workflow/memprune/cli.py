@@ -81,7 +81,14 @@ def cmd_locate(args) -> None:
 
     locate_collection(args.method, _json_arg(args.params), args.model, args.collection, args.n_subsets, args.out,
                       subsets_dir=args.subsets, null=args.null, reference_dir=args.reference, variant=args.variant,
-                      neurons=args.neurons, subsets=_json_arg(args.subsets_json) if args.subsets_json else None)
+                      neurons=args.neurons, subsets=_json_arg(args.subsets_json) if args.subsets_json else None,
+                      layers=args.layers)
+
+
+def cmd_layers(args) -> None:
+    from memprune.formats.layers import write_layers
+
+    print(json.dumps(write_layers(args.model, args.out)))
 
 
 def cmd_analyze(args) -> None:
@@ -226,8 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neurons", default=None, help="a per-prompt localizer's search of the prompt set (`memprune nemo`)")
     p.add_argument("--subsets-json", default=None, help='per-prompt localizers: {"<i>": [prompt indices], ...}')
     p.add_argument("--variant", choices=["paper", "reference"], default="paper", help="the activations' variant")
+    p.add_argument("--layers", default=None, help="the model's observed weights (`memprune layers`); "
+                                                  "without it the UNet is loaded")
     p.add_argument("--out", required=True, help="directory: <i>.zarr per subset")
     p.set_defaults(func=cmd_locate)
+
+    p = sub.add_parser("layers", help="the weights every localizer observes, and the UNet's hash, in one file that "
+                                      "mask jobs read instead of loading the UNet")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="a .safetensors file")
+    p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("analyze", help="density and pairwise IOU of masks across subsets, per method")
     p.add_argument("--methods-json", required=True, help='{method: {collection: {"control": bool, "masks": [...]}}}')

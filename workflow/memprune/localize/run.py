@@ -17,21 +17,28 @@ log = logging.getLogger(__name__)
 
 def locate_collection(method: str, params: dict, model: str, collection: str, n_subsets: int, out: str | Path,
                       subsets_dir: str | None = None, null: str | None = None, reference_dir: str | None = None,
-                      variant: str = "paper", neurons: str | None = None, subsets: dict | None = None) -> None:
-    """Run `method` on every subset of `collection`; `<out>/<i>.zarr` per subset, written as one directory."""
+                      variant: str = "paper", neurons: str | None = None, subsets: dict | None = None,
+                      layers: str | None = None) -> None:
+    """Run `method` on every subset of `collection`; `<out>/<i>.zarr` per subset, written as one directory.
+    The observed weights come from `layers` (`memprune layers`, written once per model) when given, else from
+    the model's UNet."""
     import torch
 
     from memprune import localize
     from memprune.formats.edits import load_unet, unet_sha256
+    from memprune.formats.layers import read_layers
     from memprune.formats.masks import read_mask_set, write_mask_set
     from memprune.analysis.overlap import density
     from memprune.formats.store import atomic_dir
 
     loc = localize.get(method)
     params = loc.params(params)
-    unet = load_unet(model)
-    base_hash = unet_sha256(unet)
-    weights = {name: lin.weight.detach().float().cpu() for name, lin in loc.observes(unet)}
+    if layers:
+        weights, base_hash = read_layers(layers, loc.observes)
+    else:
+        unet = load_unet(model)
+        base_hash = unet_sha256(unet)
+        weights = {name: lin.weight.detach().float().cpu() for name, lin in loc.observes(unet)}
     layers = list(weights)
     null_ds, null_sums = read_statistics(null, layers, variant) if loc.statistics else (None, None)
     searched = None

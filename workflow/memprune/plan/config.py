@@ -42,8 +42,7 @@ class Collection:
 
 @dataclass(frozen=True)
 class Method:
-    """A localizer with its parameters; `tag` names what its masks depend on (the activation tag, then its
-    parameters), so a changed parameter recomputes only its own masks."""
+    """A localizer with its parameters; `tag` names what its masks depend on (activation tag, parameters)."""
 
     name: str
     params: dict
@@ -114,6 +113,7 @@ class Plan:
         self.model_is_local = tb["use_retrained"] or Path(self.model_dir).exists() or self.model_dir.startswith("results/")
         # the dataset the model is measured against: the testbed's, or the derived testbed's extended one
         self.data_dir = f"results/{self.name}/data" if self.derived else "results/testbed/data"
+        self.layers_file = f"results/{self.name}/layers.safetensors"  # observed weights + UNet hash (formats/layers.py)
         s, a, d = cfg["sampling"], cfg["activations"], cfg["detection"]
         self.act_tag = f"seed{s['seed']}_steps{s['steps']}_g{s['guidance']}_{a['variant']}"
         self.det_tag = f"seed{d['seed']}x{d['n_seeds']}_steps{d['steps']}_first{d['score_steps']}_g{d['guidance']}"
@@ -286,7 +286,7 @@ class Plan:
 
     def mask_inputs(self, method: str, collection: str) -> dict:
         m = self.methods[method]
-        inputs = {}
+        inputs = {"layers": self.layers_file}
         if m.statistics:
             inputs["subsets"] = self.gathered(collection)
             inputs["null"] = f"{self.act_dir}/null.zarr"
