@@ -44,23 +44,32 @@ def pairwise_iou(masks: list[np.ndarray]) -> np.ndarray:
     (~1.25x over pair by pair on SD1.5-sized masks, measured)."""
     n = len(masks)
     lead = masks[0].shape[:-2]
-    sizes = [popcount(m, axis=(-2, -1)) for m in masks]
-    inter = np.zeros((n, n, *lead), dtype=np.int64)
-    if lead and masks[0].shape[-1] % 8 == 0 and all(m.flags.c_contiguous for m in masks):
-        words = [m.reshape(-1, m.shape[-2] * m.shape[-1]).view(np.uint64) for m in masks]
-        buf = np.empty(words[0].shape[1], dtype=np.uint64)
-        counts = np.empty(words[0].shape[1], dtype=np.uint8)
-        flat = inter.reshape(n, n, -1)
-        for k in range(words[0].shape[0]):
-            for i in range(n):
-                for j in range(i + 1, n):
-                    np.bitwise_and(words[i][k], words[j][k], out=buf)
-                    flat[i, j, k] = np.bitwise_count(buf, out=counts).sum(dtype=np.int64)
-    else:
-        for i in range(n):
-            for j in range(i + 1, n):
-                inter[i, j] = intersection_counts(masks[i], masks[j])
-    out = np.ones((n, n, *lead))
+    sizes = np.stack([popcount(m, axis=(-2, -1)) for m in masks])
+    flat = [m.reshape(-1, m.shape[-2] * m.shape[-1]) for m in masks]
+    inter = np.zeros((n, n, flat[0].shape[0]), dtype=np.int64)
+    for k in range(flat[0].shape[0]):
+        inter[:, :, k] = pair_intersections([f[k] for f in flat])
+    return iou_matrix(inter.reshape(n, n, *lead), sizes)
+
+
+def pair_intersections(rows: list[np.ndarray]) -> np.ndarray:
+    """(n, n) popcount(a & b) of n flat uint8 bit arrays (upper triangle; 64-bit words where the length allows)."""
+    n = len(rows)
+    out = np.zeros((n, n), dtype=np.int64)
+    if rows[0].size % 8 == 0 and all(r.flags.c_contiguous for r in rows):
+        rows = [r.view(np.uint64) for r in rows]
+    buf, counts = np.empty_like(rows[0]), np.empty(rows[0].shape, dtype=np.uint8)
+    for i in range(n):
+        for j in range(i + 1, n):
+            np.bitwise_and(rows[i], rows[j], out=buf)
+            out[i, j] = np.bitwise_count(buf, out=counts).sum(dtype=np.int64)
+    return out
+
+
+def iou_matrix(inter: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(n, n, ...) IOU from intersections `inter` (upper triangle used) and set sizes (n, ...); diagonal 1."""
+    n = sizes.shape[0]
+    out = np.ones(inter.shape)
     for i in range(n):
         for j in range(i + 1, n):
             out[i, j] = out[j, i] = _iou_of_counts(inter[i, j], sizes[i], sizes[j])
