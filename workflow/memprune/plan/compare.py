@@ -13,8 +13,8 @@ from memprune.plan.config import EvalModel, Plan, key_error, options
 
 def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> list[list]:
     """The Snakemake benchmark files of what a pruned model's masks cost, with the share that is its own: the
-    capture chunks holding its prompts (in proportion of its prompts in each), the null-prompt capture, its
-    collection's mask job (one n-th), the imitated method's share (random), and its prune job."""
+    capture chunks holding its prompts (in proportion of its prompts in each), the null-prompt capture, the model's
+    layers file, its collection's mask job (one n-th), the imitated method's share (random), and its prune job."""
     m, col = plan.methods[method], plan.collections[collection]
     parts = []
     if m.statistics:
@@ -28,9 +28,11 @@ def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> l
         searched = len(plan.neuron_prompts(col.set))
         parts.append([plan.bench(f"nemo/{method}/{m.tag}", col.set), len(col.subsets[subset]) / searched])
         parts.append([plan.bench(f"nemo/{method}/{m.tag}", "calibration"), 1.0])
+    layers = plan.bench("masks", "layers")  # the observed weights every mask job reads: whole, as the null capture
     if m.reference:
-        parts += [p for p in _benchmark_parts(plan, m.reference, collection, subset) if "/prune/" not in p[0]]
-    parts.append([plan.masks_bench(method, collection), 1.0 / len(col.subsets)])
+        parts += [p for p in _benchmark_parts(plan, m.reference, collection, subset)
+                  if "/prune/" not in p[0] and p[0] != layers]
+    parts += [[layers, 1.0], [plan.masks_bench(method, collection), 1.0 / len(col.subsets)]]
     parts.append([plan.prune_bench(method, collection, subset), 1.0])
     return parts
 
