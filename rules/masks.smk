@@ -13,9 +13,9 @@ rule model_layers:
     output:
         PLAN.layers_file,
     log:
-        PLAN.log("masks", "layers"),
+        PLAN.log("model", "layers"),
     benchmark:
-        PLAN.bench("masks", "layers")
+        PLAN.bench("model", "layers")
     shell:
         memprune("layers", f"--model {PLAN.model_dir} --out {{output}}")
 

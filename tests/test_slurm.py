@@ -251,7 +251,8 @@ def test_dag_on_slurm_matches_local_and_survives_scancel(slurm, tiny_model, tmp_
     # (c) the scheduler ran every job: their SLURM ids in the log, their records with the profile's resources
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: .*?/slurm_logs/rule_(\w+?)/", text)
     rules = [r for _, r in submitted]
-    assert sorted(set(rules)) == ["analysis", "capture_chunk", "capture_null", "gather_subsets", "masks"], text[-3000:]
+    assert sorted(set(rules)) == ["analysis", "capture_chunk", "capture_null", "gather_subsets", "masks",
+                                  "model_layers"], text[-3000:]
     assert rules.count("capture_chunk") == 3  # 2 chunks + the cancelled one's retry
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     seen = []

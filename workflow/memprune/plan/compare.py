@@ -28,7 +28,7 @@ def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> l
         searched = len(plan.neuron_prompts(col.set))
         parts.append([plan.bench(f"nemo/{method}/{m.tag}", col.set), len(col.subsets[subset]) / searched])
         parts.append([plan.bench(f"nemo/{method}/{m.tag}", "calibration"), 1.0])
-    layers = plan.bench("masks", "layers")  # the observed weights every mask job reads: whole, as the null capture
+    layers = plan.bench("model", "layers")  # the observed weights every mask job reads: whole, as the null capture
     if m.reference:
         parts += [p for p in _benchmark_parts(plan, m.reference, collection, subset)
                   if "/prune/" not in p[0] and p[0] != layers]
