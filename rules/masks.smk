@@ -68,6 +68,7 @@ rule prune:
 rule nemo_calibration:
     conda:
         CONDA_ENV
+    priority: 10  # the longest jobs of the default run start first (a shorter makespan on few cores)
     input:
         model_input(),
         prompts=lambda wc: PLAN.calibration_files(wc.method),
@@ -89,6 +90,7 @@ rule nemo_calibration:
 rule nemo_neurons:
     conda:
         CONDA_ENV
+    priority: 10  # the longest jobs of the default run start first (a shorter makespan on few cores)
     input:
         model_input(),
         calibration=f"{PLAN.results}/{{method}}/{{mtag}}/calibration.nc",

@@ -40,6 +40,7 @@ rule train_testbed:
 rule testbed_report:
     conda:
         CONDA_ENV
+    priority: 10  # the longest jobs of the default run start first (a shorter makespan on few cores)
     input:
         model=PLAN.model_dir if PLAN.is_testbed else PLAN.repo_path("resources/testbed"),
         data=PLAN.data_dir,
