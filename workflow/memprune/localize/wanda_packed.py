@@ -50,12 +50,12 @@ def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, 
         for t in range(steps):
             packed[t] = np.packbits(((a_all[t] > b_all[t]).unsqueeze(0) & (abs_w > 0)).numpy(), axis=-1)
         return packed
-    n_cand = P = min(n, max(N_CAND_PER_K * k, 256))
+    P = min(n, max(N_CAND_PER_K * k, 256))  # candidates per row
     # each row's P columns of largest upper bound, in no order (argpartition: ~4x faster than torch.topk here,
     # measured); any choice among ties at the P-th bound gives the same masks, since the check below is strict
     upper = (abs_w * a_all.amax(dim=0)).numpy()
-    if n_cand < n:
-        cand_np = np.argpartition(upper, n - n_cand, axis=1)[:, n - n_cand :]
+    if P < n:
+        cand_np = np.argpartition(upper, n - P, axis=1)[:, n - P :]
         # every column outside a row's candidates scores at most this, at any step
         outside_np = np.take_along_axis(upper, cand_np[:, :1], axis=1)[:, 0]
     else:
@@ -80,9 +80,9 @@ def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, 
         sel_rows, sel_cols = r[keep], sel_cols[keep]
         redo = np.nonzero(~exact)[0]
         if redo.size:  # rank those rows in full, with top_k_per_row's tie rule
-            redo_t = torch.from_numpy(redo)
-            w_redo = abs_w[redo_t]
-            rr, cc = (top_k_per_row(w_redo * a, k) & torch.from_numpy(beats_null).unsqueeze(0) & (w_redo > 0)).nonzero(as_tuple=True)
+            w_redo = abs_w[torch.from_numpy(redo)]
+            chosen = top_k_per_row(w_redo * a, k) & torch.from_numpy(beats_null).unsqueeze(0) & (w_redo > 0)
+            rr, cc = chosen.nonzero(as_tuple=True)
             sel_rows, sel_cols = np.concatenate([sel_rows, redo[rr.numpy()]]), np.concatenate([sel_cols, cc.numpy()])
         # each (row, column) is selected once, so adding the bits of a byte is or-ing them (np.add.at has a
         # fast path that np.bitwise_or.at lacks)
