@@ -5,7 +5,7 @@ whole UNet) and the UNet's hash (the base its masks refer to). Building the UNet
 diffusers import and a full load and hash; this file is written once by `memprune layers` (rule
 `model_layers`) and read with safetensors and torch alone.
 
-  <layer name>            float32 (out, in) weight, for every layer any listed localizer observes
+  <layer name>            float32 (out, in) weight, for every layer any registered localizer observes
   metadata `format`       "memprune-layers/1"
   metadata `base_unet_sha256`  `formats.edits.unet_sha256` of the whole UNet
   metadata `model`        the model directory or hub id
