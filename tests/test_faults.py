@@ -83,8 +83,8 @@ def _accepted_outputs(wd: Path) -> list[Path]:
 
 def test_sigkill_while_writing_at_several_points_then_rerun_is_byte_identical(tiny_model, workflow_run, tmp_path):
     """The shared workflow run's config, run again from scratch in another directory and SIGKILLed three times,
-    each while a job writes an output (Snakemake alive, the temporary on disk): what is left always opens, and
-    the rerun's masks and iou.nc are byte-identical to the uninterrupted run's."""
+    each while a job writes an output (Snakemake alive, the temporary on disk): what is left always opens, the
+    rerun leaves no temporary, and its masks and iou.nc are byte-identical to the uninterrupted run's."""
     wd = tmp_path / "killed"
     wd.mkdir()
     write_config(wd, tiny_model, WORKFLOW_SETS, WORKFLOW_COLLECTIONS)
@@ -102,6 +102,7 @@ def test_sigkill_while_writing_at_several_points_then_rerun_is_byte_identical(ti
             raise AssertionError("three kills in a row came after the write they saw had finished")
     assert len(left) >= 3
     _run(wd, "results/iou.nc", "--rerun-incomplete")
+    assert temporaries_under(wd / "results") == []  # each rewritten output's rerun removed the killed job's temporary
     assert _digest_outputs(wd / "results/tiny/masks") == _digest_outputs(workflow_run / "results/tiny/masks")
     xr.testing.assert_identical(xr.open_dataset(wd / "results/tiny/iou.nc", engine="h5netcdf").load(),
                                 xr.open_dataset(workflow_run / "results/tiny/iou.nc", engine="h5netcdf").load())
@@ -117,6 +118,7 @@ def test_killed_capture_leaves_no_store_and_reruns(tiny_model, tmp_path):
     assert all(p.name.startswith(".chunk.zarr.tmp-") for p in left)
     subprocess.run(cmd, check=True, capture_output=True)
     assert xr.open_zarr(out).load().sizes["prompt"] == 8
+    assert not any(p.exists() for p in left)  # the rerun removed what the killed writer left
 
 
 def test_second_snakemake_on_the_same_directory_is_refused(tiny_model, tmp_path):

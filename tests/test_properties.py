@@ -136,3 +136,37 @@ def test_concurrent_atomic_writes_leave_one_complete_file(tmp_path):
     assert target.read_bytes() in payloads
     assert (folder / "a").read_bytes() == (folder / "b").read_bytes() and (folder / "a").read_bytes() in payloads
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "out.zarr"]
+
+
+@pytest.mark.slow  # starts two Python processes
+def test_a_killed_writers_temporary_is_removed_by_the_next_write_of_that_path(tmp_path):
+    """A writer SIGKILLed inside atomic_file leaves its temporary (stamped with this host and its pid); the next
+    write of the same path removes it. Temporaries of a live writer, of another host and of another path stay."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from memprune.formats.store import atomic_write_text
+
+    target = tmp_path / "out.txt"
+    code = ("import sys, time\nfrom memprune.formats.store import atomic_file\n"
+            "with atomic_file(sys.argv[1]) as tmp:\n    tmp.write_text('partial')\n    print(tmp, flush=True)\n"
+            "    time.sleep(600)\n")
+    killed = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        killed_tmp, live_tmp = Path(killed.stdout.readline().strip()), Path(live.stdout.readline().strip())
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert killed_tmp.exists() and killed_tmp.name.startswith(f".out.txt.tmp-{socket.gethostname()}-{killed.pid}-")
+        elsewhere = tmp_path / f".out.txt.tmp-another-node-{killed.pid}-abc"  # a cluster node's writer
+        other_path = tmp_path / f".other.txt.tmp-{socket.gethostname()}-{killed.pid}-abc"
+        elsewhere.write_text("x")
+        other_path.write_text("x")
+        atomic_write_text(target, "complete")
+        assert target.read_text() == "complete"
+        assert not killed_tmp.exists() and live_tmp.exists() and elsewhere.exists() and other_path.exists()
+    finally:
+        live.kill()
+        live.wait(timeout=30)

@@ -1,20 +1,49 @@
 """Artifact I/O: every output is written to a temporary sibling path and renamed into place, so a killed job
-leaves either the complete artifact or nothing a rerun or reader would accept."""
+leaves either the complete artifact or nothing a rerun or reader would accept. The next write of the same path on
+the same host removes what a killed writer left there."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 
+def _owner_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Remove the temporaries of `path` that a killed writer on this host left: their names carry the host and
+    pid of the writer (`.<name>.tmp-<host>-<pid>-<random>`), and that pid no longer runs. A temporary of a writer on
+    another host (a cluster node), of a live process, or without that stamp is left alone."""
+    host = socket.gethostname()
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        stamp = sibling.name[len(f".{path.name}.tmp-"):].rsplit("-", 2)
+        if len(stamp) != 3 or stamp[0] != host or not stamp[1].isdigit():
+            continue
+        pid = int(stamp[1])
+        if pid != os.getpid() and not _owner_alive(pid):
+            with contextlib.suppress(OSError):
+                _remove(sibling)
+
+
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-"
+    _remove_stale_siblings(path)
+    prefix = f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
     if is_dir:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
