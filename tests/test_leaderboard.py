@@ -188,7 +188,8 @@ def test_a_missing_or_clashing_stacked_config_is_named(tmp_path):
 @pytest.mark.slow
 def test_stacked_leaderboard_runs_another_configs_dag(tiny_model, tmp_path):
     """`results/leaderboard.csv` on a tiny model under two configs: this config's leaderboard in this run, the
-    other's by its own Snakemake run; both stacked, each with its evaluation and attack columns."""
+    other's (the unedited model alone, so its DAG has no capture or masks) by its own Snakemake run; both
+    stacked, each with its evaluation and attack columns."""
     from conftest import snakemake, write_config
     from memprune.testbed.clip import ClipSpec, save_untrained_clip
     from PIL import Image
@@ -211,18 +212,21 @@ def test_stacked_leaderboard_runs_another_configs_dag(tiny_model, tmp_path):
     write_config(tmp_path, tiny_model, {"mem": mem}, collections, **stages)
     other = yaml.safe_load((tmp_path / "config.yaml").read_text())
     other["model"]["name"] = "tiny_other"
+    other["evaluate"]["variants"] = ["none"]
+    other["attack"]["variants"] = ["none"]
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
     snakemake(tmp_path, "results/leaderboard.csv")
+    assert not (tmp_path / "results/tiny_other/masks").exists()
     t = pd.read_csv(tmp_path / "results/leaderboard.csv")
-    assert t.testbed.tolist() == ["tiny", "tiny", "tiny_other", "tiny_other"]
-    assert t.model.tolist() == ["none", "pruned:wanda|m3/0"] * 2
+    assert t.testbed.tolist() == ["tiny", "tiny", "tiny_other"]
+    assert t.model.tolist() == ["none", "pruned:wanda|m3/0", "none"]
     assert {"eval_copies", "copies_mem", "prompt_following_vs_none", "locate_seconds_per_prompt"} <= set(t.columns)
-    assert (t.attack_prompts_mem.tolist() == [6, 3, 6, 3])  # the pruned model's own 3 prompts are left out
-    assert (t.locate_seconds_per_prompt[t.model == "none"] == 0).all() and (t.locate_seconds_per_prompt[1::2] > 0).all()
-    # the same model and config under two names: the same table, but for the measured times
-    a, b = (t[t.testbed == n].drop(columns=["testbed", "seconds_per_image", "overhead_seconds_per_image",
-                                            "time_per_image_vs_none", "edit_seconds", "locate_seconds_per_prompt"])
-            .reset_index(drop=True) for n in ("tiny", "tiny_other"))
+    assert (t.attack_prompts_mem.tolist() == [6, 3, 6])  # the pruned model's own 3 prompts are left out
+    assert (t.locate_seconds_per_prompt[t.model == "none"] == 0).all() and t.locate_seconds_per_prompt[1] > 0
+    # the same model and config under two names: the same unedited row, but for the measured times
+    a, b = (t[(t.testbed == n) & (t.model == "none")].drop(
+        columns=["testbed", "seconds_per_image", "overhead_seconds_per_image", "time_per_image_vs_none", "edit_seconds",
+                 "locate_seconds_per_prompt"]).reset_index(drop=True) for n in ("tiny", "tiny_other"))
     pd.testing.assert_frame_equal(a, b)
     assert (tmp_path / "logs/tiny_other/leaderboard/run.log").exists()
     assert (tmp_path / "results/tiny/figures/leaderboard.png").exists()
