@@ -1,5 +1,6 @@
 """The layout shows the architecture: no module over 400 lines, imports run one way (no cycle, counting imports
-inside functions), rules/common.smk is wiring (under 150 lines), the package never imports Snakemake."""
+inside functions), rules/common.smk is wiring (under 150 lines), the package never imports Snakemake, and what
+the Snakefile imports to plan loads no torch."""
 
 import ast
 from pathlib import Path
@@ -63,3 +64,57 @@ def test_package_never_imports_snakemake():
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not any(n.split(".")[0] == "snakemake" for n in names), path
+
+
+HEAVY = {"torch", "diffusers", "transformers", "xarray", "pandas", "scipy", "zarr", "matplotlib", "h5netcdf"}
+
+
+def module_level_imports(path: Path, package: str) -> set[str]:
+    """What importing the module runs: its top-level imports (inside `if` blocks too, but for `if TYPE_CHECKING:`),
+    not those inside functions."""
+    found = set()
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, ast.If):
+                if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                    visit(node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body + node.handlers + node.orelse + node.finalbody)
+            elif isinstance(node, ast.ExceptHandler):
+                visit(node.body)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                full = f"{base}.{node.module or ''}".strip(".") if node.level else node.module
+                found.add(full)
+                found.update(f"{full}.{a.name}" for a in node.names)
+
+    visit(ast.parse(path.read_text()).body)
+    return found
+
+
+def test_planning_a_dag_imports_no_torch():
+    """What the Snakefile imports to plan a DAG (memprune.plan, and the localizer and variant plug-ins its config
+    check discovers) loads no torch, diffusers or data library at import: every `snakemake` call, dry runs and each
+    job a cluster executor starts, parses the Snakefile."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    roots = [m for m in modules if m.startswith(("memprune.plan.", "memprune.localize", "memprune.variants"))]
+    roots += ["memprune.formats.prompts"]
+    seen, heavy, todo = set(), {}, list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        path = modules[name]
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for target in module_level_imports(path, package):
+            parts = target.split(".")
+            todo += [".".join(parts[:i]) for i in range(1, len(parts) + 1)]  # a module's packages run first
+            if parts[0] in HEAVY:
+                heavy.setdefault(name, set()).add(target)
+    assert len(seen) > 20 and heavy == {}

@@ -5,13 +5,13 @@ null score), selected in every row; union over the first tau steps."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from memprune.localize import Localizer, pack, weight_mask_set
 from memprune.localize.wanda_scores import k_per_row, top_k_per_row
 
 
 def locate(inputs, params):
+    import torch
     per_step, union = {}, {}
     for layer, w in inputs.weights.items():
         out_dim, n = w.shape

@@ -3,13 +3,12 @@ row of ff.net.2 that also beat the null prompt's, and their union over the first
 
 from __future__ import annotations
 
-import torch
-
 from memprune.localize import Localizer, weight_mask_set
 from memprune.localize.wanda_packed import memorized_masks_packed, union_over_timesteps_packed
 
 
 def locate(inputs, params):
+    import torch
     per_step, union = {}, {}
     for layer, w in inputs.weights.items():
         per_step[layer] = memorized_masks_packed(w, torch.from_numpy(inputs.memorized[layer]).float(),

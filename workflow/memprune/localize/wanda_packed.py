@@ -4,10 +4,14 @@ Tests check it against `scores.memorized_mask` at every step, ties included."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from memprune.localize.wanda_scores import k_per_row, top_k_per_row
+
+if TYPE_CHECKING:
+    import torch
 
 
 def unpack(packed: np.ndarray, n_columns: int) -> np.ndarray:
@@ -30,6 +34,7 @@ def memorized_masks_packed(weight: torch.Tensor, memorized_sumsq: torch.Tensor, 
     Masks are ~1% dense, so they are written straight into packed bits: into `buffer` when given (a uint8
     array of that shape, e.g. in shared memory; overwritten and returned).
     """
+    import torch
     abs_w = weight.abs()
     out, n = abs_w.shape
     k = k_per_row(sparsity, n)
@@ -98,5 +103,6 @@ def union_over_timesteps_packed(packed: np.ndarray, tau: int) -> np.ndarray:
 def memorized_masks_over_time(weight: torch.Tensor, memorized_sumsq: torch.Tensor, null_sumsq: torch.Tensor,
                               n_prompts: int, sparsity: float) -> torch.Tensor:
     """Equation 6 at every timestep, unpacked: (step, in) sums -> bool (step, out, in)."""
+    import torch
     packed = memorized_masks_packed(weight, memorized_sumsq, null_sumsq, n_prompts, sparsity)
     return torch.from_numpy(unpack(packed, weight.shape[1]))

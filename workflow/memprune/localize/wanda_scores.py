@@ -16,7 +16,10 @@ its column norm ||X_P,j||_2 = sqrt(sum_{p in P} sum_tokens x_pj^2) is a sum of p
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: finding the localizers (the config check) imports no torch
+    import torch
 
 
 def wanda_score(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
@@ -41,6 +44,7 @@ def k_per_row(sparsity: float, in_features: int) -> int:
 def top_k_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
     """Equation 5: bool (out, in), the k largest entries of each row; among equal scores the lower column index
     wins, so the result is deterministic whatever the top-k kernel does with ties."""
+    import torch
     out, n = score.shape
     if k <= 0:
         return torch.zeros_like(score, dtype=torch.bool)

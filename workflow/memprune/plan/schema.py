@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from pathlib import Path
 
 import yaml
@@ -25,8 +26,15 @@ COPY_THRESHOLD_KEYS = (("testbed", "report"), ("evaluate", None), ("attack", Non
 VARIANT_LISTS = ("evaluate", "attack", "recovery")  # sections whose `variants` name registry variants
 
 
+@functools.lru_cache(maxsize=4)
+def _parsed_schema(path: str, mtime_ns: int) -> dict:
+    return yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA.read_text())
+    """The schema, parsed once per process (the Snakefile validates every config it reads, the stacked
+    leaderboard's too); each caller gets its own copy."""
+    return copy.deepcopy(_parsed_schema(str(SCHEMA), SCHEMA.stat().st_mtime_ns))
 
 
 def _unknown(where: str, what: str, name: str, known) -> InputError:
