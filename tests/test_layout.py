@@ -17,6 +17,20 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def import_targets(node, package: str) -> list[str]:
+    """What an import statement in `package` names: modules, and `module.name` for each name it imports from one."""
+    if isinstance(node, ast.ImportFrom):
+        base = package
+        for _ in range(node.level - 1):
+            base = base.rpartition(".")[0]
+        mod = node.module or ""
+        full = f"{base}.{mod}".strip(".") if node.level else mod
+        return [full] + [f"{full}.{a.name}" for a in node.names]
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    return []
+
+
 def import_graph() -> nx.DiGraph:
     graph = nx.DiGraph()
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
@@ -24,17 +38,7 @@ def import_graph() -> nx.DiGraph:
         graph.add_node(name)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = []
-            if isinstance(node, ast.ImportFrom):
-                base = package
-                for _ in range(node.level - 1):
-                    base = base.rpartition(".")[0]
-                mod = node.module or ""
-                full = f"{base}.{mod}".strip(".") if node.level else mod
-                targets = [full] + [f"{full}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            for target in targets:
+            for target in import_targets(node, package):
                 if target in modules and target != name:
                     graph.add_edge(name, target)
     return graph
@@ -83,15 +87,8 @@ def module_level_imports(path: Path, package: str) -> set[str]:
                 visit(node.body + node.handlers + node.orelse + node.finalbody)
             elif isinstance(node, ast.ExceptHandler):
                 visit(node.body)
-            elif isinstance(node, ast.Import):
-                found.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = package
-                for _ in range(node.level - 1):
-                    base = base.rpartition(".")[0]
-                full = f"{base}.{node.module or ''}".strip(".") if node.level else node.module
-                found.add(full)
-                found.update(f"{full}.{a.name}" for a in node.names)
+            else:
+                found.update(import_targets(node, package))
 
     visit(ast.parse(path.read_text()).body)
     return found
