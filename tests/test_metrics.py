@@ -9,6 +9,7 @@ from conftest import REPO
 from memprune.evaluate.metrics import (
     ClipScorer,
     CopySimilarity,
+    SsimReferences,
     clip_score,
     cosine_matrix,
     frechet_distance,
@@ -43,6 +44,16 @@ def test_ssim_matches_scikit_image():
     a, b = _photos(2, seed=3)
     ref = structural_similarity(a, b, channel_axis=-1, data_range=255)
     assert ssim_matrix(a[None], b[None])[0, 0] == pytest.approx(ref, abs=1e-6)
+
+
+def test_ssim_against_references_grown_one_at_a_time_is_bit_identical():
+    gen, refs = _photos(3, seed=4), _photos(7, seed=5)
+    grown = SsimReferences(refs[:2])
+    for r in refs[2:]:
+        grown.extend(r[None])
+    assert len(grown) == 7
+    assert np.array_equal(ssim_matrix(gen, grown), ssim_matrix(gen, refs))
+    assert np.array_equal(ssim_matrix(gen, refs)[:, 4:], ssim_matrix(gen, refs[4:]))
 
 
 def test_copy_similarity_falls_back_to_ssim_and_takes_max_over_references():

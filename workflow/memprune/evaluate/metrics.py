@@ -19,36 +19,79 @@ from memprune.errors import InputError
 log = logging.getLogger(__name__)
 
 
-def ssim_matrix(generated: np.ndarray, references: np.ndarray) -> np.ndarray:
+_SSIM_WIN = 7
+
+
+def _window_mean(x: np.ndarray) -> np.ndarray:
+    """The 7x7 uniform-window mean over (H, W) of (N, H, W, C) float64 images (reflect mode, as scikit-image)."""
+    from scipy.ndimage import uniform_filter
+
+    return uniform_filter(x, size=(1, _SSIM_WIN, _SSIM_WIN, 1), mode="reflect")
+
+
+class SsimReferences:
+    """Reference images with their SSIM window statistics computed once: `ssim_matrix(g, refs)` against a
+    reference set that is queried many times (or grows one image at a time, `extend`) filters only the cross
+    terms. Results are bit-identical to `ssim_matrix` on the stacked images."""
+
+    def __init__(self, references: np.ndarray):
+        self._n = 0
+        self._arrays = [np.empty((0,) + tuple(references.shape[1:])) for _ in range(3)]  # images, mean, var
+        self.extend(references)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def images(self) -> np.ndarray:
+        return self._arrays[0][: self._n]
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._arrays[1][: self._n]
+
+    @property
+    def var(self) -> np.ndarray:
+        return self._arrays[2][: self._n]
+
+    def extend(self, references: np.ndarray) -> None:
+        r = references.astype(np.float64)
+        u = _window_mean(r)
+        cov_norm = _SSIM_WIN * _SSIM_WIN / (_SSIM_WIN * _SSIM_WIN - 1)
+        v = cov_norm * (_window_mean(r * r) - u * u)
+        n = self._n + len(r)
+        if n > len(self._arrays[0]):  # grow geometrically: a set extended one image at a time stays linear
+            cap = max(n, 2 * len(self._arrays[0]))
+            grown = [np.empty((cap,) + a.shape[1:]) for a in self._arrays]
+            for g, a in zip(grown, self._arrays):
+                g[: self._n] = a[: self._n]
+            self._arrays = grown
+        for a, x in zip(self._arrays, (r, u, v)):
+            a[self._n : n] = x
+        self._n = n
+
+
+def ssim_matrix(generated: np.ndarray, references: np.ndarray | SsimReferences) -> np.ndarray:
     """SSIM of every generated image against every reference: (G, H, W, 3) x (R, H, W, 3) uint8 -> (G, R).
+    `references` may be an `SsimReferences` (its window statistics computed once, for repeated queries).
 
     Vectorised form of scikit-image's `structural_similarity` defaults (7x7 uniform window, K1=0.01,
     K2=0.03, sample covariance, mean over valid pixels and channels); `test_metrics` checks it against
     scikit-image itself.
     """
-    from scipy.ndimage import uniform_filter
-
-    win = 7
-    g = generated.astype(np.float64)[:, None]  # (G, 1, H, W, C)
-    r = references.astype(np.float64)[None]  # (1, R, H, W, C)
+    refs = references if isinstance(references, SsimReferences) else SsimReferences(references)
+    gen = SsimReferences(generated)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    cov_norm = win * win / (win * win - 1)
-
-    def filt(x: np.ndarray) -> np.ndarray:
-        return uniform_filter(x, size=(1, 1, win, win, 1), mode="reflect")
-
-    ug, ur = filt(g), filt(r)
-    ugg, urr = filt(g * g), filt(r * r)
-    vg = cov_norm * (ugg - ug * ug)
-    vr = cov_norm * (urr - ur * ur)
-    out = np.empty((g.shape[0], r.shape[1]))
-    pad = (win - 1) // 2
+    cov_norm = _SSIM_WIN * _SSIM_WIN / (_SSIM_WIN * _SSIM_WIN - 1)
+    r, ur, vr = refs.images, refs.mean, refs.var
+    out = np.empty((len(gen), len(refs)))
+    pad = (_SSIM_WIN - 1) // 2
     # Cross terms need the (G, R) product: loop over generated images to bound memory.
-    for i in range(g.shape[0]):
-        ugr = filt(g[i : i + 1] * r)
-        cov = cov_norm * (ugr - ug[i : i + 1] * ur)
-        s = ((2 * ug[i : i + 1] * ur + c1) * (2 * cov + c2)) / ((ug[i : i + 1] ** 2 + ur**2 + c1) * (vg[i : i + 1] + vr + c2))
-        out[i] = s[0, :, pad:-pad, pad:-pad, :].mean(axis=(1, 2, 3))
+    for i in range(len(gen)):
+        g, ug, vg = gen.images[i : i + 1], gen.mean[i : i + 1], gen.var[i : i + 1]
+        cov = cov_norm * (_window_mean(g * r) - ug * ur)
+        s = ((2 * ug * ur + c1) * (2 * cov + c2)) / ((ug**2 + ur**2 + c1) * (vg + vr + c2))
+        out[i] = s[:, pad:-pad, pad:-pad, :].mean(axis=(1, 2, 3))
     return out
 
 

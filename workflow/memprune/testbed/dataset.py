@@ -85,10 +85,11 @@ def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION,
     """
     from skimage.transform import resize
 
-    from memprune.evaluate.metrics import ssim_matrix
+    from memprune.evaluate.metrics import SsimReferences, ssim_matrix
 
     pool = _photo_pool()
-    crops, avoid = [], list(avoid)
+    crops = []
+    kept = SsimReferences(np.stack(avoid) if len(avoid) else np.empty((0, resolution, resolution, 3), np.uint8))
     for _ in range(200 * n):
         if len(crops) == n:
             break
@@ -100,9 +101,10 @@ def photo_crops(n: int, rng: np.random.Generator, resolution: int = RESOLUTION,
         crop = (crop * 255).round().clip(0, 255).astype(np.uint8)
         if crop.std() < 12:  # flat crops (sky, page margins) are not distinctive images
             continue
-        if crops + avoid and ssim_matrix(crop[None], np.stack(avoid + crops)).max() >= max_similarity:
+        if len(kept) and ssim_matrix(crop[None], kept).max() >= max_similarity:
             continue
         crops.append(crop)
+        kept.extend(crop[None])
     if len(crops) < n:
         raise ValueError(f"found only {len(crops)} of {n} mutually dissimilar photo crops")
     return crops
