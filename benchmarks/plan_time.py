@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ENTRIES = ("Snakefile", "config.yaml", "config", "rules", "workflow", "resources", "report", "envs")
+from memprune.plan import lay_out_clone
+
 DEFAULT_TARGETS = [[], ["results/testbed_planted/leaderboard.csv"],
                    ["results/sd15/eval.nc", "--configfile", "config/sd15.yaml"]]
 
@@ -49,9 +50,7 @@ def main() -> None:
         dirs = []
         for i, tree in enumerate(trees):
             wd = Path(tmp) / f"tree{i}"
-            wd.mkdir()
-            for entry in ENTRIES:
-                (wd / entry).symlink_to(tree / entry)
+            lay_out_clone(tree, wd)
             dirs.append(wd)
         print(f"{'targets':58s} " + "  ".join(f"{'tree ' + str(i) + ' wall / CPU s':>24s}" for i in range(len(trees)))
               + ("  ratio wall / CPU (tree 1 / tree 0)" if len(trees) == 2 else ""))

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from memprune.plan import lay_out_clone
 
 MINIMAL = {"model": {"name": "m", "path": "resources/testbed"},
            "prompt_sets": {"memorized": "resources/prompts/testbed/duplicated.txt"},
@@ -137,9 +138,7 @@ def test_detection_defaults_agree():
 
 def plan_paths(wd, *args) -> str:
     """The dry run's job list (snakemake -n) in a new directory `wd` laid out as a clone."""
-    wd.mkdir(exist_ok=True)
-    for entry in ("Snakefile", "config.yaml", "config", "rules", "workflow", "resources", "report", "envs"):
-        (wd / entry).symlink_to(REPO / entry)
+    lay_out_clone(REPO, wd)
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args], cwd=wd,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

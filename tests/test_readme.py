@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from conftest import REPO
+from memprune.plan import lay_out_clone
 
-CLONE_ENTRIES = ("Snakefile", "config.yaml", "config", "rules", "workflow", "resources", "report", "envs")
 DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 SHELL_STEPS = ("cp", "mkdir", "printf", "echo")  # the set-up steps a block may run before its snakemake lines
 
@@ -74,8 +74,7 @@ def test_every_doc_has_snakemake_lines_planned():
 
 
 def _dry_run(before, command, wd):
-    for entry in CLONE_ENTRIES:
-        (wd / entry).symlink_to(REPO / entry)
+    lay_out_clone(REPO, wd)
     for line in before:  # e.g. `cp config.yaml my.yaml`, `printf '...' > overlay.yaml`
         if shlex.split(line)[0] in SHELL_STEPS:
             subprocess.run(["bash", "-c", line], cwd=wd, check=True)
