@@ -6,6 +6,8 @@ off an image (`describe_scene`), which scores prompt following without a learned
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 RESOLUTION = 32
@@ -107,24 +109,38 @@ def describe_scene(image: np.ndarray) -> dict:
     return {"shape": shape, "colour": colour, "position": position, "background": background}
 
 
+_TEMPLATE_SCALES = (0.85, 1.0, 1.15, 1 / 0.85)
+_TEMPLATE_SHIFTS = (-0.5, 0.0, 0.5)
+
+
+@functools.lru_cache(maxsize=4096)
+def _blurred_templates(shape: str, centre: tuple[float, float], extent: float, resolution: int) -> np.ndarray:
+    """(36, res, res) float32, read-only: `shape` drawn at `centre` and `extent` times each scale, shifted by each
+    half-pixel offset, blurred (Gaussian, sigma 1 px). Bounding boxes are whole pixels, so images share these."""
+    from scipy.ndimage import gaussian_filter
+
+    out = np.stack([
+        gaussian_filter(shape_mask(shape, (centre[0] + dr, centre[1] + dc), extent * scale, resolution)
+                        .astype(np.float32), 1.0)
+        for scale in _TEMPLATE_SCALES for dr in _TEMPLATE_SHIFTS for dc in _TEMPLATE_SHIFTS
+    ])
+    out.flags.writeable = False
+    return out
+
+
 def _match_shape(img: np.ndarray, bg: np.ndarray, fg_colour: np.ndarray, fg: np.ndarray) -> str:
     """The shape whose template, blurred like a decoded image (Gaussian, sigma 1 px) and drawn at the
     foreground's box centre and extent (a few sizes and half-pixel shifts), is closest (L2) to the image's
     foreground opacity: the projection of each pixel on the background -> colour segment."""
-    from scipy.ndimage import gaussian_filter
-
     v = fg_colour - bg
     alpha = np.clip(((img - bg) @ v) / (v @ v), 0.0, 1.0)
     rows, cols = np.nonzero(fg)
-    centre = ((rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2)
-    extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) / 2
+    centre = (float(rows.min() + rows.max() + 1) / 2, float(cols.min() + cols.max() + 1) / 2)
+    extent = float(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)) / 2
 
     def error(shape: str) -> float:
-        return min(
-            float(((gaussian_filter(shape_mask(shape, (centre[0] + dr, centre[1] + dc), extent * scale, img.shape[0])
-                                    .astype(np.float32), 1.0) - alpha) ** 2).sum())
-            for scale in (0.85, 1.0, 1.15, 1 / 0.85) for dr in (-0.5, 0.0, 0.5) for dc in (-0.5, 0.0, 0.5)
-        )
+        templates = _blurred_templates(shape, centre, extent, img.shape[0])
+        return float(((templates - alpha) ** 2).reshape(len(templates), -1).sum(axis=1).min())
 
     return min(SHAPES, key=error)
 
