@@ -192,9 +192,17 @@ def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str]
     return table[[*COLUMNS_FIRST, *[c for c in table.columns if c not in COLUMNS_FIRST]]]
 
 
+def _point_label(row) -> str:
+    """A model's short name on the figure: the localizer and subset of an edit, else the variant."""
+    if row.get("variant") == "pruned" and isinstance(row.get("localizer"), str):
+        return f"{row['localizer']} {row['subset']}" if isinstance(row.get("subset"), str) else row["localizer"]
+    return str(row.get("variant") or row["model"])
+
+
 def leaderboard_figure(table, path) -> None:
-    """Copies of the evaluated kind against prompt following (ratio to the unedited model), one point per model,
-    coloured by MR from the prompt after the recovery attack (the first recovered group)."""
+    """Copies of the evaluated kind against prompt following (ratio to the unedited model), one numbered point per
+    model (the key beside the plot names them), coloured by MR from the prompt after the recovery attack (the first
+    recovered group); models recovery did not attack are hollow."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,20 +212,34 @@ def leaderboard_figure(table, path) -> None:
 
     mr = [c for c in table.columns if c.startswith("mr_prompt_")]
     missing = np.full(len(table), np.nan)  # a column no stage wrote
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    x = table.get("prompt_following_vs_none", missing)
-    y = table.get("eval_copies", missing)
-    c = table[mr[0]] if mr else missing
-    sc = ax.scatter(x, y, c=c, cmap="viridis", vmin=0, vmax=1, s=40, edgecolors="k")
-    for xi, yi, name in zip(x, y, table["model"]):
-        if np.isfinite(xi) and np.isfinite(yi):
-            ax.annotate(name, (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    fig = plt.figure(figsize=(9.0, 4.8))
+    ax = fig.add_axes((0.08, 0.11, 0.50, 0.80))
+    cax = fig.add_axes((0.60, 0.11, 0.015, 0.80))
+    x = np.asarray(table.get("prompt_following_vs_none", missing), dtype=float)
+    y = np.asarray(table.get("eval_copies", missing), dtype=float)
+    c = np.asarray(table[mr[0]] if mr else missing, dtype=float)
+    attacked = np.isfinite(c)
+    sc = ax.scatter(x[attacked], y[attacked], c=c[attacked], cmap="viridis", vmin=0, vmax=1, s=45, edgecolors="k",
+                    zorder=3)
+    ax.scatter(x[~attacked], y[~attacked], facecolors="none", edgecolors="k", s=45, zorder=3)
+    at: dict[tuple[float, float], list[int]] = {}  # models at one point share its label
+    key = []
+    for i, (xi, yi, (_, row)) in enumerate(zip(x, y, table.iterrows()), start=1):
+        plotted = np.isfinite(xi) and np.isfinite(yi)
+        if plotted:
+            at.setdefault((round(xi, 3), round(yi, 3)), []).append(i)
+        key.append(f"{i:>2}  {_point_label(row)}" + ("" if plotted else "  (not evaluated)"))
+    for (xi, yi), ids in at.items():
+        ax.annotate(",".join(map(str, ids)), (xi, yi), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("prompt following / unedited model")
     kind = str(table["eval_kind"].iloc[0]) if len(table) else ""
     ax.set_ylabel(f"copies of held-out {kind} prompts (evaluation)".replace("  ", " "))
-    fig.colorbar(sc, ax=ax, label=f"MR after recovery from the prompt ({mr[0][len('mr_prompt_'):]})" if mr else "MR (not run)")
-    ax.set_title("leaderboard: what each model removes, at what cost, and whether it stays removed", fontsize=8)
-    fig.tight_layout()
+    ax.margins(x=0.1, y=0.1)
+    ax.set_title("what each model removes, at what cost, and whether it stays removed", fontsize=9)
+    fig.colorbar(sc, cax=cax, label=f"MR from the prompt ({mr[0][len('mr_prompt_'):]})" if mr else "MR (not run)")
+    if (~attacked).any():
+        key += ["", "hollow: recovery not run"]
+    fig.text(0.72, 0.91, "\n".join(key), fontsize=7, va="top", family="monospace")
     with atomic_file(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
