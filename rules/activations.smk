@@ -57,6 +57,8 @@ rule gather_subsets:
         subsets=lambda wc: PLAN.subsets_json(wc.collection),
     log:
         PLAN.log(f"subsets/{PLAN.act_tag}", "{collection}"),
+    benchmark:
+        PLAN.bench(f"subsets/{PLAN.act_tag}", "{collection}")
     shell:
         memprune("gather", "--chunks {input} --prompts-file {params.prompts_file} --subsets-json {params.subsets:q} "
                  "--out {output}")

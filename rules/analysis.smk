@@ -61,5 +61,7 @@ if PLAN.derived and PLAN.derived["kind"] == "planted":
                                    for c, col in PLAN.collections.items()} for m in PLAN.methods}),
         log:
             PLAN.log("analysis", "localization"),
+        benchmark:
+            PLAN.bench("analysis", "localization")
         shell:
             memprune("localization", "--model {input.model} --stores-json {params.stores:q} --out {output}")

@@ -52,6 +52,8 @@ rule attack_analyze:
         id=lambda wc: ATTACK_MODELS[wc.attackmodel].id,
     log:
         PLAN.log("attack/analyze", "{attackmodel}"),
+    benchmark:
+        PLAN.bench(f"attack/{ATTACK.tag}", "{attackmodel}/analyze")
     shell:
         memprune("attack-analyze", f"--chunks {{input.chunks}} --variant {{params.id:q}} --threshold {ATTACK.cfg['distance_threshold']} "
                  f"--min-clique {ATTACK.cfg['min_clique']} --copy-threshold {ATTACK.cfg['copy_threshold']} "
@@ -183,6 +185,8 @@ rule recovery_table:
         figure=f"{PLAN.results}/figures/recovery.png",
     log:
         PLAN.log("recovery", "table"),
+    benchmark:
+        PLAN.bench("recovery", "table")
     shell:
         memprune("recovery-table", "--variants {input} --out {output.nc} --csv {output.csv} --figure {output.figure}")
 

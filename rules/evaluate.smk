@@ -43,6 +43,8 @@ rule eval_score:
         gpu=1,
     log:
         PLAN.log("eval/score", "{evalmodel}"),
+    benchmark:
+        PLAN.bench("eval/score", "{evalmodel}")
     shell:
         memprune("eval-score", f"--samples {{input.samples}} {options(memorized=EVAL.memorized)} {EVAL.metric_args()} "
                  "--out {output}")

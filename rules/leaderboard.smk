@@ -21,6 +21,8 @@ rule leaderboard:
         args=LEADER.args(),
     log:
         PLAN.log("leaderboard", "table"),
+    benchmark:
+        PLAN.bench("leaderboard", "table")
     shell:
         memprune("leaderboard", "--models-json {params.models:q} {params.args} --out {output.csv} --figure {output.figure}")
 

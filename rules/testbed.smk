@@ -12,6 +12,8 @@ rule testbed_data:
         spec=json.dumps(TESTBED["dataset"]),
     log:
         "logs/testbed/data.log",
+    benchmark:
+        "benchmarks/testbed/data.tsv"
     shell:
         memprune("make-dataset", "--spec {params.spec:q} --out {output}")
 
@@ -77,6 +79,8 @@ if PLAN.derived:
             spec=json.dumps(PLAN.derived["added"]),
         log:
             f"logs/{PLAN.name}/data.log",
+        benchmark:
+            PLAN.bench("data", "extend")
         shell:
             memprune("extend-data", "--data {input} --spec {params.spec:q} --out {output}")
 

@@ -58,6 +58,27 @@ def test_end_to_end_outputs(workflow_run):
     assert '"dimension_names"' in layer_meta
 
 
+def test_dag_cost_sums_the_benchmark_records_of_the_targets_jobs(workflow_run, monkeypatch, capsys):
+    import pandas as pd
+
+    from benchmarks import dag_cost
+
+    monkeypatch.chdir(workflow_run)
+    run = f"results/iou.nc -s {REPO / 'Snakefile'} --configfile config.yaml"
+    jobs = dag_cost.dag_jobs(run.split())
+    files = [b for _, b in jobs if b]
+    assert {r for r, _ in jobs} >= {"capture_chunk", "gather_subsets", "masks", "analysis"}
+    assert all(Path(b).exists() for b in files) and len(files) == len(jobs) - 1  # all but latest_analysis (a copy)
+    monkeypatch.setattr("sys.argv", ["dag_cost", "--cores", "2", "--run", run])
+    dag_cost.main()
+    out = capsys.readouterr().out
+    total = re.search(r"^total\s+(\d+)\s+(\d+)\s+\d+\s+(\d+)", out, flags=re.M)
+    assert total and int(total.group(1)) == len(jobs) and int(total.group(2)) == len(files)
+    cpu = sum(float(pd.read_csv(b, sep="\t")["cpu_time"].iloc[-1]) for b in files)
+    assert abs(int(total.group(3)) - cpu) <= 1
+    assert "without a benchmark record" in out and "latest_analysis 1" in out
+
+
 def test_second_run_does_nothing(workflow_run):
     proc = snakemake(workflow_run, "-n", "results/iou.nc")
     assert "Nothing to be done" in proc.stdout + proc.stderr

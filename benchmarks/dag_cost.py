@@ -1,0 +1,84 @@
+"""What a target costs from an empty `results/`, summed from the Snakemake benchmark records of the jobs that
+built it: every job of the target's DAG (`snakemake -n --forceall`), its rule and `benchmark:` file, and that
+file's wall and CPU seconds (the job as it last ran, whatever else ran beside it). Jobs without a record (local
+rules, or not run yet) are counted apart. With `--cores N`, the CPU sum divided by N is a lower bound on the wall
+time of the whole target on N cores.
+
+One run per `--run` (a target and its arguments, quoted as on the command line); several runs add up, e.g. the
+stacked leaderboard, whose other testbeds are built by their own runs:
+
+    python -m benchmarks.dag_cost --cores 2 --run "results/testbed_planted/leaderboard.csv" \
+        --run "results/testbed/leaderboard.csv --configfile config/testbed.yaml"
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import shlex
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def dag_jobs(args: list[str]) -> list[tuple[str, str | None]]:
+    """(rule, benchmark path or None) of every job `snakemake -n --forceall <args>` plans."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--forceall", "--nolock", *args],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"snakemake -n {' '.join(args)} failed:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+    jobs: list[list] = []
+    for line in proc.stdout.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            jobs.append([m.group(1), None])
+        elif (m := re.match(r"^\s+benchmark: (\S+)$", line)) and jobs:
+            jobs[-1][1] = m.group(1)
+    return [(rule, bench) for rule, bench in jobs]
+
+
+def record(path: str) -> tuple[float, float] | None:
+    """(wall s, CPU s) of a benchmark file's last line; None when absent or unreadable."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        return float(rows[-1]["s"]), float(rows[-1]["cpu_time"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="append", required=True, help="a target and its snakemake arguments")
+    parser.add_argument("--cores", type=int, default=2)
+    opts = parser.parse_args()
+    by_rule: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])  # jobs, recorded, wall, cpu, max
+    unrecorded: dict[str, int] = defaultdict(int)
+    for run in opts.run:
+        for rule, bench in dag_jobs(shlex.split(run)):
+            entry = by_rule[rule]
+            entry[0] += 1
+            rec = record(bench) if bench and Path(bench).exists() else None
+            if rec is None:
+                unrecorded[rule] += 1
+                continue
+            entry[1] += 1
+            entry[2] += rec[0]
+            entry[3] += rec[1]
+            entry[4] = max(entry[4], rec[0])
+    print(f"{'rule':24s} {'jobs':>5s} {'recorded':>8s} {'wall s':>10s} {'CPU s':>10s} {'longest s':>10s}")
+    total = [0, 0, 0.0, 0.0, 0.0]
+    for rule, (n, r, wall, cpu, longest) in sorted(by_rule.items(), key=lambda kv: -kv[1][3]):
+        print(f"{rule:24s} {n:5d} {r:8d} {wall:10.0f} {cpu:10.0f} {longest:10.0f}")
+        total = [total[0] + n, total[1] + r, total[2] + wall, total[3] + cpu, max(total[4], longest)]
+    print(f"{'total':24s} {total[0]:5d} {total[1]:8d} {total[2]:10.0f} {total[3]:10.0f} {total[4]:10.0f}")
+    bound = max(total[3] / opts.cores, total[4])
+    print(f"lower bound on {opts.cores} cores (CPU / cores, or the longest job): {bound:.0f} s = {bound / 60:.1f} min")
+    if unrecorded:
+        print("jobs without a benchmark record (local rules, or not run): "
+              + ", ".join(f"{rule} {n}" for rule, n in sorted(unrecorded.items())))
+
+
+if __name__ == "__main__":
+    main()
