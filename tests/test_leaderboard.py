@@ -249,3 +249,11 @@ def test_killed_while_writing_its_figure_leaves_no_figure_and_a_rerun_completes(
 
     subprocess.run(cmd, check=True, capture_output=True)
     assert fig.stat().st_size > 1000 and pd.read_csv(out).model.tolist()[0] == "none"
+
+
+def test_figure_labels_nearby_points_once():
+    from memprune.evaluate.leaderboard import _label_groups
+
+    points = [(0.0, 0.0, 1), (1.0, 1.0, 2), (0.02, 0.0, 3), (0.5, 0.0, 4)]
+    assert _label_groups(points) == [(0.0, 0.0, [1, 3]), (1.0, 1.0, [2]), (0.5, 0.0, [4])]
+    assert _label_groups([]) == [] and _label_groups([(2.0, 3.0, 1)]) == [(2.0, 3.0, [1])]

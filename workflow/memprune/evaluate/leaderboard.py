@@ -199,6 +199,24 @@ def _point_label(row) -> str:
     return str(row.get("variant") or row["model"])
 
 
+def _label_groups(points: list[tuple[float, float, int]], near: float = 0.05) -> list[tuple[float, float, list[int]]]:
+    """Points (x, y, number) within `near` of each other's axis ranges, grouped greedily in number order: one label
+    (its numbers, at its first point) per group, so that labels of nearby points do not print over each other."""
+    if not points:
+        return []
+    xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    span_x, span_y = max(np.ptp(xs), 1e-9), max(np.ptp(ys), 1e-9)
+    groups: list[tuple[float, float, list[int]]] = []
+    for xi, yi, i in points:
+        for gx, gy, ids in groups:
+            if abs(xi - gx) / span_x <= near and abs(yi - gy) / span_y <= near:
+                ids.append(i)
+                break
+        else:
+            groups.append((xi, yi, [i]))
+    return groups
+
+
 def leaderboard_figure(table, path) -> None:
     """Copies of the evaluated kind against prompt following (ratio to the unedited model), one numbered point per
     model (the key beside the plot names them), coloured by MR from the prompt after the recovery attack (the first
@@ -222,14 +240,13 @@ def leaderboard_figure(table, path) -> None:
     sc = ax.scatter(x[attacked], y[attacked], c=c[attacked], cmap="viridis", vmin=0, vmax=1, s=45, edgecolors="k",
                     zorder=3)
     ax.scatter(x[~attacked], y[~attacked], facecolors="none", edgecolors="k", s=45, zorder=3)
-    at: dict[tuple[float, float], list[int]] = {}  # models at one point share its label
-    key = []
+    key, points = [], []
     for i, (xi, yi, (_, row)) in enumerate(zip(x, y, table.iterrows()), start=1):
-        plotted = np.isfinite(xi) and np.isfinite(yi)
+        plotted = bool(np.isfinite(xi) and np.isfinite(yi))
         if plotted:
-            at.setdefault((round(xi, 3), round(yi, 3)), []).append(i)
+            points.append((xi, yi, i))
         key.append(f"{i:>2}  {_point_label(row)}" + ("" if plotted else "  (not evaluated)"))
-    for (xi, yi), ids in at.items():
+    for xi, yi, ids in _label_groups(points):
         ax.annotate(",".join(map(str, ids)), (xi, yi), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("prompt following / unedited model")
     kind = str(table["eval_kind"].iloc[0]) if len(table) else ""
