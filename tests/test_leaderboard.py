@@ -257,3 +257,11 @@ def test_figure_labels_nearby_points_once():
     points = [(0.0, 0.0, 1), (1.0, 1.0, 2), (0.02, 0.0, 3), (0.5, 0.0, 4)]
     assert _label_groups(points) == [(0.0, 0.0, [1, 3]), (1.0, 1.0, [2]), (0.5, 0.0, [4])]
     assert _label_groups([]) == [] and _label_groups([(2.0, 3.0, 1)]) == [(2.0, 3.0, [1])]
+
+
+def test_figure_labels_of_neighbouring_points_alternate_above_and_below():
+    from memprune.evaluate.leaderboard import _alternate_offsets
+
+    groups = [(0.0, 0.0, [1]), (0.05, 0.0, [2]), (1.0, 1.0, [3]), (0.1, 0.0, [4])]
+    assert _alternate_offsets(groups) == [False, True, False, False]  # x order: 1, 2 (below), 4 (above again), 3
+    assert _alternate_offsets([]) == []

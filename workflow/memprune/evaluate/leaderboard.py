@@ -217,6 +217,23 @@ def _label_groups(points: list[tuple[float, float, int]], near: float = 0.05) ->
     return groups
 
 
+def _alternate_offsets(groups: list[tuple[float, float, list[int]]], near: float = 0.12) -> list[bool]:
+    """Per label group: whether its label goes below its point. Groups whose points lie within `near` of the axis
+    ranges of each other alternate above and below, in order of x, so that neighbours' labels do not touch."""
+    if not groups:
+        return []
+    xs, ys = np.array([g[0] for g in groups]), np.array([g[1] for g in groups])
+    span_x, span_y = max(np.ptp(xs), 1e-9), max(np.ptp(ys), 1e-9)
+    below = [False] * len(groups)
+    previous = None
+    for i in np.argsort(xs, kind="stable"):
+        if previous is not None and abs(xs[i] - xs[previous]) / span_x <= near \
+                and abs(ys[i] - ys[previous]) / span_y <= near:
+            below[i] = not below[previous]
+        previous = i
+    return below
+
+
 def leaderboard_figure(table, path) -> None:
     """Copies of the evaluated kind against prompt following (ratio to the unedited model), one numbered point per
     model (the key beside the plot names them), coloured by MR from the prompt after the recovery attack (the first
@@ -246,8 +263,10 @@ def leaderboard_figure(table, path) -> None:
         if plotted:
             points.append((xi, yi, i))
         key.append(f"{i:>2}  {_point_label(row)}" + ("" if plotted else "  (not evaluated)"))
-    for xi, yi, ids in _label_groups(points):
-        ax.annotate(",".join(map(str, ids)), (xi, yi), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    groups = _label_groups(points)
+    for (xi, yi, ids), below in zip(groups, _alternate_offsets(groups)):
+        ax.annotate(",".join(map(str, ids)), (xi, yi), fontsize=7, xytext=(4, -10 if below else 3),
+                    textcoords="offset points")
     ax.set_xlabel("prompt following / unedited model")
     kind = str(table["eval_kind"].iloc[0]) if len(table) else ""
     ax.set_ylabel(f"copies of held-out {kind} prompts (evaluation)".replace("  ", " "))
