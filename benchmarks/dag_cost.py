@@ -14,13 +14,14 @@ stacked leaderboard, whose other testbeds are built by their own runs:
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import shlex
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from memprune.evaluate.aggregate import benchmark_record
 
 
 def dag_jobs(args: list[str]) -> list[tuple[str, str | None]]:
@@ -39,12 +40,12 @@ def dag_jobs(args: list[str]) -> list[tuple[str, str | None]]:
 
 
 def record(path: str) -> tuple[float, float] | None:
-    """(wall s, CPU s) of a benchmark file's last line; None when absent or unreadable."""
+    """(wall s, CPU s) of a benchmark file (`memprune.evaluate.aggregate.benchmark_record`); None when absent or
+    unreadable."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-        return float(rows[-1]["s"]), float(rows[-1]["cpu_time"])
-    except (OSError, KeyError, ValueError, IndexError):
+        rec = benchmark_record(path)
+        return (rec["s"], rec["cpu_time"]) if rec else None
+    except (OSError, KeyError, ValueError):
         return None
 
 
@@ -59,7 +60,7 @@ def main() -> None:
         for rule, bench in dag_jobs(shlex.split(run)):
             entry = by_rule[rule]
             entry[0] += 1
-            rec = record(bench) if bench and Path(bench).exists() else None
+            rec = record(bench) if bench else None
             if rec is None:
                 unrecorded[rule] += 1
                 continue

@@ -17,13 +17,14 @@ import json
 from pathlib import Path
 
 from memprune.bench import ROOT, default_config
+from memprune.evaluate.aggregate import benchmark_record
 
 
 def read(path: Path) -> dict:
-    import pandas as pd
-
-    row = pd.read_csv(path, sep="\t").iloc[0]
-    return {"s": float(row["s"]), "cpu": float(row["cpu_time"])}
+    record = benchmark_record(path)
+    if record is None:
+        raise SystemExit(f"{path}: no Snakemake benchmark record (run the workflow for this config first)")
+    return {"s": record["s"], "cpu": record["cpu_time"]}
 
 
 def main() -> None:

@@ -65,18 +65,29 @@ def layout(models: list[ModelEntry]) -> tuple[list[str], dict[str, list[str]], d
     return vids, subsets, cells
 
 
+def benchmark_record(path) -> dict[str, float] | None:
+    """A Snakemake benchmark file's wall seconds `s` and CPU seconds `cpu_time` (those of the two it has), each the
+    mean over its rows (one row per run, several with `repeat`); None when the file is absent or has no row."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        return None
+    return {key: float(np.mean([float(r[key]) for r in rows])) for key in ("s", "cpu_time") if key in rows[0]}
+
+
 def benchmark_seconds(parts) -> tuple[float, list[str]]:
     """Sum of share * s over Snakemake benchmark files [(tsv, share), ...]; and the files not found."""
     total, missing = 0.0, []
     for path, share in parts:
-        path = Path(path)
-        if not path.exists():
-            missing.append(str(path))
+        if not Path(path).exists():
+            missing.append(str(Path(path)))
             continue
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-        if rows:
-            total += share * float(np.mean([float(r["s"]) for r in rows]))
+        record = benchmark_record(path)
+        if record:
+            total += share * record["s"]
     return total, missing
 
 

@@ -199,17 +199,26 @@ def _point_label(row) -> str:
     return str(row.get("variant") or row["model"])
 
 
+def _spans(xs, ys) -> tuple[float, float]:
+    """The ranges of x and y, each at least 1e-9: the units in which the figure's label rules compare distances."""
+    return max(float(np.ptp(xs)), 1e-9), max(float(np.ptp(ys)), 1e-9)
+
+
+def _near(a: tuple[float, float], b: tuple[float, float], spans: tuple[float, float], near: float) -> bool:
+    """Whether points a and b (x, y) lie within `near` of each other in both axes, as fractions of `spans`."""
+    return abs(a[0] - b[0]) / spans[0] <= near and abs(a[1] - b[1]) / spans[1] <= near
+
+
 def _label_groups(points: list[tuple[float, float, int]], near: float = 0.05) -> list[tuple[float, float, list[int]]]:
     """Points (x, y, number) within `near` of each other's axis ranges, grouped greedily in number order: one label
     (its numbers, at its first point) per group, so that labels of nearby points do not print over each other."""
     if not points:
         return []
-    xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-    span_x, span_y = max(np.ptp(xs), 1e-9), max(np.ptp(ys), 1e-9)
+    spans = _spans([p[0] for p in points], [p[1] for p in points])
     groups: list[tuple[float, float, list[int]]] = []
     for xi, yi, i in points:
         for gx, gy, ids in groups:
-            if abs(xi - gx) / span_x <= near and abs(yi - gy) / span_y <= near:
+            if _near((xi, yi), (gx, gy), spans, near):
                 ids.append(i)
                 break
         else:
@@ -223,12 +232,11 @@ def _alternate_offsets(groups: list[tuple[float, float, list[int]]], near: float
     if not groups:
         return []
     xs, ys = np.array([g[0] for g in groups]), np.array([g[1] for g in groups])
-    span_x, span_y = max(np.ptp(xs), 1e-9), max(np.ptp(ys), 1e-9)
+    spans = _spans(xs, ys)
     below = [False] * len(groups)
     previous = None
     for i in np.argsort(xs, kind="stable"):
-        if previous is not None and abs(xs[i] - xs[previous]) / span_x <= near \
-                and abs(ys[i] - ys[previous]) / span_y <= near:
+        if previous is not None and _near((xs[i], ys[i]), (xs[previous], ys[previous]), spans, near):
             below[i] = not below[previous]
         previous = i
     return below

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 _SSIM_WIN = 7
+_SSIM_COV_NORM = _SSIM_WIN * _SSIM_WIN / (_SSIM_WIN * _SSIM_WIN - 1)  # sample covariance
 
 
 def _window_mean(x: np.ndarray) -> np.ndarray:
@@ -57,8 +58,7 @@ class SsimReferences:
     def extend(self, references: np.ndarray) -> None:
         r = references.astype(np.float64)
         u = _window_mean(r)
-        cov_norm = _SSIM_WIN * _SSIM_WIN / (_SSIM_WIN * _SSIM_WIN - 1)
-        v = cov_norm * (_window_mean(r * r) - u * u)
+        v = _SSIM_COV_NORM * (_window_mean(r * r) - u * u)
         n = self._n + len(r)
         if n > len(self._arrays[0]):  # grow geometrically: a set extended one image at a time stays linear
             cap = max(n, 2 * len(self._arrays[0]))
@@ -82,14 +82,13 @@ def ssim_matrix(generated: np.ndarray, references: np.ndarray | SsimReferences) 
     refs = references if isinstance(references, SsimReferences) else SsimReferences(references)
     gen = SsimReferences(generated)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    cov_norm = _SSIM_WIN * _SSIM_WIN / (_SSIM_WIN * _SSIM_WIN - 1)
     r, ur, vr = refs.images, refs.mean, refs.var
     out = np.empty((len(gen), len(refs)))
     pad = (_SSIM_WIN - 1) // 2
     # Cross terms need the (G, R) product: loop over generated images to bound memory.
     for i in range(len(gen)):
         g, ug, vg = gen.images[i : i + 1], gen.mean[i : i + 1], gen.var[i : i + 1]
-        cov = cov_norm * (_window_mean(g * r) - ug * ur)
+        cov = _SSIM_COV_NORM * (_window_mean(g * r) - ug * ur)
         s = ((2 * ug * ur + c1) * (2 * cov + c2)) / ((ug**2 + ur**2 + c1) * (vg + vr + c2))
         out[i] = s[:, pad:-pad, pad:-pad, :].mean(axis=(1, 2, 3))
     return out
