@@ -7,7 +7,7 @@ same run and the same machine load):
 * NeMo: its search (the neurons job of the prompt set, per searched prompt) + calibration + masks per subset.
 Prints one JSON line per (localizer, collection) and the ratio NeMo / Wanda per prompt.
 
-    python -m benchmarks.localizer_costs --model testbed_planted --config config.yaml
+    python -m benchmarks.localizer_costs --config config.yaml [--root .]
 """
 
 from __future__ import annotations
