@@ -67,6 +67,17 @@ def test_relative_links_resolve(path):
             assert (path.parent / target).exists(), f"{path.name}: {target}"
 
 
+def test_every_config_and_rule_file_is_documented():
+    """A newcomer finds every ready config in docs/configuration.md and every stage file in the README's layout."""
+    configuration = (REPO / "docs/configuration.md").read_text()
+    missing = [c.relative_to(REPO).as_posix() for c in sorted((REPO / "config").rglob("*.yaml"))
+               if c.relative_to(REPO).as_posix() not in configuration and c.name not in configuration]
+    assert not missing, f"docs/configuration.md, 'The ready configs': add {missing}"
+    layout = re.search(r"^rules/ .*?(?=^\S)", (REPO / "README.md").read_text(), flags=re.S | re.M).group(0)
+    stages = [f.stem for f in sorted((REPO / "rules").glob("*.smk"))]
+    assert not [s for s in stages if not re.search(rf"\b{s}\b", layout)], f"README layout, rules/: list {stages}"
+
+
 def test_every_doc_has_snakemake_lines_planned():
     files = {f for f, _, _ in LINES}
     assert {"README.md", "docs/configuration.md", "docs/methods.md", "docs/testbeds.md", "docs/cluster.md"} <= files
