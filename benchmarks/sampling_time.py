@@ -3,8 +3,9 @@ mitigations (Wen et al., Ren et al., Jain et al.), their parameters from a confi
 
 Every variant samples the same prompts and seeds in one process through the variant registry (as evaluation
 does), interleaved round by round (the order rotates every round), so a noisy machine slows them alike; each is
-warmed up at the batch it is timed at. Prints each round's times and, per variant, the median over rounds of its
-time / the unedited model's time in the same round (the leaderboard's overhead per image, measured cleanly).
+warmed up at the batch it is timed at (`memprune.evaluate.timing`, which the leaderboard's timing rule runs on
+every compared model). Prints each round's times and, per variant, the median over rounds of its time / the
+unedited model's time in the same round.
 
     python -m benchmarks.sampling_time --checkpoint results/testbed/pruned/<params>/mem_k10/0 \
         [--model resources/testbed] [--variants none pruned wen ren jain] [--prompts 32] [--steps 50] [--rounds 5]
@@ -16,6 +17,7 @@ import time
 
 from memprune import variants as registry
 from memprune.bench import default_config
+from memprune.evaluate.timing import interleaved_times
 from memprune.formats.prompts import read_prompts
 from memprune.sampling import SamplingConfig
 
@@ -55,14 +57,9 @@ def main() -> None:
         var.generate(pipe, prompts, seeds, cfg, params, False)
         return time.perf_counter() - t
 
-    for name in names:  # warm-up, at the batch timed
-        run(name)
-    times = {name: [] for name in names}
+    times = interleaved_times(run, names, args.rounds)  # one warm-up each, at the batch timed
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            times[name].append(run(name))
-        print(f"round {r}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)
+        print(f"round {r}: " + ", ".join(f"{n} {times[n][r]:.2f}s" for n in names), flush=True)
     print(f"model {args.model}, checkpoint {args.checkpoint}: {len(prompts)} prompts x {args.steps} steps, "
           f"guidance {args.guidance}, {args.rounds} rounds; parameters from {args.config}")
     for name in names[1:]:

@@ -1,11 +1,34 @@
 # The leaderboard: one row per compared model (unedited, each localizer's edit, each mitigation) with what it
 # removes (copies per kind), whether it stays removed (MR after the recovery attack), what it costs generation
 # (prompt following, Frechet) and time, and where a ground truth exists how well its masks localize. It reads
-# what evaluation, the attack, recovery and localization wrote (memprune.evaluate.leaderboard).
+# what evaluation, the attack, recovery and localization wrote (memprune.evaluate.leaderboard), and the time per
+# image of every model measured in one job under one load (rule leaderboard_timing, memprune.evaluate.timing).
 from memprune.plan.leaderboard import STACKED, Leaderboard
 
 LEADER = Leaderboard(PLAN, EVAL, ATTACK, RECOVERY, ADVERSARIAL)
 LEADER_OTHERS = LEADER.others()  # {model name: its --configfile arguments}: the configs read and checked once
+
+
+rule leaderboard_timing:
+    conda:
+        CONDA_ENV
+    input:
+        checkpoints=LEADER.timing_checkpoints(),
+        model=model_input(),
+    output:
+        LEADER.timing,
+    params:
+        models=LEADER.timing_json(),
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        PLAN.log("leaderboard", "timing"),
+    benchmark:
+        PLAN.bench("leaderboard", "timing")
+    shell:
+        memprune("leaderboard-timing", f"--model {PLAN.model_dir} --models-json {{params.models:q}} "
+                 f"{PLAN.sampling_args()} {LEADER.timing_args()} --out {{output}}")
 
 
 rule leaderboard:

@@ -17,7 +17,7 @@ PROFILES = REPO / "workflow" / "profiles"
 # Rules that load and run a diffusion model's UNet, VAE or text encoder.
 MODEL_RULES = {"capture_chunk", "capture_null", "nemo_calibration", "nemo_neurons", "eval_sample", "eval_score",
                "attack_generate", "detection_scores", "recovery_model", "adversarial_finetune", "train_testbed",
-               "train_derived_testbed", "testbed_report"}
+               "train_derived_testbed", "testbed_report", "leaderboard_timing"}
 # Rules that read weights or stored arrays only (model_layers copies the observed weights, masks reads |W|, prune edits weights, random_model writes random
 # ones), make data, or tabulate; train_clip trains the testbed's tiny CLIP metric model on the CPU;
 # eval_aggregate asks a GPU in its rule only for fid_reference: images; the leaderboard reads the stages' files, and

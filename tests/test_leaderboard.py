@@ -50,6 +50,15 @@ def _recovery(path: Path) -> None:
                ).to_netcdf(path, engine="h5netcdf")
 
 
+def _timing(path: Path) -> None:
+    """Every model timed in one process (memprune.evaluate.timing): medians over rounds."""
+    models = ["none", "pruned:wanda|m/0", "wen", "adversarial"]
+    xr.Dataset({"seconds_per_image": ("model", [0.5, 0.5, 1.5, 0.55]),
+                "overhead_seconds_per_image": ("model", [0.0, 0.01, 1.0, 0.05]),
+                "time_per_image_vs_none": ("model", [1.0, 1.02, 3.0, 1.1])},
+               coords={"model": models}).to_netcdf(path, engine="h5netcdf")
+
+
 def _localization(path: Path) -> None:
     xr.Dataset({"precision": (("localizer", "collection", "subset"), np.array([[[0.8, 0.7]]])),
                 "recall": (("localizer", "collection", "subset"), np.array([[[0.1, 0.2]]]))},
@@ -64,6 +73,7 @@ def stages(tmp_path):
     _attack(tmp_path / "pruned.nc", "pruned:wanda|m/0", [1, 1, 0, 0, 0], [0, 0, 1, 0, 0])
     _recovery(tmp_path / "recovery.nc")
     _localization(tmp_path / "localization.nc")
+    _timing(tmp_path / "timing.nc")
     (tmp_path / "adv.tsv").write_text("s\th:m:s\n30.0\t0:00:30\n")
     models = {"none": {"variant": "none", "method": None, "subset": None},
               "pruned:wanda|m/0": {"variant": "pruned", "method": "wanda", "subset": "m/0",
@@ -82,7 +92,7 @@ def test_leaderboard_columns_from_known_stage_files(stages):
     assert main(["leaderboard", "--models-json", str(stages / "models.json"), "--eval", str(stages / "eval.nc"),
                  "--eval-kind", "mem", "--attack", f"none={stages / 'none.nc'}", f"pruned:wanda|m/0={stages / 'pruned.nc'}",
                  "--recovery", str(stages / "recovery.nc"), "--localization", str(stages / "localization.nc"),
-                 "--out", str(out), "--figure", str(fig)]) == 0
+                 "--timing", str(stages / "timing.nc"), "--out", str(out), "--figure", str(fig)]) == 0
     t = pd.read_csv(out).set_index("model")
     assert list(t.index) == ["none", "pruned:wanda|m/0", "wen", "adversarial"]
     assert list(t.columns[:4]) == ["variant", "localizer", "subset", "eval_kind"]
@@ -91,7 +101,10 @@ def test_leaderboard_columns_from_known_stage_files(stages):
     assert t.loc["pruned:wanda|m/0", "prompt_following_vs_none"] == 0.5
     assert t.loc["wen", "prompt_following_vs_none"] == pytest.approx(1.0) and t.loc["none", "frechet_vs_none"] == 1.0
     assert t.loc["adversarial", "frechet_vs_none"] == 4.0
-    assert t.loc["wen", "overhead_seconds_per_image"] == 2.0 and t.loc["wen", "time_per_image_vs_none"] == 3.0
+    # time: from timing.nc (one process, one load), never from evaluation's per-job times (eval.nc: wen 3 s, none 1 s)
+    assert t.loc["wen", "seconds_per_image"] == 1.5 and t.loc["wen", "overhead_seconds_per_image"] == 1.0
+    assert t.loc["wen", "time_per_image_vs_none"] == 3.0 and t.loc["pruned:wanda|m/0", "time_per_image_vs_none"] == 1.02
+    assert t.loc["none", "seconds_per_image"] == 0.5
     assert t.loc["none", "fraction_over_0.5"] == pytest.approx(0.8) and t.loc["pruned:wanda|m/0", "fraction_over_0.7"] == 0.0
     # the attack: held-out prompts of each kind (the pruned model's subset p0, p1 left out)
     assert t.loc["none", "copies_mem"] == 0.75 and t.loc["none", "copies_another_mem"] == 0.25
@@ -249,6 +262,57 @@ def test_killed_while_writing_its_figure_leaves_no_figure_and_a_rerun_completes(
 
     subprocess.run(cmd, check=True, capture_output=True)
     assert fig.stat().st_size > 1000 and pd.read_csv(out).model.tolist()[0] == "none"
+
+
+def test_timing_warms_up_each_model_then_rotates_the_order_every_round():
+    from memprune.evaluate.timing import interleaved_times
+
+    calls = []
+    times = interleaved_times(lambda name: calls.append(name) or float(len(calls)), ["a", "b", "c"], rounds=3)
+    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert times == {"a": [4.0, 9.0, 11.0], "b": [5.0, 7.0, 12.0], "c": [6.0, 8.0, 10.0]}
+    calls.clear()
+    assert interleaved_times(lambda name: calls.append(name) or 1.0, ["a", "b"], rounds=2, warm_up=False) == {
+        "a": [1.0, 1.0], "b": [1.0, 1.0]}
+    assert calls == ["a", "b", "b", "a"]
+
+
+def test_timing_of_models_on_the_tiny_model(tiny_model):
+    """Every model generates in one process: ratios to the unedited model, which is 1 against itself."""
+    from memprune.evaluate.timing import time_models
+    from memprune.sampling import SamplingConfig
+
+    entries = {"none": {"variant": "none"}, "jain": {"variant": "jain", "params": {}}}
+    ds = time_models(str(tiny_model), entries, ["a red square", "a blue circle"],
+                     SamplingConfig(steps=2, guidance=2.0, batch_size=2), rounds=2, device="cpu")
+    assert list(ds.model.values) == ["none", "jain"] and ds.round_seconds_per_image.shape == (2, 2)
+    assert float(ds.time_per_image_vs_none.sel(model="none")) == 1.0
+    assert float(ds.overhead_seconds_per_image.sel(model="none")) == 0.0
+    assert (ds.seconds_per_image > 0).all()
+    with pytest.raises(InputError, match="unedited model"):
+        time_models(str(tiny_model), {"jain": {"variant": "jain"}}, ["a"], SamplingConfig(steps=1), device="cpu")
+    with pytest.raises(InputError, match="edit checkpoint"):
+        time_models(str(tiny_model), {"none": {"variant": "none"}, "p": {"variant": "pruned"}}, ["a"],
+                    SamplingConfig(steps=1), device="cpu")
+
+
+@pytest.mark.slow
+def test_timing_killed_while_writing_leaves_nothing_and_a_rerun_completes(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import kill_while_running
+
+    (tmp_path / "p.txt").write_text("a red square\na blue circle\n")
+    out = tmp_path / "timing.nc"
+    cmd = [sys.executable, "-m", "memprune", "leaderboard-timing", "--model", str(tiny_model), "--models-json",
+           '{"none": {"variant": "none"}, "ren": {"variant": "ren"}}', "--steps", "2", "--guidance", "2.0",
+           "--batch-size", "2", "--device", "cpu", "--prompts-file", str(tmp_path / "p.txt"), "--prompts", "2",
+           "--rounds", "2", "--out", str(out)]
+    kill_while_running(cmd, out)
+    subprocess.run(cmd, check=True, capture_output=True)
+    with xr.open_dataset(out, engine="h5netcdf") as ds:
+        assert list(ds.model.values) == ["none", "ren"] and float(ds.time_per_image_vs_none.sel(model="none")) == 1.0
 
 
 def test_figure_labels_nearby_points_once():

@@ -1,5 +1,5 @@
-"""The `eval-sample`, `eval-score`, `eval-aggregate`, `leaderboard` and `leaderboard-stack` subcommands: their
-options and handlers. An optional
+"""The `eval-sample`, `eval-score`, `eval-aggregate`, `leaderboard-timing`, `leaderboard` and `leaderboard-stack`
+subcommands: their options and handlers. An optional
 option defaults to None; the workflow's rules omit it when unset."""
 
 from __future__ import annotations
@@ -16,12 +16,17 @@ def _metric_options(args):
                          inception=args.inception, device=args.device)
 
 
-def cmd_eval_sample(args) -> None:
+def _sampling_config(args):
     from memprune.sampling import SamplingConfig
+
+    return SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, height=args.height,
+                          width=args.width, compile=args.compile)
+
+
+def cmd_eval_sample(args) -> None:
     from memprune.evaluate.sample import sample_variant
 
-    cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, height=args.height,
-                         width=args.width, compile=args.compile)
+    cfg = _sampling_config(args)
     sample_variant(args.variant, args.model, args.out, args.memorized, _seeds(args.seeds), cfg,
                    checkpoint=args.checkpoint, params=args.variant_params, max_memorized=args.max_memorized,
                    nonmemorized=args.nonmemorized, max_nonmemorized=args.max_nonmemorized, device=args.device,
@@ -45,6 +50,19 @@ def cmd_eval_aggregate(args) -> None:
               report_thresholds=[float(t) for t in args.report_thresholds.split(",")] if args.report_thresholds else None)
 
 
+def cmd_leaderboard_timing(args) -> None:
+    from memprune.evaluate.leaderboard import read_models
+    from memprune.evaluate.timing import time_models
+    from memprune.formats.prompts import read_prompts
+    from memprune.formats.store import write_netcdf
+
+    prompts = read_prompts(args.prompts_file)[: args.prompts]
+    ds = time_models(args.model, read_models(args.models_json), prompts, _sampling_config(args), args.rounds,
+                     args.device, args.dtype, args.scheduler)
+    write_netcdf(ds, args.out)
+    print(ds[["seconds_per_image", "time_per_image_vs_none"]].to_dataframe().to_string(float_format=lambda x: f"{x:.4f}"))
+
+
 def cmd_leaderboard(args) -> None:
     import pandas as pd
 
@@ -58,7 +76,7 @@ def cmd_leaderboard(args) -> None:
         if not sep or model_id not in models:
             raise InputError(f"leaderboard --attack {item!r}: expected MODEL_ID=FILE with a model of --models-json")
         attack[model_id] = path
-    table = leaderboard(models, args.eval, attack, args.recovery, args.localization, args.eval_kind)
+    table = leaderboard(models, args.eval, attack, args.recovery, args.localization, args.eval_kind, args.timing)
     write_table(table, args.out)
     leaderboard_figure(table, args.figure)
     with pd.option_context("display.width", 250, "display.max_columns", 60):
@@ -81,6 +99,19 @@ def _metric_args(p) -> None:
     p.add_argument("--device", default="auto")
 
 
+def _sampling_arguments(p) -> None:
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--scheduler", help="diffusers scheduler class name (default: the model's)")
+    p.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                   help="torch.compile the UNet (channels_last); auto: on CUDA only")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+
+
 def add_eval_arguments(sub) -> None:
     """Register `eval-sample`, `eval-score` and `eval-aggregate` on the subparsers `sub`."""
     from memprune.formats.prompts import json_object as _json_arg
@@ -92,16 +123,7 @@ def add_eval_arguments(sub) -> None:
     p.add_argument("--variant-params", type=_json_arg, default=None,
                    help='JSON object passed to the variant over its defaults, e.g. wen: {"lr": 0.05, "max_iters": 10, '
                         '"target_loss": 0.9}')
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--scheduler", help="diffusers scheduler class name (default: the model's)")
-    p.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
-                   help="torch.compile the UNet (channels_last); auto: on CUDA only")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    _sampling_arguments(p)
     p.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds")
     p.add_argument("--memorized", required=True, help="memorized prompt file")
     p.add_argument("--max-memorized", type=int, help="the first N memorized prompts only")
@@ -139,6 +161,19 @@ def add_eval_arguments(sub) -> None:
     p.add_argument("--fig-grid", required=True)
     p.set_defaults(func=cmd_eval_aggregate)
 
+    p = sub.add_parser("leaderboard-timing", help="generation time of every compared model in one process, rounds "
+                                                  "interleaved: the leaderboard's cost per image")
+    p.add_argument("--model", required=True, help="the base diffusers pipeline")
+    p.add_argument("--models-json", required=True,
+                   help='JSON object (or a file holding it) {model id: {"variant": V, "checkpoint": DIR or null, '
+                        '"params": {...}}}, the unedited model "none" among them')
+    _sampling_arguments(p)
+    p.add_argument("--prompts-file", required=True, help="the prompts generated (the first --prompts), seeds 0..n-1")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", required=True, help="timing.nc")
+    p.set_defaults(func=cmd_leaderboard_timing)
+
     p = sub.add_parser("leaderboard", help="one row per compared model: copies per kind, MR after recovery, prompt "
                                            "following and Frechet vs the unedited model, localization, cost")
     p.add_argument("--models-json", required=True,
@@ -150,6 +185,7 @@ def add_eval_arguments(sub) -> None:
     p.add_argument("--attack", nargs="*", metavar="MODEL_ID=FILE", help="the attack's per-model files")
     p.add_argument("--recovery", help="recovery.nc")
     p.add_argument("--localization", help="localization.nc (a planted testbed)")
+    p.add_argument("--timing", help="timing.nc (memprune leaderboard-timing): the time columns")
     p.add_argument("--out", required=True, help="leaderboard.csv")
     p.add_argument("--figure", required=True, help="the figure (png)")
     p.set_defaults(func=cmd_leaderboard)

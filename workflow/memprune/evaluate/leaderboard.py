@@ -18,8 +18,11 @@ stays removed, from the files the other stages wrote:
   planted testbed's localizers).
 * cost: `locate_seconds_per_prompt`, the seconds the edit took (masks and prune: their Snakemake benchmarks, as in
   eval.nc `mask_seconds`; adversarial fine-tuning: its training job) per prompt it was made from; 0 for the
-  unedited model and inference-time mitigations; `overhead_seconds_per_image`, generation seconds per image
-  minus the unedited model's (Wen's optimisation included), and their ratio `time_per_image_vs_none`.
+  unedited model and inference-time mitigations; from `timing.nc` (`memprune.evaluate.timing`: every model in
+  one process, rounds interleaved, so the load is the same for all), `seconds_per_image`, generation seconds per
+  image (Wen's optimisation included), `overhead_seconds_per_image`, that minus the unedited model's, and
+  `time_per_image_vs_none`, their ratio (medians over rounds). Evaluation's own per-job times (eval.nc) are not
+  used: its jobs run at different loads.
 
 A column is NaN where its stage does not cover the model (e.g. a second subset evaluated but not attacked).
 """
@@ -79,23 +82,30 @@ def eval_columns(ds, model_id: str, entry: dict) -> dict:
         x = ds[name].sel(variant=v)
         return float(x.sel(subset=subset)) if subset is not None else _mean(x.values)
 
-    if subset is not None and not np.isfinite(value("seconds_per_image", variant)):
+    if subset is not None and not np.isfinite(value("copy_rate", variant)):
         return {}  # this method has no model of this subset
     row = {"eval_copies": value("copy_rate", variant)}
     if "fraction_over" in ds:
         for t in ds.threshold.values:
             frac = ds.fraction_over.sel(threshold=t, variant=variant)
             row[f"fraction_over_{float(t):g}"] = float(frac.sel(subset=subset)) if subset is not None else _mean(frac.values)
-    for name in ("prompt_following", "frechet_distance", "seconds_per_image"):
+    for name in ("prompt_following", "frechet_distance"):
         row[name] = value(name, variant)
     row["prompt_following_vs_none"] = _ratio(row["prompt_following"], value("prompt_following", REFERENCE))
     row["frechet_vs_none"] = _ratio(row["frechet_distance"], value("frechet_distance", REFERENCE))
-    none_spi = value("seconds_per_image", REFERENCE)
-    row["overhead_seconds_per_image"] = row["seconds_per_image"] - none_spi
-    row["time_per_image_vs_none"] = _ratio(row["seconds_per_image"], none_spi)
     if entry.get("method") is not None:
         row["edit_seconds"] = value("mask_seconds", variant)
     return row
+
+
+TIME_COLUMNS = ("seconds_per_image", "overhead_seconds_per_image", "time_per_image_vs_none")
+
+
+def timing_columns(ds, model_id: str) -> dict:
+    """The time columns of one model from timing.nc (NaN-free: every compared model is timed)."""
+    if model_id not in [str(m) for m in ds.model.values]:
+        return {}
+    return {name: float(ds[name].sel(model=model_id)) for name in TIME_COLUMNS}
 
 
 def attack_columns(path: str, held_out: set[str]) -> dict:
@@ -159,7 +169,8 @@ COLUMNS_FIRST = ("model", "variant", "localizer", "subset", "eval_kind")
 
 
 def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str] | None = None,
-                recovery_nc: str | None = None, localization_nc: str | None = None, eval_kind: str | None = None):
+                recovery_nc: str | None = None, localization_nc: str | None = None, eval_kind: str | None = None,
+                timing_nc: str | None = None):
     """The leaderboard of `models` {id: {variant, method, subset, prompts_file + indices (or subset_prompts),
     edit_prompts, edit_benchmark}}
     (ids as evaluation, the attack and recovery name them) from the stages' files; a pandas DataFrame."""
@@ -170,6 +181,7 @@ def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str]
     ev = xr.load_dataset(eval_nc, engine="h5netcdf") if eval_nc else None
     rec = xr.load_dataset(recovery_nc, engine="h5netcdf") if recovery_nc else None
     loc = xr.load_dataset(localization_nc, engine="h5netcdf") if localization_nc else None
+    timing = xr.load_dataset(timing_nc, engine="h5netcdf") if timing_nc else None
     rows = []
     for model_id, entry in models.items():
         row = {"model": model_id, "variant": entry["variant"], "localizer": entry.get("method") or "",
@@ -182,6 +194,8 @@ def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str]
             row.update(recovery_columns(rec, model_id))
         if loc is not None:
             row.update(localization_columns(loc, entry))
+        if timing is not None:
+            row.update(timing_columns(timing, model_id))
         if entry.get("method") is None:  # no edit to make, or a trained one (its job's benchmark)
             bench = entry.get("edit_benchmark")
             row["edit_seconds"] = _benchmark_seconds(bench) if bench else 0.0

@@ -52,6 +52,7 @@ class Leaderboard:
             seen.setdefault(m.id, m)
         self.models = list(seen.values())
         self.output = f"{self.plan.results}/leaderboard.csv"
+        self.timing = f"{self.plan.results}/timing.nc"
         self.figure = f"{self.plan.results}/figures/leaderboard.png"
 
     def attacked(self):
@@ -73,8 +74,24 @@ class Leaderboard:
             out[m.id] = entry
         return json.dumps(out)
 
+    def timing_json(self) -> str:
+        """{model id: {variant, checkpoint, params}}: what `memprune leaderboard-timing` loads for each model."""
+        plan = self.plan
+        return json.dumps({m.id: {"variant": m.variant, "checkpoint": plan.checkpoint_of(m),
+                                  "params": plan.variant_params(m.variant)} for m in self.models})
+
+    def timing_checkpoints(self) -> list[str]:
+        return list(dict.fromkeys(c for c in map(self.plan.checkpoint_of, self.models) if c))
+
+    def timing_args(self) -> str:
+        """The timed prompts (the first `leaderboard.timing.prompts` of the evaluation's memorized set) and rounds."""
+        cfg = (self.plan.config.get("leaderboard") or {}).get("timing") or {}
+        return (f"--prompts-file {shlex.quote(str(self.evaluation.memorized))} --prompts {cfg.get('prompts', 8)} "
+                f"--rounds {cfg.get('rounds', 3)}")
+
     def inputs(self) -> dict:
-        inputs = {"eval": self.evaluation.targets()[0], "attack": [self.attack.result(m) for m in self.attacked()]}
+        inputs = {"eval": self.evaluation.targets()[0], "attack": [self.attack.result(m) for m in self.attacked()],
+                  "timing": self.timing}
         if self.recovery.enabled:
             inputs["recovery"] = self.recovery.output
         if self.plan.derived and self.plan.derived["kind"] == "planted":
@@ -85,7 +102,7 @@ class Leaderboard:
         """The options naming the stages' files (the attack's per model: MODEL_ID=FILE)."""
         attack = " ".join(shlex.quote(f"{m.id}={self.attack.result(m)}") for m in self.attacked())
         inputs = self.inputs()
-        parts = [f"--eval {inputs['eval']}", f"--attack {attack}"]
+        parts = [f"--eval {inputs['eval']}", f"--attack {attack}", f"--timing {inputs['timing']}"]
         if "recovery" in inputs:
             parts.append(f"--recovery {inputs['recovery']}")
         if "localization" in inputs:
