@@ -21,10 +21,9 @@ from dataclasses import replace
 import numpy as np
 
 from memprune.errors import InputError
+from memprune.evaluate.leaderboard import REFERENCE
 
 log = logging.getLogger(__name__)
-
-REFERENCE = "none"
 
 
 def interleaved_times(run, names: list[str], rounds: int, warm_up: bool = True) -> dict[str, list[float]]:

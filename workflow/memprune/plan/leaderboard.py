@@ -85,9 +85,9 @@ class Leaderboard:
 
     def timing_args(self) -> str:
         """The timed prompts (the first `leaderboard.timing.prompts` of the evaluation's memorized set) and rounds."""
-        cfg = (self.plan.config.get("leaderboard") or {}).get("timing") or {}
-        return (f"--prompts-file {shlex.quote(str(self.evaluation.memorized))} --prompts {cfg.get('prompts', 8)} "
-                f"--rounds {cfg.get('rounds', 3)}")
+        timing = self.plan.config["leaderboard"]["timing"]  # the schema's defaults filled in
+        return (f"--prompts-file {shlex.quote(str(self.evaluation.memorized))} --prompts {timing['prompts']} "
+                f"--rounds {timing['rounds']}")
 
     def inputs(self) -> dict:
         inputs = {"eval": self.evaluation.targets()[0], "attack": [self.attack.result(m) for m in self.attacked()],
