@@ -170,3 +170,22 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write_of_that_path(tm
     finally:
         live.kill()
         live.wait(timeout=30)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_get_the_mode_a_plain_write_would(tmp_path, umask):
+    """mkstemp / mkdtemp temporaries are private (0600 / 0700); the renamed artifact must get what open() / mkdir()
+    give under the process's umask, so a group sharing results/ can read it."""
+    import os
+    import xarray as xr
+    from memprune.formats.store import atomic_dir, atomic_file
+    old = os.umask(umask)
+    try:
+        with atomic_file(tmp_path / "a.nc") as tmp:
+            xr.Dataset({"x": ("i", [1.0, 2.0])}).to_netcdf(tmp)
+        with atomic_dir(tmp_path / "b.zarr") as tmp:
+            (tmp / "part").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.nc").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "b.zarr").stat().st_mode & 0o777 == 0o777 & ~umask

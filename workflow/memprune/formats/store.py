@@ -40,15 +40,31 @@ def _remove_stale_siblings(path: Path) -> None:
                 _remove(sibling)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the kernel says it (Linux), else set and restored."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(path)
     prefix = f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
     if is_dir:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-    fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
-    os.close(fd)
-    return Path(name)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    # mkstemp / mkdtemp make the temporary private (0600 / 0700); the artifact gets the mode a plain open() or
+    # mkdir() would give it, so a group sharing `results/` on a cluster can read it.
+    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
+    return tmp
 
 
 def _remove(path: Path) -> None:
