@@ -43,7 +43,8 @@ def aot_eager_pipe(tiny_model):
     return pipe
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.slow  # compiling takes most of a fast tier's budget; the full suite runs both backends
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_capture_equals_eager(tiny_model, eager, aot_eager_pipe, backend):
     """aot_eager: dynamo traces the hooks' writes into the graph; inductor (needs a C compiler; ~2.5 min on 2
     shared cores): the generated kernels as well."""
@@ -62,6 +63,7 @@ def test_compiled_capture_equals_eager(tiny_model, eager, aot_eager_pipe, backen
         np.testing.assert_array_equal(again.sumsq[layer], compiled.sumsq[layer])
 
 
+@pytest.mark.slow
 def test_hooks_added_after_compiling_still_run(aot_eager_pipe):
     """Dynamo's default skips the guards on module hooks: a hook added after the first compiled call never runs.
     compile_unet turns them on, so it recompiles instead (NeMo's blocking, inference-time mitigations)."""

@@ -30,6 +30,7 @@ def test_search_lowers_its_own_loss(tiny_pipe):
     assert denoising_loss(tiny_pipe.unet, tiny_pipe.scheduler, z0, y) < denoising_loss(tiny_pipe.unet, tiny_pipe.scheduler, z0, start)
 
 
+@pytest.mark.slow  # 13 s of searches on the planted testbed
 def test_recovers_a_planted_photo_but_not_one_never_seen():
     from memprune.models import load_pipeline
     from memprune.testbed.planted import planted_images, read_planted_units
