@@ -1,7 +1,8 @@
 """Memorization detection (Wen et al., ICLR 2024): a memorized prompt's text steers the denoiser hard, so the
 text-conditional part of its prediction is large. score(prompt) = mean over seeds and over the first
 `score_steps` DDIM steps of ||eps(x_t, c) - eps(x_t, null)||_2 (norm over the latent's channels and pixels),
-along the CFG trajectory the pipeline itself would follow. Reported as ROC AUC and TPR at 1% FPR against the
+along the CFG trajectory the pipeline itself would follow. eps is the noise prediction whatever the model predicts
+(`memprune.prediction.to_epsilon`: SD2 at 768 px predicts v). Reported as ROC AUC and TPR at 1% FPR against the
 ground truth; the top k scored prompts of a pool are the closed loop's detected set.
 """
 
@@ -20,6 +21,7 @@ def detection_scores(pipe, prompts: list[str], seeds: list[int], steps: int = 50
     import torch
     from tqdm.auto import tqdm
 
+    from memprune.prediction import to_epsilon
     from memprune.sampling import SamplingConfig, _initial_latents
 
     if not 1 <= score_steps <= steps:
@@ -43,10 +45,10 @@ def detection_scores(pipe, prompts: list[str], seeds: list[int], steps: int = 50
             total = torch.zeros(b, dtype=torch.float64, device=device)
             for t in scheduler.timesteps[:score_steps]:
                 x_in = scheduler.scale_model_input(torch.cat([x, x]), t)
-                eps_uncond, eps_cond = unet(x_in, t, encoder_hidden_states=text).sample.chunk(2)
-                diff = (eps_cond.float() - eps_uncond.float()).flatten(1)
-                total += diff.norm(dim=1).double()
-                guided = eps_uncond + guidance * (eps_cond - eps_uncond)
+                out_uncond, out_cond = unet(x_in, t, encoder_hidden_states=text).sample.chunk(2)
+                eps_uncond, eps_cond = to_epsilon(torch.cat([out_uncond, out_cond]), x_in, t, scheduler).chunk(2)
+                total += (eps_cond - eps_uncond).flatten(1).norm(dim=1).double()
+                guided = out_uncond + guidance * (out_cond - out_uncond)  # the model's own output, as the pipeline
                 x = scheduler.step(guided, t, x).prev_sample
             scores[sl] = (total / score_steps).cpu().numpy()
     return scores.reshape(len(prompts), len(seeds))

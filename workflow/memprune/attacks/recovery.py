@@ -2,9 +2,11 @@
 model variant and a training image x_0, optimise a text-conditioning embedding y (the text encoder's output, what
 cross-attention reads) to minimise the variant's denoising loss on that image,
 
-    L(y) = || target - f_theta(sqrt(a_t) z_0 + sqrt(1 - a_t) eps, t, y) ||^2,   z_0 = VAE(x_0),
+    L(y) = || eps - eps_theta(sqrt(a_t) z_0 + sqrt(1 - a_t) eps, t, y) ||^2,   z_0 = VAE(x_0),
 
-with fresh noise eps and timesteps t drawn every step (target = eps for epsilon models, v for v-prediction), by
+with fresh noise eps and timesteps t drawn every step, eps_theta the model's noise prediction
+(`memprune.prediction.to_epsilon`; on a v-prediction model the v loss would be this one times 1 / a_t, a weight
+that depends on how the model is written, not on what it computes), by
 Adam (DoRI: lr 0.1, 50 steps, batch 8), starting from the original prompt's embedding (or an unrelated prompt's,
 or random: `INITS`). Then generate from y with several seeds and score copy similarity to x_0 with the
 evaluation's metric and threshold: a target is recovered when most seeds copy it. MR (memorization rate) of a
@@ -81,21 +83,22 @@ def start_embedding(pipe, init: str, prompt: str, unrelated: str, reference, gen
 
 
 def denoising_loss(unet, scheduler, z0, cond, gen):
-    """The model's training loss on latents z0 (N, C, h, w) under text states cond (N, L, D): fresh noise, then
-    timesteps, drawn from `gen`; the target is eps for epsilon models, v for v-prediction ones."""
+    """The noise-prediction loss on latents z0 (N, C, h, w) under text states cond (N, L, D): fresh noise, then
+    timesteps, drawn from `gen`; the model's output is read as epsilon whatever it predicts."""
     import torch
     import torch.nn.functional as F
 
-    alphas = scheduler.alphas_cumprod.float()
-    v_pred = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+    from memprune.prediction import signal_noise, to_epsilon
+
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z0),), generator=gen)
-    z0, noise, a = z0.float().to(unet.device), noise.to(unet.device), alphas[t].view(-1, 1, 1, 1).to(unet.device)
-    x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
-    target = a.sqrt() * noise - (1 - a).sqrt() * z0 if v_pred else noise
+    z0, noise = z0.float().to(unet.device), noise.to(unet.device)
+    a, s = signal_noise(scheduler, t, z0)
+    x_t = a * z0 + s * noise
     dev, dt = unet.device, unet.dtype  # noise and timesteps drawn on the CPU generator, the rest on the UNet's device
-    pred = unet(x_t.to(dev, dt), t.to(dev), encoder_hidden_states=cond.to(dev, dt)).sample
-    return F.mse_loss(pred.float(), target.to(dev))
+    x_in = x_t.to(dev, dt)
+    pred = unet(x_in, t.to(dev), encoder_hidden_states=cond.to(dev, dt)).sample
+    return F.mse_loss(to_epsilon(pred, x_in, t, scheduler), noise)
 
 
 def search(unet, scheduler, z0, start, spec: RecoverySpec, gen):

@@ -23,6 +23,7 @@ import logging
 import numpy as np
 
 from memprune.errors import InputError
+from memprune.prediction import to_epsilon
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class Probe:
                  batch: int = BATCH, min_batch: int = MIN_BATCH):
         import torch
 
-        self.unet, self.layers = unet, layers
+        self.unet, self.layers, self.scheduler = unet, layers, scheduler
         self.names = [n for n, _ in layers]
         self.offsets = np.cumsum([0] + [lin.out_features for _, lin in layers])
         scheduler.set_timesteps(steps)
@@ -212,11 +213,15 @@ class Probe:
         import torch
 
         with torch.no_grad(), _hooked(self.layers, hooks, _keep_where):
-            eps = self.unet(self.x_in[index], self.t,
+            out = self.unet(self.x_in[index], self.t,
                             encoder_hidden_states=embed.expand(len(index), -1, -1).to(self.unet.dtype)).sample
         self.runs += 1
         self.samples += len(index)
-        return eps
+        return self._epsilon(out, index)
+
+    def _epsilon(self, out, index):
+        """The UNet's output as a noise prediction (NeMo's score is defined on epsilon; SD2 predicts v)."""
+        return to_epsilon(out, self.x_in[index], self.t, self.scheduler).to(out.dtype)
 
     def _normalised(self, eps, index):
         d = (eps - self.x[index]).float()
@@ -225,14 +230,14 @@ class Probe:
 
     def deltas(self, embed, blocked=()):
         """(S, C, H, W) float32 in [0, 1]: eps(x_T, t, y) - x_T, min-max normalised per (seed, channel); every
-        seed in one call."""
+        seed in one call. eps is the UNet's output as a noise prediction, whatever the model predicts."""
         import torch
 
         with torch.no_grad(), self.blocking(blocked):
-            eps = self.unet(self.x_in, self.t, encoder_hidden_states=embed.expand(len(self.x), -1, -1).to(self.unet.dtype)).sample
+            out = self.unet(self.x_in, self.t, encoder_hidden_states=embed.expand(len(self.x), -1, -1).to(self.unet.dtype)).sample
         self.runs += 1
         self.samples += len(self.x)
-        return self._normalised(eps, slice(None))
+        return self._normalised(self._epsilon(out, slice(None)), slice(None))
 
     def start(self, embed, reference) -> None:
         """Set the prompt (`embed` (1, tokens, dim)) and its unblocked deltas that `similarities` compares to."""

@@ -16,7 +16,9 @@ Three modes, each the guidance of step t as a function of where the transition p
 
 Point by point against the released scripts:
 - the combination is theirs: f_u + g (f_c - f_u), both branches computed at every step, the null prompt ""
-  as the unconditional text, on the model's own output (epsilon or v);
+  as the unconditional text, on the model's own output (epsilon or v), which the scheduler steps with;
+- the dynamic mode's difference d_j is taken on the noise prediction (`memprune.prediction.to_epsilon`), so a
+  v-prediction model finds the same transition as the same model written in epsilon;
 - "the sampling guidance" after the point is the config's `sampling.guidance` (their 7.5 for Stable Diffusion);
   the testbed's own guidance is 2;
 - differs: when a timestep equals the static transition point exactly, their script switches the scheduler to
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from memprune.prediction import to_epsilon
 from memprune.sampling import SamplingConfig, _initial_latents
 
 MODES = ("static", "opposite", "dynamic")
@@ -86,7 +89,8 @@ def guided_sample(pipe, embeds, seeds: list[int], cfg: SamplingConfig, mode: str
                 model_in = sched.scale_model_input(torch.cat([latents] * 2), t)
                 pred_uncond, pred_text = unet(model_in, t, encoder_hidden_states=states, return_dict=False)[0].chunk(2)
                 if mode == "dynamic":
-                    d = (pred_uncond.float() - pred_text.float()).flatten(1).norm(dim=1).tolist()
+                    eps_uncond, eps_text = to_epsilon(torch.cat([pred_uncond, pred_text]), model_in, t, sched).chunk(2)
+                    d = (eps_uncond - eps_text).flatten(1).norm(dim=1).tolist()
                     for i in range(len(cond)):
                         diffs[i].append(d[i])
                         switched[i] = switched[i] or turned(diffs[i])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from memprune.prediction import to_epsilon
 from memprune.sampling import SamplingConfig, _initial_latents
 
 
@@ -26,8 +27,9 @@ def wen_mitigated_embeddings(pipe, prompts: list[str], seeds: list[int], cfg: Sa
     the plain L2 norm over (channel, H, W) of the difference of the UNet's conditional and unconditional outputs
     at the first timestep t_0, UNSCALED by the guidance weight (as Wen et al.'s released code, which takes
     `torch.norm(noise_pred_text - noise_pred_uncond, p=2)`; their code takes it over all images of a prompt
-    jointly, here each image has its own seed and embedding, so it is per image). f is the model's output as
-    it is: epsilon for epsilon-prediction models, v for v-prediction ones (no conversion to epsilon).
+    jointly, here each image has its own seed and embedding, so it is per image). f is the noise prediction
+    (`memprune.prediction.to_epsilon`): on a v-prediction model (SD2 at 768 px) the raw difference is
+    (eps_c - eps_u) / sqrt(alpha_bar_t), about 13x at t = 981, and a target set in epsilon would never be met.
     x_T^i is drawn exactly as `generate` draws it (a CPU generator seeded with seeds[i], `_initial_latents`,
     times the scheduler's init_noise_sigma), so the optimised embedding is used on the noise it was fitted to.
 
@@ -67,7 +69,8 @@ def wen_mitigated_embeddings(pipe, prompts: list[str], seeds: list[int], cfg: Sa
         with torch.no_grad():
             cond = (pipe.encode_prompt(list(prompts[sl]), device, 1, False)[0] if init_embeds is None
                     else init_embeds[sl].to(device))  # (b, L, D); init_embeds: start from given embeddings
-            uncond_out = unet(x_t, t0, encoder_hidden_states=null.expand(len(cond), -1, -1).to(unet.dtype)).sample
+            uncond_out = to_epsilon(unet(x_t, t0, encoder_hidden_states=null.expand(len(cond), -1, -1).to(unet.dtype)).sample,
+                                    x_t, t0, pipe.scheduler)
         bos = cond[:, :1].float()
         # One leaf per image: AdamW skips parameters without a gradient, so a stopped image stays put.
         tokens = [cond[i : i + 1, 1:].float().clone().requires_grad_(True) for i in range(len(cond))]
@@ -76,8 +79,9 @@ def wen_mitigated_embeddings(pipe, prompts: list[str], seeds: list[int], cfg: Sa
         for step in range(max_iters + 1):
             with torch.enable_grad():
                 embeds = torch.cat([torch.cat([bos[i : i + 1], tokens[i]], dim=1) for i in active])
-                cond_out = unet(x_t[active], t0, encoder_hidden_states=embeds.to(unet.dtype)).sample
-                losses = (cond_out.float() - uncond_out[active].float()).flatten(1).norm(dim=1)  # (active,)
+                cond_out = to_epsilon(unet(x_t[active], t0, encoder_hidden_states=embeds.to(unet.dtype)).sample,
+                                      x_t[active], t0, pipe.scheduler)
+                losses = (cond_out - uncond_out[active]).flatten(1).norm(dim=1)  # (active,)
             values = losses.detach().cpu().numpy().astype(np.float64)
             for k, i in enumerate(active):
                 if step == 0:
