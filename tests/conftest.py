@@ -142,7 +142,22 @@ def kill_while_running(cmd: list[str], out: Path, timeout: float = 900.0) -> lis
     return left
 
 
-# The fast tier (`-m "not slow"`) starts no Python, Snakemake or SLURM process: a test that does is marked slow.
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the slow tier (tests marked slow: workflow runs, SLURM, minutes of model work)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The everyday command runs the fast tier: slow tests are deselected unless `--slow` (or a `-m` naming slow)."""
+    if config.getoption("--slow") or "slow" in (config.option.markexpr or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+
+
+# The fast tier starts no Python, Snakemake or SLURM process: a test that does is marked slow.
 _TIER = {"slow": True, "test": None}
 _STARTS_A_RUN = ("python", "snakemake", "memprune", "srun", "sbatch")
 

@@ -1,7 +1,8 @@
 """Every command the README and docs/ show works as written: each `snakemake` line of their bash blocks is dry-run
 (with `-n` added) in a directory laid out as a fresh clone, after the block's other commands (`cp ...`,
-`printf ... > file`) ran there. The README stays a short entry point: at most 150 lines, exactly two set-up
-commands (the main job, and the tests exactly as `.ci/run` runs them), and no link outside the repository."""
+`printf ... > file`) ran there; so is every `snakemake` command that a config or profile shows in its comments
+(`CONFIG_FILES`). The README stays a short entry point: at most 150 lines, exactly two set-up
+commands (the main job, and the tests, which `.ci/run` runs with `--slow`), and no link outside the repository."""
 
 import re
 import shlex
@@ -37,7 +38,27 @@ def snakemake_lines():
                     yield path.relative_to(REPO).as_posix(), block[:i], cmd[cmd.index("snakemake"):]
 
 
-LINES = list(snakemake_lines())
+# The files whose comments show how to run them: the configs and the profiles.
+CONFIG_FILES = ([REPO / "config.yaml"] + sorted((REPO / "config").rglob("*.yaml"))
+                + sorted((REPO / "workflow/profiles").glob("*/config.yaml")))
+
+
+def comment_commands(path) -> list[list[str]]:
+    """The `snakemake ...` commands of a YAML file's comments as argv, each from `snakemake` to the end of its line
+    (a trailing backslash continues it on the next comment line) or to a closing backtick."""
+    comments = [line.split("#", 1)[1] for line in path.read_text().splitlines() if line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n\s*", " ", "\n".join(comments))
+    return [shlex.split(m) for m in re.findall(r"(?<![\w/-])snakemake\s[^`\n]*", text)]
+
+
+def config_comment_lines():
+    """(file, no earlier lines, the snakemake command as argv) for every command in a config's comments."""
+    for path in CONFIG_FILES:
+        for command in comment_commands(path):
+            yield path.relative_to(REPO).as_posix(), [], command
+
+
+LINES = list(snakemake_lines()) + list(config_comment_lines())
 
 
 def ci_command() -> str:
@@ -49,7 +70,8 @@ def test_readme_shows_exactly_the_two_setup_commands_the_ci_runs():
     setup = [line for block in bash_blocks(REPO / "README.md") for line in block if line.startswith("pip install")]
     assert len(setup) == 2, setup
     main_job, tests = setup
-    assert tests == ci_command()  # the README's test command is what CI runs, character for character
+    assert ci_command() == tests + " --slow"  # CI runs the README's test command with its documented switch
+    assert "`--slow`" in (REPO / "README.md").read_text()
     install = tests.split(" && ")[0]
     assert main_job.split(" && ")[0] == install and main_job.split(" && ")[1].startswith("snakemake --cores")
 
@@ -76,6 +98,17 @@ def test_every_config_and_rule_file_is_documented():
     layout = re.search(r"^rules/ .*?(?=^\S)", (REPO / "README.md").read_text(), flags=re.S | re.M).group(0)
     stages = [f.stem for f in sorted((REPO / "rules").glob("*.smk"))]
     assert not [s for s in stages if not re.search(rf"\b{s}\b", layout)], f"README layout, rules/: list {stages}"
+
+
+def test_every_config_comment_command_is_planned():
+    """The commands the SD configs, the testbed configs and the profiles show in their comments are among LINES."""
+    files = {f for f, _, _ in LINES}
+    shown = {"config/sd15.yaml", "config/sd2.yaml", "config/testbed.yaml", "config/testbed_closed_loop.yaml",
+             "config/testbed_finetune.yaml", "config/finetune/e16.yaml", "workflow/profiles/local/config.yaml",
+             "workflow/profiles/slurm/config.yaml", "workflow/profiles/slurm-cpu/config.yaml"}
+    assert shown <= files, shown - files
+    closed_loop = [c for f, _, c in LINES if f == "config/testbed_closed_loop.yaml"]
+    assert closed_loop and "results/testbed/detection.nc" in closed_loop[0]  # continued over two comment lines
 
 
 def test_every_doc_has_snakemake_lines_planned():
