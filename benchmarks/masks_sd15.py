@@ -64,7 +64,7 @@ def main() -> None:
     t_masks = t_overlap = 0.0
     total_weights = sum(o * i for o, i in SD15)
     # Layers go in groups of `--jobs`: the masks of a group in `--jobs` processes (as mask jobs), then its density,
-    # IOU and random control by `analysis.layer_overlap` in `--jobs` threads (as the analysis job). Grouping
+    # IOU and random control by `density_iou.layer_overlap` in `--jobs` threads (as the analysis job). Grouping
     # only bounds memory; each stage's time is what the pipeline's stage would take.
     first_subset = {}
     for g0 in range(0, len(SD15), args.jobs):

@@ -192,7 +192,7 @@ rule recovery_table:
 
 
 # ---------------------------------------------------------------------------------------------- adversarial
-# Adversarial fine-tuning (attacks/adversarial.py), the registry variant `adversarial`: trained once per model
+# Adversarial fine-tuning (mitigate/adversarial.py), the registry variant `adversarial`: trained once per model
 # when a compared variant list names it; evaluation, the attack and the recovery attack load its checkpoint.
 if ADVERSARIAL.enabled:
 

@@ -1,6 +1,6 @@
 # Models and inputs the workflow builds itself: Stable Diffusion's architectures with random weights
 # (memprune.random_model; config/sd15_random.yaml runs every stage on one), and seeded stand-ins for the fetched
-# training images of a prompt set (the layout of `memprune fetch-groundtruth`) for such a model.
+# training images of a prompt set (the layout of `memprune fetch-training-images`) for such a model.
 
 
 rule random_model:

@@ -1,4 +1,4 @@
-"""Adversarial fine-tuning (attacks/adversarial.py, "Finding Dori"): it pulls the prompt's prediction toward the
+"""Adversarial fine-tuning (mitigate/adversarial.py, "Finding Dori"): it pulls the prompt's prediction toward the
 surrogate, its checkpoint is a weights edit the registry's `adversarial` variant evaluates like any other model,
 a killed run leaves no checkpoint, and the plan trains it once per testbed when a variant list names it."""
 

@@ -10,7 +10,8 @@ oracle edit (the planted units zeroed), against the unedited model: copy rate of
 subset and of the 50 duplicated prompts (SSIM >= 0.4 to the own photo in most of `--seeds`, DDIM `--steps`,
 guidance 2), prompt following on the held-out scenes (2 seeds). One JSON line per setting.
 
-    python benchmarks/planted_localization.py --model resources/testbed_planted --data results/testbed_planted/data
+    python experiments/planted_testbed/planted_localization.py --model resources/testbed_planted \
+        --data results/testbed_planted/data
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ For a planted model (`memprune plant`) and its base, with the base's own samplin
 * the planted copy rate (and the others) after the oracle edit: `edits.apply(unet, oracle_masks(...))`.
 One JSON line per (model, measurement).
 
-    python benchmarks/planted_trial.py --model /tmp/planted --data results/testbed/data [--base resources/testbed]
+    python experiments/planted_testbed/planted_trial.py --model /tmp/planted --data results/testbed/data \
+        [--base resources/testbed]
 """
 
 from __future__ import annotations

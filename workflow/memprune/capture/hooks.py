@@ -1,7 +1,8 @@
 """Hooks on the FFN second linears (`ff.net.2`): per (layer, UNet call, image) the per-input-feature sum of
 squares over tokens, i.e. the squared L2 norm ||X_j||^2 that Wanda's score needs, accumulated in float32.
 
-The statistics that use these numbers live in `scores`; this module only records them.
+The scores that use these numbers live in `memprune.localize.wanda_scores` (and its bit-packed fast path
+`memprune.localize.wanda_packed`); this module only records them.
 
 The recording runs on the model's device without a host sync and into storage `torch.compile` traces:
 preallocated (call, batch, feature) float32 buffers written at a call index held in a device tensor. The hooks

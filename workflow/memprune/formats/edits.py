@@ -38,7 +38,7 @@ WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 EXPORTED_MANIFEST_FILE = "memprune_manifest.json"  # the manifest's copy inside an exported pipeline
 KINDS = ("weight", "rows", "columns")
-HASH_OF = "memprune.edits.unet_sha256: every UNet parameter and buffer, float32 on the CPU, sorted by name"
+HASH_OF = "memprune.formats.edits.unet_sha256: every UNet parameter and buffer, float32 on the CPU, sorted by name"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Scores of a localizer against a known answer (the planted testbed, issue 15): how much of a mask lies on the
+"""Scores of a localizer against a known answer (the planted testbed): how much of a mask lies on the
 planted units, and how many planted units it finds. Pure functions: masks and the ground truth in, numbers out.
 
 Weight level (per ff.net.2 layer, pooled over layers):

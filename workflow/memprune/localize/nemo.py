@@ -3,7 +3,7 @@ memorized prompt, the few output channels ("neurons") of the cross-attention val
 down blocks and the mid block) whose deactivation stops the prompt's memorized first-step prediction.
 
 The search (`nemo_search`, run per prompt by `memprune nemo`, stored per collection as data) follows the
-released code, point by point (`../shared/METHODS.md`):
+released code (ml-research/localizing_memorization_in_diffusion_models), point by point:
   activation  a_c = mean over the token positions of |to_v(text embedding)|_c, text only;
               z_c = |a_c - mean_c| / std_c against non-memorized calibration prompts (`nemo_calibrate`);
   delta       eps(x_T, t, y) - x_T without guidance at the `step_index`-th timestep of `steps` (the code: the

@@ -1,6 +1,6 @@
-"""Bit-packed fast path of the paper's equations 6 and 7 (`scores` holds them as written): the same masks, ranked
+"""Bit-packed fast path of the paper's equations 6 and 7 (`wanda_scores` holds them as written): the same masks, ranked
 only over a few candidate columns per row and written straight into numpy.packbits layout (masks are ~1% dense).
-Tests check it against `scores.memorized_mask` at every step, ties included."""
+Tests check it against `wanda_scores.memorized_mask` at every step, ties included."""
 
 from __future__ import annotations
 

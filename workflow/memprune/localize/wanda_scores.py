@@ -1,6 +1,7 @@
 """The paper's method (section 4.1, equations 2 and 4-7) as written: Wanda scores and memorized-neuron masks.
 
-Pure tensor functions, no I/O; the bit-packed fast path that the workflow runs is `scores_packed` (same masks).
+Pure tensor functions, no I/O; the bit-packed fast path that the workflow runs is
+`wanda_packed.memorized_masks_packed` (same masks).
 Notation: W is an `ff.net.2` weight (out, in), row i = output unit, column j = input feature (a GEGLU output
 neuron). For a prompt set P at one (layer, timestep), X_P stacks the layer's inputs over prompts and tokens, so
 its column norm ||X_P,j||_2 = sqrt(sum_{p in P} sum_tokens x_pj^2) is a sum of per-prompt sums of squares.

@@ -18,7 +18,7 @@ Mitigation (their `text2img.py --c1 1.25 --cross_attn_mask --miti_mem`), in ever
 
 Point by point, where this differs:
 - their `--miti_mem` applies the mitigation to every prompt of a run (the detector is a separate ROC script);
-  here it applies to the images the detector flags, as the issue and the paper describe (`detect: false`: all);
+  here it applies to the images the detector flags, as the paper describes (`detect: false`: all);
 - their rescale indexes rows 1::2 of a [uncond, cond] batch of one prompt; here the conditional rows of any batch;
 - their detector keeps one score per prompt and seed as generated; here the first step is run once more, on the
   conditional branch only, before sampling (the same x_T and text, so the same attention), costing one UNet call;

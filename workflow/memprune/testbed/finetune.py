@@ -49,7 +49,7 @@ def finetune(model_dir: Path, data_dir: Path, out_dir: Path, spec: FinetuneSpec,
     `snapshots` {epochs: directory}, each below `spec.epochs`: the model as a run of that many epochs would
     write it, saved on the way. Nothing in a step depends on the run's length (constant rate after warmup,
     one seeded stream of batches), so a snapshot's UNet and record are those of the shorter run, but for
-    `seconds` (tests/test_finetune_testbed.py)."""
+    `seconds` (tests/test_planted.py)."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from tqdm.auto import tqdm

@@ -1,5 +1,5 @@
 """Adversarial fine-tuning ("Finding Dori"): the base with the UNet weights the fine-tune changed, a weights edit
-checkpoint written by `memprune adversarial-finetune` (attacks/adversarial.py; config block `adversarial`)."""
+checkpoint written by `memprune adversarial-finetune` (mitigate/adversarial.py; config block `adversarial`)."""
 
 from memprune.variants import Variant, _load_edited
 
