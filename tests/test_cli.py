@@ -53,7 +53,17 @@ def test_prompt_formats(tmp_path):
     (tmp_path / "c.txt").write_text("x\ny\n\n")
     assert read_prompts(tmp_path / "a.jsonl") == read_prompts(tmp_path / "b.csv") == read_prompts(tmp_path / "c.txt") == ["x", "y"]
     assert len(read_prompts(REPO / "resources/prompts/sd/sd1_memorized_500.jsonl")) == 500
-    assert len(read_prompts(REPO / "resources/prompts/sd/coco2014_val_10000.csv", allow_duplicates=True)) > 9000
+
+
+def test_sd_evaluation_prompts_read_as_the_jobs_read_them():
+    """The SD configs' evaluation prompts through the evaluation jobs' own reader (eval-sample, eval-score): no
+    flag, so a repeated prompt or one in both files stops it (coco2014_val_10000.csv lost 34 repeats)."""
+    from memprune.evaluate.prompts import eval_prompts
+
+    sd = REPO / "resources/prompts/sd"
+    for memorized in ("sd1_memorized_500.jsonl", "sd2_mem.jsonl"):
+        mem, non = eval_prompts(sd / memorized, None, sd / "coco2014_val_10000.csv", None)
+        assert len(non) == 9966 and len(mem) in (500, 219)
 
 
 def test_cli_error_exit_code_and_message(tmp_path, capsys):

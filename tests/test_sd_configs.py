@@ -1,7 +1,8 @@
-"""The Stable Diffusion configs: overlays on the schema's defaults, every stage planned (dry runs).
+"""The Stable Diffusion configs: overlays on the schema's defaults, every stage planned (dry runs); every shipped
+config plans, and a bad prompt file of a config stops its plan naming the file and line.
 
 Costs (2 shared CPU cores, measured): the overlay and plan checks ~25 s; the dry runs (slow tier: they start
-Snakemake) ~10 s each, 7 of them.
+Snakemake) ~1-10 s each, 20 of them (25 s together when measured alone).
 """
 
 import copy
@@ -140,3 +141,55 @@ def test_sd15_random_builds_its_model_and_runs_every_stage():
     assert len(plan.neuron_prompts("memorized")) == 2  # NeMo on 2 prompts
     rec = Recovery(plan)  # 2 targets: the first of each set
     assert rec.cfg["max_targets"] == 1 and rec.sets + rec.controls == ["memorized", "unmemorized"]
+
+
+# Every shipped config as it is run: a file, or an overlay after its base (config/finetune/*.yaml)
+SHIPPED = [["config.yaml"]] + [[c] for c in SD + ["config/sd15_random.yaml", "config/testbed.yaml",
+                                                  "config/testbed_closed_loop.yaml", "config/testbed_finetune.yaml"]]
+SHIPPED += [["config/testbed_finetune.yaml", f"config/finetune/{e}.yaml"] for e in ("e16", "e32")]
+
+
+def test_shipped_lists_every_config():
+    files = {"config.yaml"} | {c.relative_to(REPO).as_posix() for c in (REPO / "config").rglob("*.yaml")}
+    assert {f for configs in SHIPPED for f in configs} == files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("configs", SHIPPED, ids=lambda c: "+".join(c))
+def test_every_shipped_config_plans(configs):
+    """`snakemake -n` of its default target: the plan is built, every prompt file it names read (plan.inputs)."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", *configs], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+DUPLICATED = "caption;url\na red circle;\na blue square;\na red circle;\n"  # line 4 repeats line 2
+
+
+def with_duplicated_file(cfg: dict, section: str, key: str, path) -> dict:
+    path.write_text(DUPLICATED)
+    cfg[section][key] = str(path)
+    return cfg
+
+
+# the prompt file keys of the SD configs: a prompt set (every stage reads it) and the evaluation's own files
+PROMPT_FILE_KEYS = [("prompt_sets", "unmemorized"), ("evaluate", "nonmemorized"), ("evaluate", "memorized")]
+
+
+@pytest.mark.parametrize("section,key", PROMPT_FILE_KEYS)
+def test_a_repeated_prompt_stops_the_plan_naming_file_and_line(section, key, tmp_path):
+    cfg = with_duplicated_file(load("config/sd15.yaml"), section, key, tmp_path / "bad.csv")
+    with pytest.raises(InputError, match=rf"{re.escape(str(tmp_path / 'bad.csv'))}:4: duplicate prompt \(first at line 2\)"):
+        Evaluation(Plan(cfg, REPO))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section,key", PROMPT_FILE_KEYS)
+def test_a_repeated_prompt_stops_snakemake_n_naming_file_and_line(section, key, tmp_path):
+    """As the SD configs met coco2014_val_10000.csv's repeats: in `snakemake -n`, not hours later in a job."""
+    overlay = with_duplicated_file({section: {}}, section, key, tmp_path / "bad.csv")
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "results/iou.nc", "--configfile",
+                           "config/sd15.yaml", str(tmp_path / "overlay.yaml")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'bad.csv'}:4: duplicate prompt (first at line 2)" in proc.stdout + proc.stderr

@@ -1,10 +1,11 @@
 """Stable Diffusion's architectures with random weights: `memprune make-random-model --arch sd15|sd2 --out DIR`.
 
-The UNet, VAE and text-encoder configs below are those of the published pipelines (runwayml/stable-diffusion-v1-5
-and stabilityai/stable-diffusion-2, the keys their config.json files set; every other key is the class default),
-with their schedulers' configs. The text encoders: CLIP ViT-L/14's text tower for SD1.5, OpenCLIP ViT-H/14's
-(its penultimate layer: 23 of 24 layers, gelu) for SD2. The tokenizer is CLIP's BPE, built offline from
-resources/clip_bpe (`testbed.model.build_tokenizer`); SD2's pads with "!" as its published tokenizer does.
+The UNet, VAE and text-encoder configs below are those of the published pipelines
+(stable-diffusion-v1-5/stable-diffusion-v1-5, the maintained copy of runwayml/stable-diffusion-v1-5, gone from the
+hub since 2024; and stabilityai/stable-diffusion-2: the keys their config.json files set; every other key is the
+class default), with their schedulers' configs. The text encoders: CLIP ViT-L/14's text tower for SD1.5,
+OpenCLIP ViT-H/14's (its penultimate layer: 23 of 24 layers, gelu) for SD2. The tokenizer is CLIP's BPE, built
+offline from resources/clip_bpe (`testbed.model.build_tokenizer`); SD2's pads with "!" as its published tokenizer does.
 Weights are the classes' own initialisation under `torch.manual_seed(seed)`, saved as safetensors: nothing is
 memorized, but every job of the workflow runs with the real shapes, dtypes and memory.
 

@@ -26,9 +26,11 @@ GROUPS = ("memorized", "nonmemorized")
 
 
 def eval_prompts(memorized: str | Path, max_memorized: int | None, nonmemorized: str | Path | None,
-                 max_nonmemorized: int | None) -> tuple[list[str], list[str]]:
-    mem = read_prompts(Path(memorized))[:max_memorized]
-    non = read_prompts(Path(nonmemorized))[:max_nonmemorized] if nonmemorized else []
+                 max_nonmemorized: int | None, read=read_prompts) -> tuple[list[str], list[str]]:
+    """The first `max_memorized` memorized and `max_nonmemorized` non-memorized prompts; every file read whole
+    (`read`: read_prompts, or the plan's once-per-file `plan.inputs.read_prompt_file`), none in both."""
+    mem = read(Path(memorized))[:max_memorized]
+    non = read(Path(nonmemorized))[:max_nonmemorized] if nonmemorized else []
     both = set(mem) & set(non)
     if both:
         raise InputError(f"prompt {sorted(both)[0]!r} is both in {memorized} (memorized) and {nonmemorized}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from memprune.errors import InputError
-from memprune.formats.prompts import read_prompts
+from memprune.plan.inputs import read_prompt_file
 
 
 def draw_subsets(n_prompts: int, n_subsets: int, size: int, seed: int, where: str = "collection") -> list[list[int]]:
@@ -27,7 +27,7 @@ def subsets_from_files(set_prompts: list[str], files: list[str | Path], where: s
     index = {p: i for i, p in enumerate(set_prompts)}
     out = []
     for f in files:
-        prompts = read_prompts(Path(f), allow_duplicates=False)
+        prompts = read_prompt_file(f, allow_duplicates=False)
         missing = [p for p in prompts if p not in index]
         if missing:
             raise InputError(f"{f}: {len(missing)} prompt(s) not in the prompt set of {where}, e.g. {missing[0][:60]!r}")
