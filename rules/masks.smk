@@ -84,7 +84,7 @@ rule nemo_calibration:
         PLAN.bench("nemo/{method}/{mtag}", "calibration")
     shell:
         memprune("nemo-calibrate", f"--model {PLAN.model_dir} --prompts-files {{input.prompts}} --params {{params.params:q}} "
-                 f"--device {config['model']['device']} --dtype {config['model']['dtype']} --out {{output}}")
+                 f"{MODEL_ARGS} --out {{output}}")
 
 
 rule nemo_neurons:
@@ -108,5 +108,5 @@ rule nemo_neurons:
         PLAN.bench("nemo/{method}/{mtag}", "{pset}")
     shell:
         memprune("nemo", f"--model {PLAN.model_dir} --prompts-file {{params.prompts_file}} --indices {{params.indices:q}} "
-                 f"--calibration {{input.calibration}} --params {{params.params:q}} --device {config['model']['device']} "
-                 f"--dtype {config['model']['dtype']} --out {{output}}")
+                 f"--calibration {{input.calibration}} --params {{params.params:q}} "
+                 f"{MODEL_ARGS} --out {{output}}")

@@ -22,5 +22,10 @@ def add_model_args(p, sampling: bool = True) -> None:
         p.add_argument("--steps", type=int, default=50)
         p.add_argument("--guidance", type=float, default=7.5)
         p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--height", type=int, default=None)
-        p.add_argument("--width", type=int, default=None)
+        add_size_args(p)
+
+
+def add_size_args(p) -> None:
+    """--height / --width of a stage that generates or probes (config `sampling` through `Plan.image_size`)."""
+    for side in ("height", "width"):
+        p.add_argument(f"--{side}", type=int, default=None, help=f"image {side} in pixels (default: the model's resolution)")

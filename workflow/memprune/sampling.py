@@ -68,12 +68,23 @@ def text_embeddings(pipe, prompts: list[str], batch: int = 64):
                           for i in range(0, len(prompts), batch)])
 
 
+def image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """(height, width) in pixels of what a stage generates or probes: the configured size (config `sampling`), else
+    (None) the model's default resolution, the UNet's sample size times the VAE's scale factor."""
+    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return height or default, width or default
+
+
+def latent_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """(h, w) of the latents of images of `image_size(pipe, height, width)`."""
+    return tuple(side // pipe.vae_scale_factor for side in image_size(pipe, height, width))
+
+
 def _initial_latents(pipe, gens, cfg: SamplingConfig):
     import torch
 
     unet = pipe.unet
-    h = (cfg.height or unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
-    w = (cfg.width or unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
+    h, w = latent_size(pipe, cfg.height, cfg.width)
     shape = (unet.config.in_channels, h, w)
     lat = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
     return lat.to(device=unet.device, dtype=unet.dtype)

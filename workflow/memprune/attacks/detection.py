@@ -14,10 +14,12 @@ import numpy as np
 
 
 def detection_scores(pipe, prompts: list[str], seeds: list[int], steps: int = 50, score_steps: int = 1,
-                     guidance: float = 2.0, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+                     guidance: float = 2.0, batch_size: int = 64, progress: bool = False, height: int | None = None,
+                     width: int | None = None) -> np.ndarray:
     """Wen et al.'s score per (prompt, seed): (P, S) float64, the mean over the first `score_steps` denoising
     steps of ||eps(x_t, c) - eps(x_t, null)||_2, x_t following the CFG trajectory (`guidance`) from the
-    seed's initial latent (drawn exactly as `sampling.generate` draws it)."""
+    seed's initial latent (drawn exactly as `sampling.generate` draws it, for `height` x `width` pixels; None:
+    the model's resolution)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -28,7 +30,7 @@ def detection_scores(pipe, prompts: list[str], seeds: list[int], steps: int = 50
         raise ValueError(f"score_steps must be in [1, steps={steps}], got {score_steps}")
     unet, device = pipe.unet, pipe.unet.device
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # leave the pipeline's own untouched
-    cfg = SamplingConfig(steps=steps, guidance=guidance, batch_size=batch_size)
+    cfg = SamplingConfig(steps=steps, guidance=guidance, batch_size=batch_size, height=height, width=width)
     flat_p = [p for p in prompts for _ in seeds]
     flat_s = [s for _ in prompts for s in seeds]
     scores = np.zeros(len(flat_p))
@@ -77,8 +79,10 @@ def tpr_at_fpr(positive: np.ndarray, negative: np.ndarray, fpr: float = 0.01) ->
 
 def score_prompt_set(model: str, prompts: list[str], seeds: list[int], steps: int, score_steps: int,
                      guidance: float, batch_size: int, out: Path, name: str, device: str = "auto",
-                     dtype: str = "auto", scheduler: str | None = None) -> None:
-    """Wen et al.'s score of every prompt of one prompt set (group `name`) on the unedited model; netCDF."""
+                     dtype: str = "auto", scheduler: str | None = None, height: int | None = None,
+                     width: int | None = None) -> None:
+    """Wen et al.'s score of every prompt of one prompt set (group `name`) on the unedited model, at `height` x
+    `width` pixels (None: the model's resolution); netCDF."""
     import xarray as xr
 
     from memprune import __version__
@@ -86,7 +90,8 @@ def score_prompt_set(model: str, prompts: list[str], seeds: list[int], steps: in
     from memprune.formats.store import write_netcdf
 
     pipe = load_pipeline(model, device, dtype, scheduler)
-    s = detection_scores(pipe, prompts, seeds, steps, score_steps, guidance, batch_size, progress=True)
+    s = detection_scores(pipe, prompts, seeds, steps, score_steps, guidance, batch_size, progress=True,
+                         height=height, width=width)
     ds = xr.Dataset(
         {"score_per_seed": (("prompt", "seed"), s,
                             {"long_name": "||eps(x_t, c) - eps(x_t, null)||, mean over the first score_steps steps"}),
@@ -104,6 +109,7 @@ def detection_report(score_files: list[Path], positive: list[str], out: Path, cs
     against all of them; netCDF with the scores, CSV of scores ranked."""
     import pandas as pd
 
+    from memprune.attacks.table_intervals import auc_intervals
     from memprune.formats.store import atomic_file, open_netcdfs, write_netcdf
 
     ds = open_netcdfs(score_files)
@@ -127,6 +133,7 @@ def detection_report(score_files: list[Path], positive: list[str], out: Path, cs
         tpr_at_1pct_fpr=(("comparison",), np.array(tprs), {"long_name": "true-positive rate at 1% false-positive rate"}),
     ).assign_coords(comparison=comparisons)
     out_ds.attrs["positive"] = ",".join(positive)
+    out_ds = auc_intervals(out_ds)
     write_netcdf(out_ds, out)
     table = pd.DataFrame({"prompt": ds.prompt.values, "group": group, "score": score, "rank": rank,
                           "is_positive": is_pos}).sort_values("rank")

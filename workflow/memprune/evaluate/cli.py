@@ -100,6 +100,8 @@ def _metric_args(p) -> None:
 
 
 def _sampling_arguments(p) -> None:
+    from memprune.cliargs import add_size_args
+
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--batch-size", type=int, default=8)
@@ -108,8 +110,7 @@ def _sampling_arguments(p) -> None:
     p.add_argument("--scheduler", help="diffusers scheduler class name (default: the model's)")
     p.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
                    help="torch.compile the UNet (channels_last); auto: on CUDA only")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    add_size_args(p)
 
 
 def add_eval_arguments(sub) -> None:

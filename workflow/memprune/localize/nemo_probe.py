@@ -181,10 +181,12 @@ class _Prefix:
 
 class Probe:
     """The first-step noise difference of one model for a fixed set of seeds, with channels blocked on demand.
-    `runs` counts UNet calls, `samples` the predictions they made (the search's cost)."""
+    `runs` counts UNet calls, `samples` the predictions they made (the search's cost). `size`: the latent's
+    (h, w), the configured image size over the VAE's scale factor (`sampling.latent_size`); None: the UNet's
+    sample size."""
 
     def __init__(self, unet, scheduler, layers: list, seeds: list[int], steps: int, step_index: int,
-                 batch: int = BATCH, min_batch: int = MIN_BATCH):
+                 batch: int = BATCH, min_batch: int = MIN_BATCH, size: tuple[int, int] | None = None):
         import torch
 
         self.unet, self.layers, self.scheduler = unet, layers, scheduler
@@ -195,7 +197,7 @@ class Probe:
             raise InputError(f"nemo: step_index {step_index} outside the {len(scheduler.timesteps)} timesteps")
         self.t = scheduler.timesteps[step_index]
         cfg = unet.config
-        shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        shape = (cfg.in_channels, *(size or (cfg.sample_size, cfg.sample_size)))
         dev, dt = unet.device, unet.dtype
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         self.x = (noise * scheduler.init_noise_sigma).to(dev, dt)

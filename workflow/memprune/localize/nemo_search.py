@@ -25,17 +25,19 @@ from memprune.sampling import text_embeddings as _embed
 log = logging.getLogger(__name__)
 
 
-def _setup(model: str, params: dict, device: str, dtype: str):
+def _setup(model: str, params: dict, device: str, dtype: str, height: int | None = None, width: int | None = None):
     from memprune.formats.edits import unet_sha256
     from memprune.localize import nemo
     from memprune.models import load_pipeline
+    from memprune.sampling import latent_size
 
     pipe = load_pipeline(model, device, dtype)
     layers = nemo.value_layers(pipe.unet)
     seeds = list(range(int(params["seed"]), int(params["seed"]) + int(params["seeds"])))
     if len(seeds) < 2:
         raise InputError("config key localizers.nemo.seeds: NeMo's score needs >= 2 seeds")
-    probe = nemo.Probe(pipe.unet, pipe.scheduler, layers, seeds, int(params["steps"]), int(params["step_index"]))
+    probe = nemo.Probe(pipe.unet, pipe.scheduler, layers, seeds, int(params["steps"]), int(params["step_index"]),
+                       size=latent_size(pipe, height, width))  # the image size of config `sampling`
     return pipe, layers, probe, unet_sha256(pipe.unet)
 
 
@@ -46,9 +48,10 @@ def _channel_coords(layers) -> dict:
             "channel_index": ("channel", np.array(index))}
 
 
-def calibrate(model: str, prompts: list[str], params: dict, out: str | Path, device="cpu", dtype="float32") -> dict:
+def calibrate(model: str, prompts: list[str], params: dict, out: str | Path, device="cpu", dtype="float32",
+              height: int | None = None, width: int | None = None) -> dict:
     """Activation statistics and the memorization threshold from non-memorized `prompts` (the first
-    `max_calibration` of a seeded shuffle)."""
+    `max_calibration` of a seeded shuffle), probed at `height` x `width` pixels (None: the model's resolution)."""
     import xarray as xr
 
     from memprune.localize import nemo
@@ -59,7 +62,7 @@ def calibrate(model: str, prompts: list[str], params: dict, out: str | Path, dev
     order = np.random.default_rng(int(params["seed"])).permutation(len(prompts))[: int(params["max_calibration"])]
     prompts = [prompts[i] for i in sorted(order)]
     start = time.perf_counter()
-    pipe, layers, probe, base_hash = _setup(model, params, device, dtype)
+    pipe, layers, probe, base_hash = _setup(model, params, device, dtype, height, width)
     embeds = _embed(pipe, prompts)
     act = nemo.text_activations(layers, embeds)
     scores = np.array([nemo.pairwise_max(probe.deltas(embeds[i : i + 1])).max() for i in range(len(prompts))])
@@ -92,8 +95,10 @@ def read_calibration(path: str | Path, base_hash: str | None = None):
 
 
 def search(model: str, pool: list[str], indices: list[int], calibration: str | Path, params: dict,
-           out: str | Path, device="cpu", dtype="float32", progress: bool = False) -> dict:
-    """NeMo's search for the prompts `pool[i]` of `indices` (each once); one file."""
+           out: str | Path, device="cpu", dtype="float32", progress: bool = False, height: int | None = None,
+           width: int | None = None) -> dict:
+    """NeMo's search for the prompts `pool[i]` of `indices` (each once), probed at `height` x `width` pixels (None:
+    the model's resolution, as the calibration it reads); one file."""
     import xarray as xr
     from tqdm.auto import tqdm
 
@@ -104,7 +109,7 @@ def search(model: str, pool: list[str], indices: list[int], calibration: str | P
     if any(k >= len(pool) or k < 0 for k in indices):
         raise InputError(f"nemo: subset index {max(indices)} outside the {len(pool)} prompts")
     prompts = [pool[k] for k in indices]
-    pipe, layers, probe, base_hash = _setup(model, params, device, dtype)
+    pipe, layers, probe, base_hash = _setup(model, params, device, dtype, height, width)
     cal = read_calibration(calibration, base_hash)
     if list(cal.attrs["layers"]) != [n for n, _ in layers]:
         raise InputError(f"{calibration}: its layers are not the model's value layers")
@@ -164,16 +169,19 @@ def read_neurons(path: str | Path, base_hash: str | None = None):
 
 def add_nemo_arguments(sub) -> None:
     """Register `nemo-calibrate` and `nemo` on the subparsers `sub`."""
+    from memprune.cliargs import add_size_args
     from memprune.formats.prompts import json_object, read_prompts
 
     def run_calibrate(args):
         prompts = [p for f in args.prompts_files for p in read_prompts(Path(f))]
-        print(json.dumps(calibrate(args.model, prompts, _params(args.params), args.out, args.device, args.dtype)))
+        print(json.dumps(calibrate(args.model, prompts, _params(args.params), args.out, args.device, args.dtype,
+                                   args.height, args.width)))
 
     def run_search(args):
         pool = read_prompts(Path(args.prompts_file))
         print(json.dumps(search(args.model, pool, json.loads(args.indices), args.calibration, _params(args.params),
-                                args.out, args.device, args.dtype, progress=not args.no_progress)))
+                                args.out, args.device, args.dtype, progress=not args.no_progress,
+                                height=args.height, width=args.width)))
 
     def _params(text):
         from memprune.localize import get
@@ -185,6 +193,7 @@ def add_nemo_arguments(sub) -> None:
         p.add_argument("--params", default="{}", help="JSON of NeMo's parameters (localize/nemo.py DEFAULTS)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--dtype", default="float32")
+        add_size_args(p)
         p.add_argument("--out", required=True, help="netCDF file")
 
     p = sub.add_parser("nemo-calibrate", help="NeMo: activation statistics and memorization threshold from "

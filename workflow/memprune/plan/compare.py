@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memprune.plan.config import EvalModel, Plan, key_error, options
+from memprune.plan.inputs import evaluation_prompts
 
 
 def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> list[list]:
@@ -96,6 +97,10 @@ class Evaluation:
         mem_set = ev["memorized"] or (plan.collections[self.collections[0]].set if self.collections else None)
         self.memorized = plan.sets[mem_set].file if mem_set in plan.sets else (plan.repo_path(mem_set) if mem_set else None)
         self.nonmemorized = plan.repo_path(ev["nonmemorized"]) if ev.get("nonmemorized") else None
+        detected = mem_set in plan.sets and plan.sets[mem_set].detected  # its file is written by detection
+        # read now as eval-sample will, so a bad file stops the plan (naming file and line), not the job
+        evaluation_prompts(None if detected else self.memorized, ev["max_memorized"], self.nonmemorized,
+                           ev["max_nonmemorized"])
         self.data = plan.data_dir if plan.is_testbed and not ev.get("ground_truth") else None
         clip = ev["clip"]
         self.clip_dir = "results/testbed/clip" if clip.get("use_retrained") else (plan.repo_path(clip["weights"]) if clip["weights"] else None)
@@ -208,7 +213,7 @@ class Detection:
     def args(self) -> str:
         d = self.cfg
         return (f"--n-seeds {d['n_seeds']} --seed {d['seed']} --score-steps {d['score_steps']} "
-                + self.plan.sampling_args(d, size=False))
+                + self.plan.sampling_args(d))  # its steps, guidance, batch size; its own size, else sampling's
 
     def targets(self) -> list[str]:
         r = self.plan.results
@@ -295,7 +300,8 @@ class Recovery:
     def args(self) -> str:
         rec = self.cfg
         return (f"--inits {','.join(rec.get('inits', ['prompt']))} "
-                + options(max_targets=rec.get("max_targets"), new_photos=rec.get("new_photos") or None))
+                + options(max_targets=rec.get("max_targets"), new_photos=rec.get("new_photos") or None,
+                          **self.plan.image_size()))  # its generations and the fetched photos: config sampling's size
 
     def targets_args(self) -> str:
         """`--targets-json` of every model's job (a rule parameter: its braces stay out of the shell template)."""
@@ -311,7 +317,7 @@ class Recovery:
 
 @dataclass
 class Adversarial:
-    """Adversarial fine-tuning (attacks/adversarial.py): one training job per model when a compared variant is
+    """Adversarial fine-tuning (mitigate/adversarial.py): one training job per model when a compared variant is
     trained (the registry's `adversarial`), writing the checkpoint the plan's models point to."""
 
     plan: Plan
@@ -341,4 +347,5 @@ class Adversarial:
     def args(self) -> str:
         files = " ".join(self.plan.sets[s].file for s in self.sets)
         return f"--prompts-file {files} " + options(max_targets=self.cfg.get("max_targets"), threads=self.cfg.get("threads", 2),
-                                                   device=None if self.plan.is_testbed else self.plan.model["device"])
+                                                   device=None if self.plan.is_testbed else self.plan.model["device"],
+                                                   **self.plan.image_size())  # the surrogates' and photos' size

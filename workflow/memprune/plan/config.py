@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from memprune.errors import InputError
-from memprune.formats.prompts import read_prompts
+from memprune.plan.inputs import read_prompt_file
 from memprune.plan.schema import resolve_shared
 from memprune.plan.subsets import chunks_of, draw_subsets, subsets_from_files
 
@@ -139,7 +139,7 @@ class Plan:
                 detected[name] = spec
                 continue
             path = self.repo_path(spec)
-            self._read[name] = read_prompts(Path(path))  # a bad file stops the plan, naming file and line
+            self._read[name] = read_prompt_file(path)  # a bad file stops the plan, naming file and line (plan.inputs)
             sets[name] = PromptSet(name, path, len(self._read[name]))
         for name, spec in detected.items():
             bad = [p for p in spec["detect_from"] if p not in sets]
@@ -316,16 +316,16 @@ class Plan:
 
     # ------------------------------------------------------------------------------------------ commands
 
-    def sampling_args(self, section: dict | None = None, size: bool = True) -> str:
-        s = section or self.config["sampling"]
+    def image_size(self, section: dict | None = None) -> dict:
+        """{height, width} in pixels of every stage that generates or probes: its `section`'s own, else config `sampling`'s;
+        None: the model's default resolution, given as no option (a run at it plans the commands it always did)."""
+        return {k: (section or {}).get(k) or self.config["sampling"].get(k) for k in ("height", "width")}
+
+    def sampling_args(self, section: dict | None = None) -> str:
+        s, m = section or self.config["sampling"], self.model
         args = [f"--steps {s['steps']}", f"--guidance {s['guidance']}", f"--batch-size {s['batch_size']}",
-                f"--device {self.model['device']}", f"--dtype {self.model['dtype']}", f"--compile {str(self.model.get('compile', 'auto')).lower()}"]
-        if self.model.get("scheduler"):
-            args.append(f"--scheduler {self.model['scheduler']}")
-        for key in ("height", "width") if size else ():
-            if s.get(key):
-                args.append(f"--{key} {s[key]}")
-        return " ".join(args)
+                f"--device {m['device']}", f"--dtype {m['dtype']}", f"--compile {str(m.get('compile', 'auto')).lower()}"]
+        return " ".join(args + [options(scheduler=m.get("scheduler") or None, **self.image_size(section))]).rstrip()
 
     def variant_params(self, variant: str) -> dict:
         return dict(self.config.get("mitigation", {}).get(variant, {}))
