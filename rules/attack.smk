@@ -34,8 +34,8 @@ rule attack_generate:
     shell:
         memprune("attack-generate", f"{{params.variant}} --model {PLAN.model_dir} --prompts-file {{params.prompts_file}} "
                  f"{{params.range}} --group {{wildcards.pset}} --n-samples {ATTACK.cfg['n_samples']} --seed {ATTACK.cfg['seed']} "
-                 f"--tile-grid {ATTACK.cfg['tile_grid']} {options(data=ATTACK.data)} "
-                 f"{PLAN.sampling_args(ATTACK.cfg, size=False)} --out {{output}}")
+                 f"--tile-grid {ATTACK.cfg['tile_grid']} {options(data=ATTACK.data)}{COPY_SSCD} "
+                 f"{PLAN.sampling_args(ATTACK.cfg)} --out {{output}}")
 
 
 rule attack_analyze:
@@ -56,7 +56,7 @@ rule attack_analyze:
         PLAN.bench(f"attack/{ATTACK.tag}", "{attackmodel}/analyze")
     shell:
         memprune("attack-analyze", f"--chunks {{input.chunks}} --variant {{params.id:q}} --threshold {ATTACK.cfg['distance_threshold']} "
-                 f"--min-clique {ATTACK.cfg['min_clique']} --copy-threshold {ATTACK.cfg['copy_threshold']} "
+                 f"--min-clique {ATTACK.cfg['min_clique']} --copy-threshold {ATTACK.cfg['copy_threshold']}{COPY_SSCD} "
                  f"{options(data=ATTACK.data)} --out {{output}}")
 
 
@@ -171,7 +171,7 @@ rule recovery_model:
     shell:
         memprune("recover", f"{{params.variant}} --model {PLAN.model_dir} {{params.truth}} --groups-json {{params.groups:q}} --spec {{params.spec:q}} "
                  f"{RECOVERY.args() if RECOVERY.enabled else ''} --id {{params.id:q}} --device {config['model']['device']} "
-                 f"--dtype {config['model']['dtype']} {{params.reuse}} {{params.targets}} {{params.subset}} --out {{output}}")
+                 f"--dtype {config['model']['dtype']} {{params.reuse}} {{params.targets}} {{params.subset}}{COPY_SSCD} --out {{output}}")
 
 
 rule recovery_table:
@@ -216,4 +216,4 @@ if ADVERSARIAL.enabled:
             PLAN.bench("adversarial", PLAN.trained_tag())
         shell:
             memprune("adversarial-finetune", f"--model {PLAN.model_dir} {{params.truth}} {ADVERSARIAL.args()} "
-                     f"--spec {{params.spec:q}} --no-progress --out {{output}}")
+                     f"--spec {{params.spec:q}}{COPY_SSCD} --no-progress --out {{output}}")

@@ -331,7 +331,7 @@ def test_attack_chunk_generates_through_the_variant(tiny_model, tmp_path):
     files = []
     for name, label in [("none", "none"), ("test_same", "test:same|0")]:
         files.append(tmp_path / f"{name}_res.nc")
-        res = analyze_variant(chunks[name], label, threshold=0.05, min_clique=3, copy_threshold=0.4, out=files[-1])
+        res = analyze_variant(chunks[name], label, threshold=0.05, min_clique=3, copy=0.4, out=files[-1])
         assert res.attrs["variant"] == label and res.attrs["variant_name"] == name
     table = attack_table(files)
     assert table.variant.tolist() == ["none", "test:same|0"] and table.identified.tolist()[1] == 2
@@ -443,8 +443,37 @@ def test_analyze_variant_counts_own_and_another_image_in_the_file_and_table(tmp_
     row = table.iloc[0]
     assert (row.identified, row.actually_memorized, row.copies_another) == (2, 1, 1)
     assert row.copies_another_pct == pytest.approx(33.3)
+    # Wilson's 95% interval over the group's 3 prompts beside each rate, in %; the method named in a column
+    assert (row.actually_memorized_pct_lo, row.actually_memorized_pct_hi) == pytest.approx((6.1, 79.2), abs=0.1)
+    assert row.identified_pct_lo < row.identified_pct < row.identified_pct_hi
+    cols = list(table.columns)
+    assert cols[cols.index("copies_another_pct") + 1:][:2] == ["copies_another_pct_lo", "copies_another_pct_hi"]
+    assert "Wilson" in row.interval_method and cols[-1] == "interval_method"
     assert "copies another training image" in format_table(table) and "1/3 (33%)" in format_table(table)
     # without the dataset: the old rule (the own image's SSIM), and the other kind unknown
     plain = analyze_variant([tmp_path / "chunk.nc"], "none", 0.05, 3, 0.4, tmp_path / "plain.nc")
     assert plain.actually_memorized.values.tolist() == [True, False, False] and "copies_another" not in plain
     assert attack_table([tmp_path / "plain.nc"]).copies_another.isna().all()
+    assert attack_table([tmp_path / "plain.nc"]).copies_another_pct_lo.isna().all()  # unknown: no interval
+
+
+def test_detection_report_gives_the_auc_an_interval(tmp_path):
+    """detection.nc: per comparison the AUC and its 95% interval (positives and negatives resampled apart)."""
+    from memprune.attacks.detection import detection_report
+    from memprune.formats.store import write_netcdf
+
+    rng = np.random.default_rng(0)
+    files = []
+    for name, loc, n in (("mem", 2.0, 30), ("single", 0.0, 40), ("heldout", 0.5, 40)):
+        score = rng.normal(loc, 1.0, n)
+        ds = xr.Dataset({"score": (("prompt",), score)},
+                        coords={"prompt": np.array([f"{name}{i}" for i in range(n)], dtype=object),
+                                "group": ("prompt", np.array([name] * n, dtype=object))})
+        files.append(tmp_path / f"{name}.nc")
+        write_netcdf(ds, files[-1])
+    detection_report(files, ["mem"], tmp_path / "detection.nc", tmp_path / "detection.csv")
+    out = xr.open_dataset(tmp_path / "detection.nc", engine="h5netcdf")
+    assert list(out.comparison.values) == ["mem_vs_single", "mem_vs_heldout", "mem_vs_all"]
+    assert np.all(out.auc_lo < out.auc) and np.all(out.auc < out.auc_hi) and np.all(out.auc_hi <= 1)
+    assert out.auc_lo.sel(comparison="mem_vs_single") > 0.8  # far apart: well above chance
+    assert "stratified" in out.attrs["interval_method"] and "2000 resamples" in out.auc_lo.attrs["interval_method"]

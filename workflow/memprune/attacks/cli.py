@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from memprune.cliargs import add_model_args, sampling_config
+from memprune.evaluate.copies import add_copy_metric_arguments
 from memprune.errors import InputError
 from memprune.formats.prompts import json_object as _json_arg
 
@@ -33,14 +34,15 @@ def cmd_attack_generate(args) -> None:
     attack_chunk(args.model, prompts, args.group, _seed_range(args.seed, args.n_samples), sampling_config(args),
                  Path(args.out), grid=args.tile_grid, data_dir=Path(args.data) if args.data else None,
                  variant=args.variant, checkpoint=args.checkpoint, params=args.variant_params, device=args.device,
-                 dtype=args.dtype, scheduler=args.scheduler)
+                 dtype=args.dtype, scheduler=args.scheduler, sscd=args.sscd)
 
 
 def cmd_attack_analyze(args) -> None:
     from memprune.attacks.extraction import analyze_variant
+    from memprune.evaluate.copies import copy_metric_from_args
 
     analyze_variant([Path(c) for c in args.chunks], args.variant, args.threshold, args.min_clique,
-                    args.copy_threshold, Path(args.out), data_dir=Path(args.data) if args.data else None)
+                    copy_metric_from_args(args), Path(args.out), data_dir=Path(args.data) if args.data else None)
 
 
 def cmd_attack_table(args) -> None:
@@ -64,7 +66,7 @@ def cmd_detect_scores(args) -> None:
     prompts = _prompt_slice(args.prompts_file, 0, None)
     score_prompt_set(args.model, prompts, _seed_range(args.seed, args.n_seeds), args.steps, args.score_steps,
                      args.guidance, args.batch_size, Path(args.out), args.name, args.device, args.dtype,
-                     args.scheduler)
+                     args.scheduler, args.height, args.width)
 
 
 def cmd_detection_report(args) -> None:
@@ -96,6 +98,7 @@ def add_attack_arguments(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
     p.add_argument("--tile-grid", type=int, default=4)
     p.add_argument("--data", default=None, help="testbed dataset directory: ground-truth training images")
+    p.add_argument("--sscd", default=None, help="SSCD TorchScript checkpoint that scores copies (default: SSIM)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_attack_generate)
 
@@ -105,7 +108,7 @@ def add_attack_arguments(sub) -> None:
                    help="the variant's id in the file and table, free-form (none, pruned:wanda|mem_k10/0, wen)")
     p.add_argument("--threshold", type=float, required=True, help="tiled-L2 distance below which two images are similar")
     p.add_argument("--min-clique", type=int, default=3)
-    p.add_argument("--copy-threshold", type=float, default=0.4)
+    add_copy_metric_arguments(p, 0.4)
     p.add_argument("--data", default=None,
                    help="testbed dataset directory: every train-split image, the cliques' candidates for which image they copy")
     p.add_argument("--out", required=True)

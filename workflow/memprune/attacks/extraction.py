@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memprune.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -73,17 +75,18 @@ def resolve_variant(variant, params: dict | None = None):
 
 def generate_candidates(pipe, prompts: list[str], seeds: list[int], cfg, grid: int = 4,
                         references: list[np.ndarray | None] | None = None, progress: bool = False,
-                        variant="none", params: dict | None = None) -> dict:
+                        variant="none", params: dict | None = None, metric=None) -> dict:
     """Steps 1-2 of the attack for a chunk of prompts on a loaded `pipe`: every prompt x seed image, generated
     the way `variant` (a registry name or a `Variant`; `params` over its defaults) generates, pairwise tiled
-    distances per prompt, and each image's SSIM to the prompt's training images (max over them; NaN without
-    references).
+    distances per prompt, and each image's copy similarity (`metric`, an `evaluate.copies.CopyMetric`; None: SSIM)
+    to the prompt's training images (max over them; NaN without references).
 
     Returns {"images": (P, S, H, W, 3) uint8, "distance": (P, S, S) float32, "ssim_truth": (P, S) float32,
     "info": what the variant recorded, per-image arrays as (P, S), scalars as they are}.
     """
-    from memprune.evaluate.metrics import ssim_matrix
+    from memprune.evaluate.copies import CopyMetric
 
+    metric = metric if metric is not None else CopyMetric(0.0)
     v, params = resolve_variant(variant, params)
     n_p, n_s = len(prompts), len(seeds)
     flat_p = [p for p in prompts for _ in seeds]
@@ -96,7 +99,7 @@ def generate_candidates(pipe, prompts: list[str], seeds: list[int], cfg, grid: i
     ssim_truth = np.full((n_p, n_s), np.nan, dtype=np.float32)
     for i, refs in enumerate(references or [None] * n_p):
         if refs is not None and len(refs):
-            ssim_truth[i] = ssim_matrix(images[i], refs).max(axis=1)
+            ssim_truth[i] = metric.similarity(images[i], refs).max(axis=1)
     return {"images": images, "distance": distance, "ssim_truth": ssim_truth, "info": info}
 
 
@@ -125,14 +128,16 @@ def identify(distance: np.ndarray, ssim_truth: np.ndarray, threshold: float, min
 def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], cfg, out: Path, grid: int = 4,
                  data_dir: Path | None = None, variant: str = "none", checkpoint: str | None = None,
                  params: dict | None = None, device: str = "auto", dtype: str = "auto", scheduler: str | None = None,
-                 attrs: dict | None = None) -> None:
+                 attrs: dict | None = None, sscd: str | None = None) -> None:
     """Generate and measure one chunk of prompts (steps 1-2) with a registry variant (`variant`, loaded with
     `checkpoint` where it needs one, generating with `params` over its defaults); netCDF, its attrs recording
     the variant, checkpoint and params, its variables what the variant recorded per image. `data_dir`: the
-    testbed dataset whose train-split images are the prompts' ground truth (`evaluate.training_images`)."""
+    testbed dataset whose train-split images are the prompts' ground truth (`evaluate.training_images`); `sscd`:
+    the SSCD checkpoint that scores the generations against them (None: SSIM)."""
     import xarray as xr
 
     from memprune import __version__
+    from memprune.evaluate.copies import CopyMetric
     from memprune.evaluate.training_images import TrainingImages
     from memprune.formats.store import write_netcdf
 
@@ -141,7 +146,9 @@ def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], c
     truth = TrainingImages(data_dir, model=model) if data_dir is not None else None
     pipe = v.load(model, checkpoint, device, dtype, scheduler)
     refs = truth.references(prompts) if truth is not None else None
-    res = generate_candidates(pipe, prompts, seeds, cfg, grid, refs, progress=True, variant=v, params=params)
+    metric = CopyMetric(0.0, sscd, str(pipe.unet.device))  # the similarity only: analyze_variant applies the threshold
+    res = generate_candidates(pipe, prompts, seeds, cfg, grid, refs, progress=True, variant=v, params=params,
+                              metric=metric)
     per_image = {k: x for k, x in res["info"].items() if np.shape(x) == (len(prompts), len(seeds))}
     scalars = {f"variant_{k}": x for k, x in res["info"].items() if k not in per_image}
     ds = xr.Dataset(
@@ -150,7 +157,7 @@ def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], c
             "distance": (("prompt", "seed", "seed_j"), res["distance"],
                          {"long_name": "Carlini's tiled L2 between the prompt's generations", "tile_grid": grid}),
             "ssim_truth": (("prompt", "seed"), res["ssim_truth"],
-                           {"long_name": "SSIM to the prompt's training image (max over them); NaN: none known"}),
+                           {"long_name": f"{metric.name.upper()} to the prompt's training image (max over them); NaN: none known"}),
             **{k: (("prompt", "seed"), x, {"long_name": f"recorded by variant {v.name} per image"})
                for k, x in per_image.items()},
         },
@@ -159,6 +166,7 @@ def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], c
         attrs={"model": str(model), "variant": v.name, "checkpoint": str(checkpoint or ""),
                "variant_params": json.dumps(params, sort_keys=True), "steps": cfg.steps, "guidance": cfg.guidance,
                "tile_grid": grid, "scheduler": type(pipe.scheduler).__name__, "memprune_version": __version__,
+               "copy_metric": metric.name, "copy_checkpoint": metric.checkpoint,
                **scalars, **(attrs or {})},
     )
     write_netcdf(ds, out, encoding={"images": {"zlib": True, "complevel": 4}})
@@ -179,46 +187,59 @@ def medoid(distance: np.ndarray, members: np.ndarray) -> int:
 
 
 def which_image(images: np.ndarray, distance: np.ndarray, clique: np.ndarray, identified: np.ndarray,
-                prompts: list[str], gallery: np.ndarray, captions: list[str], copy_threshold: float) -> dict:
+                prompts: list[str], gallery: np.ndarray, captions: list[str], copy) -> dict:
     """Step 4 over every training image: per prompt (images (P, S, H, W, 3), distance (P, S, S), clique (P, S),
-    identified (P,)) the clique's nearest image of `gallery` (R, H, W, 3) with its `captions` (R,).
+    identified (P,)) the clique's nearest image of `gallery` (R, H, W, 3) with its `captions` (R,), by the copy
+    metric `copy` (an `evaluate.copies.CopyMetric`, or a bare threshold: SSIM).
 
     Returns "nearest_image" (P,) gallery index (-1: not identified), "nearest_caption" (P,) its caption (""),
-    "nearest_ssim" (P,) median SSIM of the clique's images to it (NaN), "own_image" (P,) bool it is one of the
-    prompt's own, "actually_memorized" (P,) identified, own and nearest_ssim >= copy_threshold,
-    "copies_another" (P,) identified, another caption's image and nearest_ssim >= copy_threshold."""
-    from memprune.evaluate.metrics import ssim_matrix
+    "nearest_ssim" (P,) median similarity of the clique's images to it (NaN), "own_image" (P,) bool it is one of
+    the prompt's own, "actually_memorized" (P,) identified, own and nearest_ssim >= the threshold,
+    "copies_another" (P,) identified, another caption's image and nearest_ssim >= the threshold."""
+    from memprune.evaluate.copies import as_metric
+
+    metric = as_metric(copy)
 
     n_p = len(prompts)
     nearest, near_ssim = np.full(n_p, -1), np.full(n_p, np.nan)
     for i in np.flatnonzero(identified):
         rep = images[i, medoid(distance[i], clique[i])]
-        nearest[i] = int(np.argmax(ssim_matrix(rep[None], gallery)[0]))
-        near_ssim[i] = float(np.median(ssim_matrix(images[i][clique[i]], gallery[nearest[i]][None])[:, 0]))
+        nearest[i] = int(np.argmax(metric.similarity(rep[None], gallery)[0]))
+        near_ssim[i] = float(np.median(metric.similarity(images[i][clique[i]], gallery[nearest[i]][None])[:, 0]))
     caption = np.array([captions[k] if k >= 0 else "" for k in nearest], dtype=object)
     own = (nearest >= 0) & (caption == np.array(prompts, dtype=object))
-    copies = np.nan_to_num(near_ssim, nan=-np.inf) >= copy_threshold
+    copies = metric.copies(near_ssim)
     return {"nearest_image": nearest, "nearest_caption": caption, "nearest_ssim": near_ssim, "own_image": own,
             "actually_memorized": identified & own & copies, "copies_another": identified & (nearest >= 0) & ~own & copies}
 
 
-def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_clique: int, copy_threshold: float,
+def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_clique: int, copy,
                     out: Path, data_dir: Path | None = None) -> "xr.Dataset":
     """Steps 3-4 over a variant's chunks -> per-prompt results (netCDF, without the images). `variant` is the
     variant's id in tables and figures (free-form, e.g. "pruned:wanda|mem_k10/0"); the registry name the chunks
     were generated with stays in attrs "variant_name". `data_dir`: the testbed dataset whose train-split images
-    the cliques are matched against (`which_image`); without it "copies_another" is unknown (NaN in the table)."""
+    the cliques are matched against (`which_image`); without it "copies_another" is unknown (NaN in the table).
+    `copy`: the copy metric (`evaluate.copies.CopyMetric`, or a bare threshold: SSIM); the chunks must have been
+    scored with the same similarity."""
     import xarray as xr
+
+    from memprune.evaluate.copies import as_metric
 
     from memprune.formats.store import open_netcdfs, write_netcdf
 
     ds = open_netcdfs(chunks, drop=[] if data_dir is not None else ["images"])
+    metric = as_metric(copy)
+    scored = ds.attrs.get("copy_metric", "ssim"), ds.attrs.get("copy_checkpoint", "")
+    if scored != (metric.name, metric.checkpoint):
+        raise InputError(f"{chunks[0]}: its generations were scored with {scored[0]} {scored[1]}, not "
+                         f"{metric.name} {metric.checkpoint}: rerun the attack's generation")
+    copy_threshold, label = metric.threshold, metric.label()
     res = identify(ds.distance.values, ds.ssim_truth.values, threshold, min_clique, copy_threshold)
     which = {}
     if data_dir is not None:
         gallery, captions = training_gallery(Path(data_dir))
         which = which_image(ds.images.values, ds.distance.values, res["clique"], res["identified"],
-                            [str(p) for p in ds.prompt.values], gallery, captions, copy_threshold)
+                            [str(p) for p in ds.prompt.values], gallery, captions, metric)
         res["actually_memorized"] = which.pop("actually_memorized")
         ds = ds.drop_vars("images")
     d = ds.distance.values
@@ -230,10 +251,10 @@ def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_cliq
             "clique_size": (("prompt",), res["clique_size"], {"long_name": "size of the largest clique"}),
             "identified": (("prompt",), res["identified"], {"long_name": f"identified as memorized: clique >= {min_clique}"}),
             "actually_memorized": (("prompt",), res["actually_memorized"],
-                                   {"long_name": (f"identified, the clique's nearest training image is the prompt's own and its median SSIM to it >= {copy_threshold}"
-                                                  if which else f"identified and the clique's median SSIM to the training image >= {copy_threshold}")}),
+                                   {"long_name": (f"identified, the clique's nearest training image is the prompt's own and its median {label}"
+                                                  if which else f"identified and the clique's median {label} to the training image")}),
             **({"copies_another": (("prompt",), which["copies_another"],
-                                   {"long_name": f"identified, the clique's nearest training image is another caption's, median SSIM >= {copy_threshold}"}),
+                                   {"long_name": f"identified, the clique's nearest training image is another caption's, median {label}"}),
                 "own_image": (("prompt",), which["own_image"], {"long_name": "the clique's nearest training image is one of the prompt's own"}),
                 "nearest_image": (("prompt",), which["nearest_image"],
                                   {"long_name": "row of the clique's nearest image among the dataset's train-split images (-1: not identified)"}),
@@ -248,7 +269,7 @@ def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_cliq
         },
         coords={"prompt": ds.prompt.values, "seed": ds.seed.values, "group": ("prompt", ds.group.values)},
         attrs={**ds.attrs, "variant_name": ds.attrs.get("variant", ""), "variant": variant,
-               "distance_threshold": threshold, "min_clique": min_clique, "copy_threshold": copy_threshold},
+               "distance_threshold": threshold, "min_clique": min_clique, **metric.attrs()},
     )
     write_netcdf(out_ds, out)
     log.info("%s: %d of %d prompts identified, %d actually memorized, %s copy another training image", variant,
@@ -262,6 +283,8 @@ def attack_table(variant_files: list[Path]) -> "pd.DataFrame":
     training image), copies another training image (counts and %; None where unknown)."""
     import pandas as pd
     import xarray as xr
+
+    from memprune.attacks.table_intervals import attack_table_intervals
 
     rows = []
     for f in variant_files:
@@ -280,7 +303,7 @@ def attack_table(variant_files: list[Path]) -> "pd.DataFrame":
                          "actually_memorized_pct": round(100 * actual / n, 1) if actual is not None else None,
                          "copies_another": other, "copies_another_pct": round(100 * other / n, 1) if other is not None else None})
         ds.close()
-    return pd.DataFrame(rows)
+    return attack_table_intervals(pd.DataFrame(rows))
 
 
 def format_table(table: "pd.DataFrame") -> str:

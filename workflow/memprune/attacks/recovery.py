@@ -119,18 +119,22 @@ def search(unet, scheduler, z0, start, spec: RecoverySpec, gen):
 
 
 def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list[str], spec: RecoverySpec,
-                   reference_prompts: list[str], progress: bool = False, searches: dict | None = None) -> dict:
+                   reference_prompts: list[str], progress: bool = False, searches: dict | None = None,
+                   metric=None, height: int | None = None, width: int | None = None) -> dict:
     """Run the search for every (target, init) against `pipe` and generate from the start and the found
-    embedding with `spec.seeds`. `targets`: {prompt, group, image (H, W, 3) uint8, unrelated}. `searches`: the
-    searches already run against this UNet ({embedding (T, I, 2, L, D): start and found, loss, seconds}, from
-    `read_searches`), used instead of running them again. Returns arrays."""
+    embedding with `spec.seeds`, at `height` x `width` pixels (None: the model's resolution). `targets`: {prompt,
+    group, image (H, W, 3) uint8, unrelated}. `searches`: the searches already run against this UNet ({embedding
+    (T, I, 2, L, D): start and found, loss, seconds}, from `read_searches`), used instead of running them again. `metric`: the copy metric that scores the generations
+    (`evaluate.copies.CopyMetric`; None: SSIM at `spec.copy_threshold`). Returns arrays."""
     import torch
     from tqdm.auto import tqdm
 
-    from memprune.evaluate.metrics import ssim_matrix
+    from memprune.evaluate.copies import CopyMetric
     from memprune.sampling import SamplingConfig
 
-    cfg = SamplingConfig(steps=spec.sample_steps, guidance=spec.guidance, batch_size=max(8, len(spec.seeds)))
+    metric = metric if metric is not None else CopyMetric(spec.copy_threshold)
+    cfg = SamplingConfig(steps=spec.sample_steps, guidance=spec.guidance, batch_size=max(8, len(spec.seeds)),
+                         height=height, width=width)
     unet = pipe.unet
     unet.requires_grad_(False)
     reference = embed(pipe, reference_prompts)
@@ -155,10 +159,10 @@ def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list
             embeddings[ti, ii] = torch.cat([start, y]).cpu().numpy()
             for k, emb in enumerate((start, y)):
                 images, _ = variant.generate_embeds(pipe, emb.expand(S, -1, -1).to(unet.dtype), list(spec.seeds), cfg, params)
-                sim = ssim_matrix(images, target["image"][None])[:, 0]
+                sim = metric.similarity(images, target["image"][None])[:, 0]
                 (before if k == 0 else after)[ti, ii] = sim
                 examples[ti, ii, k] = images[0]
-            log.info("recovery %s [%s] %s: SSIM %.2f -> %.2f, loss %.4f -> %.4f, %.1fs", target["group"], init,
+            log.info("recovery %s [%s] %s: %s %.2f -> %.2f, loss %.4f -> %.4f, %.1fs", target["group"], init, metric.name,
                      target["prompt"][:40], np.median(before[ti, ii]), np.median(after[ti, ii]),
                      losses[ti, ii, 0], losses[ti, ii, -1], seconds[ti, ii])
     return {"before": before, "after": after, "loss": losses, "seconds": seconds, "examples": examples,
@@ -192,24 +196,32 @@ def read_searches(path: str | Path, targets: list[dict], inits: list[str], spec:
 
 
 def copied(sim: np.ndarray, threshold: float) -> np.ndarray:
-    """(..., seed) -> (...) bool: SSIM >= threshold in more than half the seeds (the evaluation's rule)."""
+    """(..., seed) -> (...) bool: similarity >= threshold in more than half the seeds (the evaluation's rule)."""
     return (sim >= threshold).sum(-1) * 2 > sim.shape[-1]
 
 
 def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spec: RecoverySpec, res: dict,
-                     attrs: dict):
+                     attrs: dict, metric=None):
+    """The recovery file; `ssim_original` / `ssim_recovered` hold the copy metric's similarity (attrs
+    `copy_metric`: SSIM, or SSCD), the names kept from before SSCD could score them."""
     import xarray as xr
 
+    from memprune.evaluate.copies import CopyMetric
+
+    metric = metric if metric is not None else CopyMetric(spec.copy_threshold)
+    what = "SSCD" if metric.sscd else "SSIM"
     ds = xr.Dataset(
         {
             "ssim_original": (("target", "init", "seed"), res["before"],
-                              {"long_name": "SSIM to the target of generations from the start embedding (init=prompt: the original prompt)"}),
+                              {"long_name": f"{what} to the target of generations from the start embedding (init=prompt: the original prompt)"}),
             "ssim_recovered": (("target", "init", "seed"), res["after"],
-                               {"long_name": "SSIM to the target of generations from the recovered embedding"}),
+                               {"long_name": f"{what} to the target of generations from the recovered embedding"}),
             "loss": (("target", "init", "search_step"), res["loss"], {"long_name": "the search's denoising loss per step"}),
             "seconds": (("target", "init"), res["seconds"], {"long_name": "seconds of the search (generation apart)"}),
-            "copied_original": (("target", "init"), copied(res["before"], spec.copy_threshold).astype(np.uint8)),
-            "recovered": (("target", "init"), copied(res["after"], spec.copy_threshold).astype(np.uint8)),
+            "copied_original": (("target", "init"), copied(res["before"], metric.threshold).astype(np.uint8),
+                                {"long_name": f"most seeds from the start embedding reach {metric.label()}"}),
+            "recovered": (("target", "init"), copied(res["after"], metric.threshold).astype(np.uint8),
+                          {"long_name": f"most seeds from the recovered embedding reach {metric.label()}"}),
             "examples": (("target", "init", "which", "y", "x", "rgb"), res["examples"],
                          {"long_name": "the first seed's generation from the start and from the recovered embedding"}),
             "target_image": (("target", "y", "x", "rgb"), np.stack([t["image"] for t in targets])),
@@ -220,7 +232,7 @@ def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spe
                 "group": ("target", np.array([t["group"] for t in targets], dtype=object)),
                 "init": list(inits), "seed": list(spec.seeds), "search_step": np.arange(spec.steps),
                 "which": ["original", "recovered"]},
-        attrs={"variant": variant_id, "spec": json.dumps(asdict(spec)), **attrs},
+        attrs={"variant": variant_id, "spec": json.dumps(asdict(spec)), **metric.attrs(), **attrs},
     )
     return ds
 
@@ -237,22 +249,28 @@ def split_of(targets: list[dict], groups: dict, subset: dict | None) -> list[str
 def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, data_dir: str | None, groups: dict,
                 inits: list[str], spec: RecoverySpec, out: str | Path, variant_id: str, max_targets: int | None,
                 new_photos: int = 0, device="auto", dtype="auto", progress=False, searches_from: str | None = None,
-                images: dict | None = None, chosen: dict | None = None, subset: dict | None = None) -> None:
+                images: dict | None = None, chosen: dict | None = None, subset: dict | None = None,
+                sscd: str | None = None, height: int | None = None, width: int | None = None) -> None:
     """The recovery attack on one variant: targets are the first `max_targets` prompts of each group
     (`groups`: {group: prompt list}), or those of `chosen` ({group: prompt indices}, the plan's: an edit's own
     subset photos and held-out ones), with their training photos from the testbed dataset `data_dir`, or from
-    `images` ({group: (root, prompt file)}, fetched; resized to the model's resolution), plus `new_photos` crops
-    the model never saw (testbed only); written to `out` (netCDF), each target's `split` from `subset` (`split_of`).
-    `searches_from`: the unedited model's recovery file, whose searches an inference-time variant reuses."""
+    `images` ({group: (root, prompt file)}, fetched; resized to the generations' `height` x `width`, None: the
+    model's resolution), plus `new_photos` crops the model never saw (testbed only); written to `out` (netCDF),
+    each target's `split` from `subset` (`split_of`).
+    `searches_from`: the unedited model's recovery file, whose searches an inference-time variant reuses.
+    `sscd`: the SSCD checkpoint that decides copies (None: SSIM), at `spec.copy_threshold`."""
     from memprune.evaluate.training_images import first_photos
     from memprune.formats.store import write_netcdf
     from memprune.attacks.extraction import resolve_variant
+    from memprune.sampling import image_size
+    from memprune.evaluate.copies import CopyMetric
 
     v, params = resolve_variant(variant, params)
     pipe = v.load(model, checkpoint, device, dtype, None)
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    metric = CopyMetric(spec.copy_threshold, sscd, str(pipe.unet.device))
+    h, w = image_size(pipe, height, width)
     picked = {g: [ps[i] for i in chosen[g]] if g in chosen else ps[:max_targets] for g, ps in groups.items()} if chosen else groups
-    targets = first_photos(picked, data_dir, images, (side, side) if images else None, None if chosen else max_targets)
+    targets = first_photos(picked, data_dir, images, (w, h) if images else None, None if chosen else max_targets)
     all_prompts = [p for ps in groups.values() for p in ps]
     for target in targets:
         target["unrelated"] = all_prompts[(all_prompts.index(target["prompt"]) + len(all_prompts) // 2) % len(all_prompts)]
@@ -269,11 +287,13 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
         if checkpoint or v.attacked_as != "none":
             raise InputError(f"--searches-from: the variant {v.name!r} is not attacked through the unedited UNet")
         searches = read_searches(searches_from, targets, inits, spec)
-    res = attack_targets(pipe, v, params, targets, inits, spec, all_prompts[:64], progress=progress, searches=searches)
+    res = attack_targets(pipe, v, params, targets, inits, spec, all_prompts[:64], progress=progress, searches=searches,
+                         metric=metric, height=height, width=width)
     ds = recovery_dataset(variant_id, targets, inits, spec, res, {"model": str(model), "checkpoint": str(checkpoint or ""),
                                                                   "variant_name": v.name, "variant_params": json.dumps(params),
                                                                   "searches_from": str(searches_from or ""),
-                                                                  "subset": json.dumps(subset) if subset is not None else ""})
+                                                                  "subset": json.dumps(subset) if subset is not None else ""},
+                          metric)
     ds["split"] = ("target", np.array(split_of(targets, groups, subset), dtype=object),
                    {"long_name": "subset: a photo of the prompts whose masks made the edit; heldout: another; all: no edit"})
     write_netcdf(ds, out)
@@ -281,7 +301,7 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
 
 def add_recovery_arguments(sub) -> None:
     """Register `recover` and `recovery-table`."""
-    from memprune.cliargs import add_model_args
+    from memprune.cliargs import add_model_args, add_size_args
     from memprune.formats.prompts import json_object, read_prompts
 
     def run(args):
@@ -294,7 +314,8 @@ def add_recovery_arguments(sub) -> None:
                     args.inits.split(","), spec, args.out, args.id or args.variant, args.max_targets, args.new_photos,
                     args.device, args.dtype, progress=not args.no_progress, searches_from=args.searches_from, images=images,
                     chosen=json_object(args.targets_json) if args.targets_json else None,
-                    subset=json_object(args.subset_json) if args.subset_json else None)
+                    subset=json_object(args.subset_json) if args.subset_json else None, sscd=args.sscd,
+                    height=args.height, width=args.width)
 
     def table(args):
         import pandas as pd
@@ -314,6 +335,7 @@ def add_recovery_arguments(sub) -> None:
 
     p = sub.add_parser("recover", help="recovery attack (Finding Dori) on one model variant: MR after a text-embedding search")
     add_model_args(p, sampling=False)
+    add_size_args(p)
     p.add_argument("--variant", required=True, help="a registry name (none, pruned, wen)")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--variant-params", type=json_object, default=None)
@@ -330,6 +352,7 @@ def add_recovery_arguments(sub) -> None:
     p.add_argument("--new-photos", type=int, default=0)
     p.add_argument("--searches-from", default=None,
                    help="the unedited model's recovery file: an inference-time variant (wen) reuses its searches")
+    p.add_argument("--sscd", default=None, help="SSCD TorchScript checkpoint that decides copies (default: SSIM)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=run)

@@ -120,6 +120,7 @@ def score_variant(samples: str | Path, out: str | Path, metrics: MetricOptions, 
         },
         coords={"prompt": np.array(prompts, dtype=object), "seed": seeds, "group": ("prompt", np.array(groups, dtype=object))},
         attrs={"samples": str(samples), "copy_metric": copier.name, "feature_space": feature_space,
+               "copy_checkpoint": Path(metrics.sscd).name.split(".")[0] if metrics.sscd else "",
                "clip_model": str(metrics.clip_name or metrics.clip_weights), "memprune_version": __version__,
                **{f"timing_{k}": v for k, v in timing.items() if isinstance(v, (int, float, str))}},
     )

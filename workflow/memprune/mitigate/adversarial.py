@@ -10,8 +10,8 @@ ICML 2026). The whole UNet is fine-tuned; every step
 
 The surrogate of a target is what a mitigated model generates for its prompt (DoRI: "what the model generates
 for the prompt after mitigation"): here the registry variant `surrogate` (default Wen et al.'s inference-time
-mitigation, which needs no checkpoint) on the unedited model, the first of `surrogate_seeds` whose SSIM to the
-target stays below `copy_threshold`; where every seed still copies, the unedited model's generation for an
+mitigation, which needs no checkpoint) on the unedited model, the first of `surrogate_seeds` whose copy
+similarity to the target (the configured copy metric, `evaluate.copies`) stays below `copy_threshold`; where every seed still copies, the unedited model's generation for an
 unrelated training caption (recorded per target as `surrogate_source`). The result is a weights edit checkpoint
 (`edits.write_weights_edit`), loaded by the registry variant `adversarial` like any other edit.
 """
@@ -61,24 +61,25 @@ class AdversarialSpec:
             raise InputError("adversarial: lr and search_lr must be > 0, retain_weight >= 0")
 
 
-def surrogates(pipe, targets: list[dict], spec: AdversarialSpec, unrelated: list[str]):
+def surrogates(pipe, targets: list[dict], spec: AdversarialSpec, unrelated: list[str], metric=None,
+               height: int | None = None, width: int | None = None):
     """(images (T, H, W, 3) uint8, source per target): the `spec.surrogate` variant's generation for each target's
-    prompt whose SSIM to the target stays below the copy threshold (first such seed), else the plain model's
-    generation for an unrelated caption."""
-    from memprune.evaluate.metrics import ssim_matrix
+    prompt that does not copy the target by `metric` (first such seed; None: SSIM at `spec.copy_threshold`),
+    else the plain model's generation for an unrelated caption; at `height` x `width` pixels (None: the model's)."""
+    from memprune.evaluate.copies import CopyMetric
     from memprune.sampling import SamplingConfig, generate
     from memprune.attacks.extraction import resolve_variant
 
+    metric = metric if metric is not None else CopyMetric(spec.copy_threshold)
     variant, params = resolve_variant(spec.surrogate)
     if variant.needs_checkpoint:
         raise InputError(f"adversarial.surrogate: {spec.surrogate!r} needs a checkpoint; use a variant without one (none, wen)")
-    cfg = SamplingConfig(steps=spec.surrogate_steps, guidance=spec.guidance, batch_size=16)
+    cfg = SamplingConfig(steps=spec.surrogate_steps, guidance=spec.guidance, batch_size=16, height=height, width=width)
     seeds = list(range(spec.surrogate_seeds))
     out, source = [], []
     for k, t in enumerate(targets):
         images, _ = variant.generate(pipe, [t["prompt"]] * len(seeds), seeds, cfg, params)
-        sim = ssim_matrix(images, t["image"][None])[:, 0]
-        ok = np.flatnonzero(sim < spec.copy_threshold)
+        ok = np.flatnonzero(~metric.copies(metric.similarity(images, t["image"][None])[:, 0]))
         if len(ok):
             out.append(images[ok[0]])
             source.append(f"{variant.name}:seed{seeds[ok[0]]}")
@@ -89,9 +90,11 @@ def surrogates(pipe, targets: list[dict], spec: AdversarialSpec, unrelated: list
 
 
 def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_states, null_state, spec: AdversarialSpec,
-                         unrelated: list[str], progress: bool = False) -> dict:
+                         unrelated: list[str], progress: bool = False, metric=None, height: int | None = None,
+                         width: int | None = None) -> dict:
     """Fine-tune `pipe.unet` in place (see the module's docstring). `targets`: {prompt, image (H, W, 3) uint8};
-    retained_*: (N, C, h, w) latents and (N, L, D) text states of the data to keep. Returns the run's record."""
+    retained_*: (N, C, h, w) latents and (N, L, D) text states of the data to keep; `metric`: the copy metric
+    that picks the surrogates (None: SSIM at `spec.copy_threshold`). Returns the run's record."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     from tqdm.auto import tqdm
@@ -101,7 +104,7 @@ def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_s
 
     t0 = time.perf_counter()
     unet, sched = pipe.unet, pipe.scheduler
-    surrogate_images, source = surrogates(pipe, targets, spec, unrelated)
+    surrogate_images, source = surrogates(pipe, targets, spec, unrelated, metric, height, width)  # config `sampling`'s size
     surrogate_seconds = time.perf_counter() - t0
     z_target = torch.cat([image_latent(pipe, t["image"]) for t in targets])
     z_surr = torch.cat([image_latent(pipe, im) for im in surrogate_images])
@@ -189,22 +192,23 @@ def testbed_inputs(pipe, data_dir: Path, prompts: list[str], max_targets: int | 
     return targets, latents, states, embed(pipe, [""]), [unrelated[i] for i in rng.permutation(len(unrelated))[:64]]
 
 
-def fetched_inputs(pipe, images: dict, target_sets: list[str], max_targets: int | None):
+def fetched_inputs(pipe, images: dict, target_sets: list[str], max_targets: int | None, height: int | None = None,
+                   width: int | None = None):
     """Stable Diffusion: the targets (the first `max_targets` fetched photos of each target set) and the
-    retained data: every other fetched image of `images` ({set: (root, prompt file)}), at the model's resolution,
-    as latents and frozen text states (on the CPU; the loss moves each batch)."""
+    retained data: every other fetched image of `images` ({set: (root, prompt file)}), at `height` x `width` (None:
+    the model's resolution), as latents and frozen text states (on the CPU; the loss moves each batch)."""
     import torch
 
     from memprune.attacks.recovery import image_latent
     from memprune.evaluate.training_images import first_photos
     from memprune.formats.prompts import read_prompts
-    from memprune.sampling import text_embeddings
+    from memprune.sampling import image_size, text_embeddings
 
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    h, w = image_size(pipe, height, width)
     groups = {s: read_prompts(Path(f)) for s, (_, f) in images.items()}
-    targets = first_photos({s: groups[s] for s in target_sets}, images=images, size=(side, side), max_per_group=max_targets)
+    targets = first_photos({s: groups[s] for s in target_sets}, images=images, size=(w, h), max_per_group=max_targets)
     names = {t["prompt"] for t in targets}
-    rows = [r for r in first_photos(groups, images=images, size=(side, side)) if r["prompt"] not in names]
+    rows = [r for r in first_photos(groups, images=images, size=(w, h)) if r["prompt"] not in names]
     if not rows:
         raise InputError("adversarial: no retained images besides the targets (config key recovery.images)")
     latents = torch.cat([image_latent(pipe, r["image"]).cpu() for r in rows])
@@ -215,12 +219,16 @@ def fetched_inputs(pipe, images: dict, target_sets: list[str], max_targets: int 
 
 def run(model: str, data_dir: str | None, prompts: list[str], spec: AdversarialSpec, out: str | Path,
         max_targets: int | None = None, threads: int = 0, progress: bool = False, images: dict | None = None,
-        target_sets: list[str] | None = None, device: str = "cpu") -> dict:
+        target_sets: list[str] | None = None, device: str = "cpu", sscd: str | None = None, height: int | None = None,
+        width: int | None = None) -> dict:
     """Adversarially fine-tune `model` against the recovery attack and write the weights edit checkpoint to
     `out`: a testbed on `prompts`' photos in its dataset `data_dir`, or (Stable Diffusion) on the fetched photos
-    of `target_sets` in `images` ({set: (root, prompt file)}). The UNet trains in float32 on `device`."""
+    of `target_sets` in `images` ({set: (root, prompt file)}). The UNet trains in float32 on `device`. `sscd`: the
+    SSCD checkpoint that decides which surrogate generations copy (None: SSIM), at `spec.copy_threshold`.
+    `height` x `width`: the surrogates' size and the fetched photos' (None: the model's resolution)."""
     import torch
 
+    from memprune.evaluate.copies import CopyMetric
     from memprune.formats.edits import write_weights_edit
     from memprune.models import load_pipeline
 
@@ -228,11 +236,15 @@ def run(model: str, data_dir: str | None, prompts: list[str], spec: AdversarialS
         torch.set_num_threads(threads)
     pipe = load_pipeline(model, device, "float32")
     if images:
-        targets, latents, states, null_state, unrelated = fetched_inputs(pipe, images, target_sets or [], max_targets)
+        targets, latents, states, null_state, unrelated = fetched_inputs(pipe, images, target_sets or [], max_targets,
+                                                                         height, width)
     else:
         targets, latents, states, null_state, unrelated = testbed_inputs(pipe, Path(data_dir), prompts, max_targets)
     log.info("adversarial fine-tuning on %d targets, %d retained rows", len(targets), len(latents))
-    record = adversarial_finetune(pipe, targets, latents, states, null_state, spec, unrelated, progress=progress)
+    metric = CopyMetric(spec.copy_threshold, sscd, device)
+    record = adversarial_finetune(pipe, targets, latents, states, null_state, spec, unrelated, progress=progress,
+                                  metric=metric, height=height, width=width)
+    record.update(metric.attrs())
     write_weights_edit(model, pipe.unet, out, "adversarial", asdict(spec), {"adversarial": record})
     log.info("adversarial fine-tune: %d searches, %d updates in %.0fs -> %s", record["searches"], record["updates"],
              record["seconds"], out)
@@ -241,6 +253,7 @@ def run(model: str, data_dir: str | None, prompts: list[str], spec: AdversarialS
 
 def add_adversarial_arguments(sub) -> None:
     """Register `adversarial-finetune`."""
+    from memprune.cliargs import add_size_args
     from memprune.formats.prompts import json_object, read_prompts
 
     def main(args):
@@ -251,7 +264,8 @@ def add_adversarial_arguments(sub) -> None:
             raise InputError("adversarial-finetune: give the testbed dataset (--data) or the fetched images (--images-json)")
         target_sets = [s for s, (_, f) in (images or {}).items() if f in args.prompts_file]
         run(args.model, args.data, prompts, spec, args.out, args.max_targets if images else None, args.threads,
-            progress=not args.no_progress, images=images, target_sets=target_sets, device=args.device)
+            progress=not args.no_progress, images=images, target_sets=target_sets, device=args.device, sscd=args.sscd,
+            height=args.height, width=args.width)
 
     p = sub.add_parser("adversarial-finetune", help="adversarial fine-tuning against the recovery attack (Finding Dori)")
     p.add_argument("--model", required=True, help="a testbed model directory, or a Stable Diffusion pipeline")
@@ -264,6 +278,8 @@ def add_adversarial_arguments(sub) -> None:
     p.add_argument("--max-targets", type=int, default=None, help="the first N prompts of each file")
     p.add_argument("--spec", default="{}", help="JSON of AdversarialSpec fields")
     p.add_argument("--threads", type=int, default=0)
+    add_size_args(p)
+    p.add_argument("--sscd", default=None, help="SSCD TorchScript checkpoint that decides copies (default: SSIM)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="the edit checkpoint directory")
     p.set_defaults(func=main)
