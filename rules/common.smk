@@ -22,7 +22,13 @@ ATTACK = Attack(PLAN)
 RECOVERY = Recovery(PLAN)
 ADVERSARIAL = Adversarial(PLAN)
 DETECT = Detection(PLAN)
+# device, dtype and image size (config sampling; none at the model's default) of NeMo's calibration and search, which
+# take no sampling options (the other stages' sizes come with PLAN.sampling_args, RECOVERY.args, ADVERSARIAL.args)
+MODEL_ARGS = options(device=config["model"]["device"], dtype=config["model"]["dtype"], **PLAN.image_size())
 CONDA_ENV = "../envs/memprune.yaml"
+# the copy metric's similarity for every stage that decides copies (evaluate.sscd; none: SSIM, and the commands
+# stay as they were): " --sscd <checkpoint>" or ""
+COPY_SSCD = f" --sscd {PLAN.repo_path(config['evaluate']['sscd'])}" if config["evaluate"].get("sscd") else ""
 
 
 def memprune(step, args):
@@ -74,3 +80,35 @@ wildcard_constraints:
     mtag=r"[^/]+",
     subset=r"\d+",
     chunk=r"\d+",
+
+
+# Preflight (`memprune check`, memprune.plan.preflight): the inputs from outside the workflow (weights, SSCD, CLIP,
+# training images) that the requested targets need. A run stops before its first job when one is missing, listing
+# each with its fix (docs/cluster.md); `--no-hooks` skips the check. A dry run (-n) still plans: it lists what the
+# config's stages lack (its targets are not known yet when the Snakefile is read).
+import os
+import sys
+
+from memprune.plan.preflight import MISSING, Preflight, format_report, scope_of
+
+PREFLIGHT = Preflight(PLAN)
+PREFLIGHT_CONFIGS = [os.path.relpath(f) for f in workflow.config_settings.configfiles] or ["config.yaml"]
+
+if workflow.is_main_process and workflow.output_settings.dryrun:
+    _entries = PREFLIGHT.check()
+    if any(e.status == MISSING for e in _entries):
+        print(format_report(_entries, scope_of(PREFLIGHT, None, PREFLIGHT_CONFIGS), only_missing=True)
+              + "\n(dry run: a run stops before its first job when its targets need one of these)", file=sys.stderr)
+
+
+onstart:
+    if not workflow.touch:
+        _targets = sorted(map(str, workflow.dag_settings.targets)) or ["all"]  # none given: rule all's
+        _entries = PREFLIGHT.check(_targets)
+        if any(e.status == MISSING for e in _entries):
+            from snakemake.exceptions import WorkflowError
+
+            print(format_report(_entries, scope_of(PREFLIGHT, _targets, PREFLIGHT_CONFIGS), only_missing=True),
+                  file=sys.stderr)
+            raise WorkflowError("memprune check: the inputs listed above are missing, so no job was started; fetch "
+                                "them (each line says how), or run with --no-hooks to skip this check")

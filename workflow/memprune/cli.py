@@ -175,6 +175,19 @@ def cmd_fetch_training_images(args) -> None:
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" (report: {Path(args.root) / 'fetch_report.csv'})")
 
 
+def cmd_check(args) -> None:
+    from memprune.plan.config import Plan
+    from memprune.plan.preflight import MISSING, REPO, Preflight, format_report, read_configs, scope_of
+
+    config, files = read_configs(args.configfile)
+    preflight = Preflight(Plan(config, REPO))
+    entries = preflight.check(args.targets or None)
+    print(format_report(entries, scope_of(preflight, args.targets, files)))
+    missing = sum(e.status == MISSING for e in entries)
+    if missing:
+        raise InputError(f"{missing} external input(s) missing (listed above, each with its fix)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memprune", description=__doc__)
     parser.add_argument("--log", help="also write the log to this file")
@@ -328,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--workers", type=int, default=8)
     p.set_defaults(func=cmd_fetch_training_images)
+    p = sub.add_parser("check", help="preflight: the external inputs (weights, SSCD, CLIP, training images) the targets "
+                       "need, each OK or MISSING with its fix; exit status 2 when one is missing")
+    p.add_argument("targets", nargs="*", help="paths as snakemake takes them (results/iou.nc, results/<model>/eval.nc, "
+                   "...); none: everything the config builds. Targets go before --configfile")
+    p.add_argument("--configfile", nargs="+", default=[], help="config files overlaid in order on the schema's defaults, "
+                   "as snakemake takes them (default: config.yaml)")
+    p.set_defaults(func=cmd_check)
     return parser
 
 

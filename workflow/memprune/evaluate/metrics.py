@@ -129,10 +129,11 @@ def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = 4) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- copy similarity
 
+SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_large.torchscript.pt"
 SSCD_HELP = (
     "download sscd_disc_large.torchscript.pt from the SSCD repository "
     "(github.com/facebookresearch/sscd-copy-detection, 'Pretrained models' table: "
-    "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_large.torchscript.pt) and put it at that path, "
+    f"{SSCD_URL}) and put it at that path, "
     "or set evaluate.sscd to null to fall back to SSIM"
 )
 
@@ -210,6 +211,10 @@ CLIP_HELP = (
     "the file open_clip_model.safetensors of the Hugging Face repositories laion/CLIP-ViT-H-14-laion2B-s32B-b79K / "
     "laion/CLIP-ViT-g-14-laion2B-s12B-b42K, and set evaluate.clip.weights to its local path"
 )
+# the SD configs' CLIP models: open_clip name -> (pretrained tag, the Hugging Face repository holding its
+# open_clip_model.safetensors); `memprune check` prints the download command from it
+CLIP_HUB = {"ViT-H-14": ("laion2b_s32b_b79k", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
+            "ViT-g-14": ("laion2b_s12b_b42k", "laion/CLIP-ViT-g-14-laion2B-s12B-b42K")}
 
 
 class ClipScorer:
