@@ -268,12 +268,31 @@ def test_eval_aggregate_lays_out_variants_by_method_and_subsets(tmp_path):
     assert ds.sampling_seconds.sel(variant="none", subset="m/0") == 1.0 * 7 * 2  # 4 memorized + 3 others, 2 seeds
     assert np.all(ds.frechet_distance.sel(variant="none") == 0.0)
     assert ds.attrs["mask_cost_included"] == "test" and ds.attrs["mask_benchmarks_missing"].count("gone.tsv") == 4
+    # 95% intervals from the per-prompt data: Wilson for the copy rates (4 test prompts per subset, 2 own), the
+    # bootstrap over prompts for means, the paired bootstrap for the difference from the unedited model
+    assert ds.copy_rate_lo.sel(variant="none", subset="m/0") == pytest.approx(0.5101, abs=1e-4)  # 4 of 4
+    assert ds.copy_rate_hi.sel(variant="pruned:wanda", subset="m/0") == pytest.approx(0.4899, abs=1e-4)  # 0 of 4
+    assert np.isnan(ds.copy_rate_lo.sel(variant="pruned:wanda", subset="m/2"))
+    assert ds.copy_rate_own_subset_hi.sel(variant="pruned:wanda", subset="m/0") == pytest.approx(0.6576, abs=1e-4)  # 0 of 2
+    np.testing.assert_array_equal(ds.copy_rate_minus_none.values, [[0, 0, 0], [-1, -1, np.nan], [np.nan, 0, 0], [-1, -1, -1]])
+    np.testing.assert_array_equal(ds.copy_rate_minus_none_lo.sel(variant="none").values, [0, 0, 0])
+    assert ds.fraction_over_lo.dims == ("variant", "subset", "threshold")
+    assert ds.mean_copy_similarity_lo.sel(variant="none", subset="m/0") == pytest.approx(0.9)  # every value 0.9
+    assert "Wilson" in ds.attrs["interval_method_rates"] and "paired" in ds.attrs["interval_method_differences"]
+    assert "bootstrap" in ds.attrs["interval_method_means"] and "Wilson" in ds.copy_rate_hi.attrs["interval_method"]
     rows = list(csv.DictReader(open(out["summary"])))
     assert [(r["variant"], r["subset"]) for r in rows] == [
         ("none", "all"), ("pruned:wanda", "mean"), ("pruned:random", "mean"), ("wen", "all"), ("pruned:wanda", "m/0"),
         ("pruned:wanda", "m/1"), ("pruned:random", "m/1"), ("pruned:random", "m/2")]
     assert float(rows[2]["copy_rate"]) == 1.0 and float(rows[1]["time_per_image_vs_none"]) == 0.5
     assert [float(r["fraction_over_0.5"]) for r in rows[:4]] == [1.0, 0.0, 1.0, 0.0]
+    # the summary's intervals beside their values; a variant's mean row pools its subsets' prompts
+    head = list(rows[0])
+    assert head[head.index("copy_rate") + 1: head.index("copy_rate") + 6] == [
+        "copy_rate_lo", "copy_rate_hi", "copy_rate_minus_none", "copy_rate_minus_none_lo", "copy_rate_minus_none_hi"]
+    assert head[-1] == "interval_method" and "fraction_over_0.5_hi" in head
+    assert float(rows[0]["copy_rate_lo"]) == pytest.approx(0.61, abs=1e-2)  # the unedited model: 6 prompts pooled
+    assert float(rows[1]["copy_rate_minus_none_hi"]) == -1.0 and float(rows[0]["copy_rate_minus_none_lo"]) == 0.0
     for k in ("scatter", "bars", "grid"):
         assert Path(out[k]).stat().st_size > 1000
     from memprune.evaluate.figures import styles

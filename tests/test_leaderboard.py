@@ -122,6 +122,79 @@ def test_leaderboard_columns_from_known_stage_files(stages):
     assert t.loc["adversarial", "locate_seconds_per_prompt"] == 10.0
     assert t.loc["none", "locate_seconds_per_prompt"] == 0.0 and t.loc["wen", "locate_seconds_per_prompt"] == 0.0
     assert fig.stat().st_size > 1000
+    # intervals from the per-prompt data: the attack's prompts, recovery's targets (Wilson; paired differences from
+    # the unedited model on the same prompts); this eval.nc holds summaries only, so it gives none
+    assert t.loc["none", "copies_mem_lo"] < 0.75 < t.loc["none", "copies_mem_hi"]
+    assert t.loc["none", "copies_mem_minus_none"] == 0 and not t.loc["none", "copies_mem_minus_none_excludes_zero"]
+    assert t.loc["pruned:wanda|m/0", "copies_mem_minus_none"] == -0.5  # held-out p2, p3: 1 -> 0 and 0 -> 0
+    assert t.loc["pruned:wanda|m/0", "mr_prompt_mem_lo"] == 0 and 0 < t.loc["pruned:wanda|m/0", "mr_prompt_mem_hi"] < 1
+    assert t.loc["pruned:wanda|m/0", "mr_prompt_mem_minus_none"] == -1.0
+    assert "eval_copies_lo" not in t and "Wilson" in t.loc["none", "interval_method"]
+    cols = list(t.columns)
+    assert cols[cols.index("copies_mem") + 1: cols.index("copies_mem") + 3] == ["copies_mem_lo", "copies_mem_hi"]
+
+
+def _eval_per_prompt(path: Path) -> None:
+    """eval.nc with its per-prompt data: 40 memorized prompts in two subsets of 20 (each model tested on the other
+    half), 5 non-memorized, 3 seeds; the unedited model copies 60% of them, the edit of m/0 10%."""
+    rng = np.random.default_rng(0)
+    n_mem, n_non, n_s = 40, 5, 3
+    groups = np.array(["memorized"] * n_mem + ["nonmemorized"] * n_non, dtype=object)
+    in_test = np.ones((2, n_mem + n_non), bool)
+    in_test[0, :20], in_test[1, 20:n_mem] = False, False
+    copied = np.full((2, 2, n_mem + n_non), np.nan)
+    none = (rng.random(n_mem) < 0.6).astype(float)
+    copied[0][:, :n_mem] = np.where(in_test[:, :n_mem], none, np.nan)
+    copied[1, 0, :n_mem] = np.where(in_test[0, :n_mem], none * (rng.random(n_mem) < 0.15), np.nan)
+    sim = np.where(np.isnan(copied), np.nan, 0.2 + 0.6 * np.nan_to_num(copied))[..., None] + rng.normal(0, 0.05, (2, 2, n_mem + n_non, n_s))
+    follows = np.full((2, 2, n_mem + n_non, n_s), np.nan)
+    follows[:, :, n_mem:] = rng.random((2, 2, n_non, n_s)) < 0.7
+    follows[1, 1] = np.nan  # the edit of m/0 has no model on m/1
+    mem = groups == "memorized"
+    def summary(a):  # (variant, subset, ...) -> each cell's mean, NaN for a cell without a model
+        return np.array([[np.nanmean(c) if not np.isnan(c).all() else np.nan for c in row] for row in a])
+
+    two = lambda a: (("variant", "subset"), a)  # noqa: E731
+    xr.Dataset(
+        {"copied": (("variant", "subset", "prompt"), copied), "copy_similarity": (("variant", "subset", "prompt", "seed"), sim),
+         "follows_prompt": (("variant", "subset", "prompt", "seed"), follows), "in_test": (("subset", "prompt"), in_test),
+         "copy_rate": two(summary(copied[:, :, mem])), "prompt_following": two(summary(follows)),
+         "frechet_distance": two(np.ones((2, 2))), "mask_seconds": two(np.zeros((2, 2)))},
+        coords={"variant": ["none", "pruned:wanda"], "subset": ["m/0", "m/1"], "prompt": [f"p{i}" for i in range(n_mem + n_non)],
+                "seed": np.arange(n_s), "group": ("prompt", groups)},
+    ).to_netcdf(path, engine="h5netcdf")
+
+
+def test_leaderboard_rows_carry_intervals_and_paired_differences_from_the_unedited_model(tmp_path):
+    """With eval.nc's per-prompt data: every row has `eval_copies_lo` / `_hi` around its value, and its difference
+    from the unedited model paired over the same prompts and seeds; the unedited model under a second id is 0 in
+    [0, 0], not excluding zero; an edit that removes most copies excludes it; the figure draws the bars."""
+    from memprune.evaluate.leaderboard import leaderboard, leaderboard_figure
+
+    _eval_per_prompt(tmp_path / "eval.nc")
+    models = {"none": {"variant": "none", "method": None, "subset": None},
+              "none_again": {"variant": "none", "method": None, "subset": None},
+              "pruned:wanda|m/0": {"variant": "pruned", "method": "wanda", "subset": "m/0",
+                                   "subset_prompts": [f"p{i}" for i in range(20)], "edit_prompts": 20}}
+    t = leaderboard(models, eval_nc=str(tmp_path / "eval.nc"), eval_kind="mem").set_index("model")
+    for m in models:
+        assert t.loc[m, "eval_copies_lo"] <= t.loc[m, "eval_copies"] < t.loc[m, "eval_copies_hi"]
+        assert t.loc[m, "prompt_following_lo"] <= t.loc[m, "prompt_following"] <= t.loc[m, "prompt_following_hi"]
+    for m in ("none", "none_again"):
+        assert t.loc[m, ["eval_copies_minus_none", "eval_copies_minus_none_lo", "eval_copies_minus_none_hi"]].tolist() == [0, 0, 0]
+        assert t.loc[m, "eval_copies_minus_none_excludes_zero"] == False  # noqa: E712 (numpy's bool)
+    edit = t.loc["pruned:wanda|m/0"]
+    none_m0 = float(xr.open_dataset(tmp_path / "eval.nc", engine="h5netcdf").copy_rate.sel(variant="none", subset="m/0"))
+    assert edit.eval_copies_minus_none == pytest.approx(edit.eval_copies - none_m0)
+    assert edit.eval_copies_minus_none_lo < edit.eval_copies_minus_none < edit.eval_copies_minus_none_hi < 0
+    assert edit.eval_copies_minus_none_excludes_zero == True  # noqa: E712
+    assert "paired" in edit.interval_method
+    cols = list(t.reset_index().columns)
+    i = cols.index("eval_copies")
+    assert cols[i + 1: i + 7] == ["eval_copies_lo", "eval_copies_hi", "eval_copies_minus_none", "eval_copies_minus_none_lo",
+                                  "eval_copies_minus_none_hi", "eval_copies_minus_none_excludes_zero"]
+    leaderboard_figure(t.reset_index(), tmp_path / "board.png")
+    assert (tmp_path / "board.png").stat().st_size > 1000
 
 
 def test_leaderboard_refuses_an_unknown_model_and_writes_nothing(stages):

@@ -67,3 +67,9 @@ def test_localization_dataset_scores_stored_masks(tmp_path):
     assert ds.recall_at.sel(localizer="oracle", subset=0, k="5r") == 1.0  # 5 x 25% = every unit
     assert float(ds.random_precision) == pytest.approx(3 / 7)
     assert list(ds.k.values) == ["1r", "2r", "5r"] and ds.k_percent.values.tolist() == [25, 50, 125]
+    # means over the collection's subsets with a Student t interval: two exact subsets, no spread; one subset, none
+    assert ds.precision_mean.sel(localizer="oracle") == 1.0
+    assert (ds.precision_mean_lo.sel(localizer="oracle"), ds.precision_mean_hi.sel(localizer="oracle")) == (1.0, 1.0)
+    assert ds.recall_at_mean.dims == ("localizer", "k") and ds.recall_at_mean_lo.sel(localizer="oracle", k="5r") == 1.0
+    assert ds.precision_mean.sel(localizer="other") == 0 and np.isnan(ds.precision_mean_lo.sel(localizer="other"))
+    assert "Student t" in ds.attrs["interval_method"] and "Student t" in ds.recall_mean_hi.attrs["interval_method"]

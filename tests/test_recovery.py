@@ -140,3 +140,17 @@ def test_recovery_table_rows_split_subset_and_held_out(tmp_path):
     got = {(r["variant"], r["split"]): (r["targets"], r["mr_recovered"]) for r in rows}
     assert got == {("none", "all"): (4, 0.5), ("pruned", "subset"): (2, 0.0), ("pruned", "heldout"): (2, 0.5)}
     assert ds.split.dims == ("variant", "target")
+    # intervals: Wilson over the row's targets, the difference from the unedited model paired on the same targets
+    by = {(r["variant"], r["split"]): r for r in rows}
+    assert by[("none", "all")]["mr_recovered_lo"] < 0.5 < by[("none", "all")]["mr_recovered_hi"]
+    assert by[("pruned", "subset")]["mr_recovered_lo"] == 0 and by[("pruned", "subset")]["mr_recovered_hi"] > 0.5
+    none = by[("none", "all")]
+    assert (none["mr_recovered_minus_none"], none["mr_recovered_minus_none_lo"], none["mr_recovered_minus_none_hi"]) == (0, 0, 0)
+    assert none["mr_recovered_minus_none_excludes_zero"] is False
+    subset = by[("pruned", "subset")]  # targets p0, p1: the unedited model recovers both, the edit neither
+    assert subset["mr_recovered_minus_none"] == -1 and subset["mr_recovered_minus_none_excludes_zero"] is True
+    assert list(rows[0])[list(rows[0]).index("mr_recovered") + 1] == "mr_recovered_lo"
+    assert "Wilson" in rows[0]["interval_method"] and "paired" in ds.attrs["interval_method"]
+    # recovery.nc holds the table as variables, intervals included
+    assert ds.summary_mr_recovered_hi.dims == ("summary_row",) and list(ds.summary_split.values) == ["all", "subset", "heldout"]
+    np.testing.assert_array_equal(ds.summary_mr_recovered.values, [0.5, 0.0, 0.5])

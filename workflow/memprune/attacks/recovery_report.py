@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memprune.attacks.table_intervals import recovery_intervals, recovery_summary_variables
+
 
 def summary(paths: list[Path]):
     """recovery.nc: the variants' files along `variant`, and per (variant, group, split, init) the copy rate of the
@@ -37,7 +39,8 @@ def summary(paths: list[Path]):
                                  "copy_rate_original": float(s.copied_original.mean()), "mr_recovered": float(s.recovered.mean()),
                                  "ssim_original": float(s.ssim_original.mean()), "ssim_recovered": float(s.ssim_recovered.mean()),
                                  "seconds_per_target": float(s.seconds.mean())})
-    return ds, rows
+    rows = recovery_intervals(ds, rows)
+    return recovery_summary_variables(ds, rows), rows
 
 
 def recovery_figure(ds, path) -> None:

@@ -20,5 +20,9 @@ Prompts (`.prompts`): the memorized prompt set (its first `max_memorized`), then
 the testbed dataset's manifest (caption -> images), or a directory `<root>/<index>/*.png` where <index> is the
 prompt's 0-based position in the memorized prompt file. The command line is `.cli`.
 
-Modules import one way: figures, aggregate -> score, sample -> prompts, training_images.
+Intervals (`.intervals`: Wilson, the bootstrap over prompts, paired differences; `.eval_intervals` for eval.nc
+and the summary table, `.leaderboard_intervals` for the leaderboard) are computed from the per-prompt data.
+
+Modules import one way: figures, aggregate -> score, sample -> prompts, training_images; aggregate, leaderboard ->
+eval_intervals -> intervals.
 """

@@ -24,6 +24,8 @@ from memprune.evaluate.prompts import (
     read_models,
     subset_prompts,
 )
+from memprune.evaluate.copies import same_metric
+from memprune.evaluate.eval_intervals import add_intervals, own_counts, summary_intervals
 from memprune.evaluate.score import MetricOptions
 
 log = logging.getLogger(__name__)
@@ -219,6 +221,7 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
             summary["mask_seconds"][vi, si], miss = benchmark_seconds(m.mask_costs)
             missing_benchmarks += miss
             summary["total_seconds"][vi, si] = summary["sampling_seconds"][vi, si] + summary["mask_seconds"][vi, si]
+    same_metric([d.attrs for d in scores.values()], "eval-aggregate: the models' scores")  # one similarity for all
     names = long_names(base.attrs["copy_metric"], base.attrs["feature_space"], threshold, fid_ref_name)
     dims4 = ("variant", "subset", "prompt", "seed")
     out = xr.Dataset(
@@ -232,6 +235,7 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
                 "group": ("prompt", groups.astype(object)),
                 "collection": ("subset", np.array([lb.split("/")[0] for lb in labels], dtype=object))},
         attrs={"copy_threshold": threshold, "copy_metric": base.attrs["copy_metric"],
+               "copy_checkpoint": base.attrs.get("copy_checkpoint", ""),
                "feature_space": base.attrs["feature_space"], "frechet_reference": fid_ref_name,
                "memprune_version": __version__,
                "fair_split": "a pruned model's metrics (and the baselines' beside it) use the memorized prompts not in its subset",
@@ -248,7 +252,7 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
         for a in RECORDED_TIMING:
             if f"timing_{a}" in ds.attrs:
                 out.attrs[a] = float(ds.attrs[f"timing_{a}"])
-    return out
+    return add_intervals(out, own_counts(cells, scores, labels, in_test, mem))
 
 
 def summary_table(ds, per_subset: list[str] | None = None):
@@ -302,10 +306,11 @@ def aggregate(models_json: str, out: str | Path, summary: str | Path, fig_scatte
         frac = ds.fraction_over.sel(threshold=t)
         table[f"fraction_over_{t:g}"] = [float(np.nanmean(frac.sel(variant=r.variant).values)) if r.subset in ("all", "mean")
                                          else float(frac.sel(variant=r.variant, subset=r.subset)) for r in table.itertuples()]
+    table = summary_intervals(ds, table)
     with atomic_file(Path(summary)) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        print(table.drop(columns="interval_method").to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if ds.attrs["mask_benchmarks_missing"]:
         log.warning("mask cost: benchmark files missing (not counted): %s",
                     ", ".join(ds.attrs["mask_benchmarks_missing"].split(", ")[:5]))

@@ -24,6 +24,10 @@ stays removed, from the files the other stages wrote:
   `time_per_image_vs_none`, their ratio (medians over rounds). Evaluation's own per-job times (eval.nc) are not
   used: its jobs run at different loads.
 
+* uncertainty (`memprune.evaluate.leaderboard_intervals`): `<rate>_lo` / `<rate>_hi` (95%) beside each rate, and
+  `<rate>_minus_none` with its interval and `_minus_none_excludes_zero` (a paired comparison with the unedited model
+  on the same prompts and seeds) for `eval_copies`, `copies_<kind>` and `mr_<init>_<group>`; `interval_method`.
+
 A column is NaN where its stage does not cover the model (e.g. a second subset evaluated but not attacked).
 """
 
@@ -35,6 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from memprune.errors import InputError
+from memprune.evaluate.intervals import next_to_values
+from memprune.evaluate.leaderboard_intervals import draw_intervals, interval_columns
+from memprune.evaluate.copies import COPY_KEYS, same_metric
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +175,23 @@ def subset_prompts(entry: dict) -> set[str]:
 COLUMNS_FIRST = ("model", "variant", "localizer", "subset", "eval_kind")
 
 
+def copy_columns(ev, rec, attack_files: list[str]) -> dict:
+    """The copy metric every stage of the row decided copies with (they must agree on the similarity and its
+    checkpoint; a stage may set its own threshold): the evaluation's threshold, else the first stage's."""
+    import xarray as xr
+
+    attrs = [ds.attrs for ds in (ev, rec) if ds is not None]
+    for path in attack_files:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            attrs.append(dict(ds.attrs))
+    if not attrs:
+        return {}
+    same_metric(attrs, "leaderboard: its stages", keys=("copy_metric", "copy_checkpoint"))
+    first = attrs[0]
+    return {"copy_metric": str(first.get("copy_metric", "ssim")), "copy_checkpoint": str(first.get("copy_checkpoint", "")),
+            "copy_threshold": float(first.get("copy_threshold", np.nan))}
+
+
 def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str] | None = None,
                 recovery_nc: str | None = None, localization_nc: str | None = None, eval_kind: str | None = None,
                 timing_nc: str | None = None):
@@ -182,10 +206,11 @@ def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str]
     rec = xr.load_dataset(recovery_nc, engine="h5netcdf") if recovery_nc else None
     loc = xr.load_dataset(localization_nc, engine="h5netcdf") if localization_nc else None
     timing = xr.load_dataset(timing_nc, engine="h5netcdf") if timing_nc else None
+    copy = copy_columns(ev, rec, list(attack.values()))
     rows = []
     for model_id, entry in models.items():
         row = {"model": model_id, "variant": entry["variant"], "localizer": entry.get("method") or "",
-               "subset": entry.get("subset") or "", "eval_kind": eval_kind or ""}
+               "subset": entry.get("subset") or "", "eval_kind": eval_kind or "", **copy}
         if ev is not None:
             row.update(eval_columns(ev, model_id, entry))
         if model_id in attack:
@@ -196,6 +221,7 @@ def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str]
             row.update(localization_columns(loc, entry))
         if timing is not None:
             row.update(timing_columns(timing, model_id))
+        row.update(interval_columns(model_id, entry, ev, attack, rec, subset_prompts(entry)))
         if entry.get("method") is None:  # no edit to make, or a trained one (its job's benchmark)
             bench = entry.get("edit_benchmark")
             row["edit_seconds"] = _benchmark_seconds(bench) if bench else 0.0
@@ -203,7 +229,7 @@ def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str]
         row["locate_seconds_per_prompt"] = row.get("edit_seconds", np.nan) / n if n else (0.0 if row.get("edit_seconds") == 0 else np.nan)
         rows.append(row)
     table = pd.DataFrame(rows)
-    return table[[*COLUMNS_FIRST, *[c for c in table.columns if c not in COLUMNS_FIRST]]]
+    return table[next_to_values([*COLUMNS_FIRST, *[c for c in table.columns if c not in COLUMNS_FIRST]])]
 
 
 def _point_label(row) -> str:
@@ -259,7 +285,7 @@ def _alternate_offsets(groups: list[tuple[float, float, list[int]]], near: float
 def leaderboard_figure(table, path) -> None:
     """Copies of the evaluated kind against prompt following (ratio to the unedited model), one numbered point per
     model (the key beside the plot names them), coloured by MR from the prompt after the recovery attack (the first
-    recovered group); models recovery did not attack are hollow."""
+    recovered group); models recovery did not attack are hollow; bars: the 95% interval of the copies."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,6 +305,7 @@ def leaderboard_figure(table, path) -> None:
     sc = ax.scatter(x[attacked], y[attacked], c=c[attacked], cmap="viridis", vmin=0, vmax=1, s=45, edgecolors="k",
                     zorder=3)
     ax.scatter(x[~attacked], y[~attacked], facecolors="none", edgecolors="k", s=45, zorder=3)
+    bars = draw_intervals(ax, table, x, y)
     key, points = [], []
     for i, (xi, yi, (_, row)) in enumerate(zip(x, y, table.iterrows()), start=1):
         plotted = bool(np.isfinite(xi) and np.isfinite(yi))
@@ -295,6 +322,8 @@ def leaderboard_figure(table, path) -> None:
     ax.margins(x=0.1, y=0.1)
     ax.set_title("what each model removes, at what cost, and whether it stays removed", fontsize=9)
     fig.colorbar(sc, cax=cax, label=f"MR from the prompt ({mr[0][len('mr_prompt_'):]})" if mr else "MR (not run)")
+    if bars:
+        key += ["", "bars: 95% interval of the copies"]
     if (~attacked).any():
         key += ["", "hollow: recovery not run"]
     fig.text(0.72, 0.91, "\n".join(key), fontsize=7, va="top", family="monospace")
@@ -326,5 +355,8 @@ def stack(paths: list[str], out: str) -> "pd.DataFrame":
         part.insert(0, "testbed", Path(p).parent.name)
         parts.append(part)
     table = pd.concat(parts, ignore_index=True, sort=False)
+    if any(k in table for k in COPY_KEYS):  # rows scored with different copy metrics do not stack
+        known = [row for row in table.to_dict("records") if isinstance(row.get("copy_metric"), str)]  # older rows: unknown
+        same_metric(known, f"leaderboard-stack: {', '.join(paths)}")
     write_table(table, out)
     return table

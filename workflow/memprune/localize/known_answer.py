@@ -104,7 +104,7 @@ def localization_dataset(stores: dict[str, dict[str, list[str]]], truth: dict, i
                 dens[li, ci, si] = sum(int(m.sum()) for m in masks.values()) / sum(m.size for m in masks.values())
     base = random_baseline(planted, in_features, percents)
     k_labels = [f"{m:g}r" for m in percents_of_r]
-    return xr.Dataset(
+    ds = xr.Dataset(
         {
             "precision": (("localizer", "collection", "subset"), prec,
                           {"long_name": "share of the mask's entries on planted columns"}),
@@ -122,3 +122,26 @@ def localization_dataset(stores: dict[str, dict[str, list[str]]], truth: dict, i
         attrs={"fraction": float(truth["fraction"]), "planted_units": int(sum(len(v) for v in planted.values())),
                "units": int(sum(in_features.values()))},
     )
+    return with_subset_intervals(ds)
+
+
+SUBSET_MEANS = ("precision", "recall", "recall_at")
+
+
+def with_subset_intervals(ds):
+    """localization.nc with `<score>_mean` over each collection's subsets (each subset a random draw of prompts, its
+    masks found anew) and its 95% interval `<score>_mean_lo` / `_hi` (Student t over the subsets: the spread the
+    choice of prompts makes; NaN with fewer than 2 subsets), for precision, recall and recall@k."""
+    from memprune.evaluate.intervals import LEVEL, t_mean, t_method
+
+    for name in SUBSET_MEANS:
+        x = np.moveaxis(ds[name].values, 2, -1)  # (localizer, collection, [k,] subset)
+        got = np.array([t_mean(row) for row in x.reshape(-1, x.shape[-1])]).reshape(*x.shape[:-1], 3)
+        dims = tuple(d for d in ds[name].dims if d != "subset")
+        what = ds[name].attrs.get("long_name", name)
+        ds[f"{name}_mean"] = (dims, got[..., 0], {"long_name": f"{what}: mean over the collection's subsets"})
+        for i, end in ((1, "lo"), (2, "hi")):
+            ds[f"{name}_mean_{end}"] = (dims, got[..., i], {"long_name": f"95% interval of {name}_mean: {'lower' if end == 'lo' else 'upper'} end",
+                                                           "interval_method": t_method()})
+    ds.attrs.update({"interval_level": LEVEL, "interval_method": t_method()})
+    return ds
