@@ -55,17 +55,21 @@ def main() -> None:
         for variant in ("paper", "reference"):
             ds = capture_to_dataset(cap, {}, variant)
             write_zarr(ds, Path(tmp) / f"{variant}.zarr")
-            results[f"now, variant {variant}"] = (sum(ds[n].nbytes for n in layers), disk_bytes(Path(tmp) / f"{variant}.zarr"))
+            results[f"now, variant {variant}"] = (sum(ds[n].nbytes for n in layers),
+                                                  disk_bytes(Path(tmp) / f"{variant}.zarr"))
         # the masks do not change: the paper variant's statistic from the new store == the old store's cond branch
         new = open_zarr(Path(tmp) / "paper.zarr", load=False)
         w = torch.randn(320, SD15_IN[0], generator=torch.Generator().manual_seed(0))
         mem_old = old[layers[0]].sel(branch="cond").sum("prompt").values.astype(np.float64)
         mem_new = statistic_sums(new, layers[0], "paper", "paper.zarr")
         null = mem_old / args.prompts * 0.9
-        same = np.array_equal(memorized_masks_packed(w, torch.from_numpy(mem_old).float(), torch.from_numpy(null).float(), args.prompts, 0.01),
-                              memorized_masks_packed(w, torch.from_numpy(mem_new).float(), torch.from_numpy(null).float(), args.prompts, 0.01))
+        same = np.array_equal(memorized_masks_packed(w, torch.from_numpy(mem_old).float(),
+                                                     torch.from_numpy(null).float(), args.prompts, 0.01),
+                              memorized_masks_packed(w, torch.from_numpy(mem_new).float(),
+                                                     torch.from_numpy(null).float(), args.prompts, 0.01))
     for label, (raw, disk) in results.items():
-        print(f"{label:26s} raw {raw / args.prompts / 1e6:6.2f} MB per prompt, on disk {disk / args.prompts / 1e6:6.2f} MB per prompt")
+        print(f"{label:26s} raw {raw / args.prompts / 1e6:6.2f} MB per prompt, "
+              f"on disk {disk / args.prompts / 1e6:6.2f} MB per prompt")
     base = results["old: both CFG branches"][0]
     print(f"ratio now / old (raw): {results['now, variant paper'][0] / base:.3f}; masks from both identical: {same}")
     print(f"SD1.5 config's ~900 prompts: {results['now, variant paper'][0] / args.prompts * 900 / 1e9:.1f} GB raw "

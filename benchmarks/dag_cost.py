@@ -19,7 +19,6 @@ import shlex
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 from memprune.evaluate.aggregate import benchmark_record
 

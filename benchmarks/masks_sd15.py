@@ -18,16 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
 
 from memprune.analysis.density_iou import layer_overlap
 from memprune.formats.masks import MaskSet, read_mask_set, write_mask_set
 from memprune.analysis.overlap import mean_over_pairs
-from memprune.formats.store import write_zarr
 from memprune.localize.wanda_scores import memorized_mask
 from memprune.localize.wanda_packed import memorized_masks_packed, union_over_timesteps_packed
 
-SD15 = [(320, 1280)] * 2 + [(640, 2560)] * 2 + [(1280, 5120)] * 2 + [(1280, 5120)] + [(1280, 5120)] * 3 + [(640, 2560)] * 3 + [(320, 1280)] * 3
+SD15 = ([(320, 1280)] * 2 + [(640, 2560)] * 2 + [(1280, 5120)] * 2 + [(1280, 5120)] + [(1280, 5120)] * 3
+        + [(640, 2560)] * 3 + [(320, 1280)] * 3)
 
 
 _LAYER = {}  # layer index -> (weight, null sums, subsets' sums, shared mask buffers), inherited by forked workers
@@ -54,13 +53,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=51)
     ap.add_argument("--sparsity", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=2, help="subsets computed in parallel, as `snakemake --cores 2` runs mask jobs")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="subsets computed in parallel, as `snakemake --cores 2` runs mask jobs")
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
-    rng = np.random.default_rng(0)
     torch.set_num_threads(args.threads)  # as the masks rule: one thread per job, Snakemake runs subsets in parallel
-    print(f"torch threads per job: {torch.get_num_threads()}, parallel mask jobs: {args.jobs}; density/IOU/random control "
-          f"in {args.jobs} threads (as the analysis job)")
+    print(f"torch threads per job: {torch.get_num_threads()}, parallel mask jobs: {args.jobs}; density/IOU/random "
+          f"control in {args.jobs} threads (as the analysis job)")
     t_masks = t_overlap = 0.0
     total_weights = sum(o * i for o, i in SD15)
     # Layers go in groups of `--jobs`: the masks of a group in `--jobs` processes (as mask jobs), then its density,

@@ -81,7 +81,8 @@ def main() -> None:
     rates["two jobs, 1 thread each"] = 2 * args.targets / max(seconds)
     emit(setting="two jobs, 1 thread each", searches=2 * args.targets, seconds=[round(s, 2) for s in seconds],
          searches_per_s=round(rates["two jobs, 1 thread each"], 3))
-    emit(throughput_two_1thread_over_one_2thread=round(rates["two jobs, 1 thread each"] / rates["one job, 2 threads"], 3),
+    emit(throughput_two_1thread_over_one_2thread=round(rates["two jobs, 1 thread each"]
+                                                       / rates["one job, 2 threads"], 3),
          one_2thread_over_one_1thread=round(rates["one job, 2 threads"] / rates["one job, 1 thread"], 3))
 
 

@@ -150,7 +150,8 @@ def measure(kind: str, args) -> list[dict]:
     batches = int_list(args.batches)
     jobs = {(path, b, mode): runner(pipe, unet, path, b, args.steps)
             for b in batches for mode, unet in unets.items() for path in PATHS}  # capture right after generate
-    flops = {(path, b): count_flops(runner(pipe, unets["eager"], path, b, args.steps)) for b in batches for path in PATHS}
+    flops = {(path, b): count_flops(runner(pipe, unets["eager"], path, b, args.steps))
+             for b in batches for path in PATHS}
     warm = {key: timed(fn) for key, fn in jobs.items()}  # each at its own batch size; compiles happen here
     graphs = counters["stats"]["unique_graphs"]
     times = {key: [] for key in jobs}
@@ -162,10 +163,12 @@ def measure(kind: str, args) -> list[dict]:
     for (path, b, mode), ts in times.items():
         per = statistics.median(ts) / (1 if path == "unet" else b)
         f = flops[(path, b)] / (1 if path == "unet" else b)
-        rows.append({"model": kind, "batch": b, "path": path, "mode": mode, "unit": "call" if path == "unet" else "image",
+        rows.append({"model": kind, "batch": b, "path": path, "mode": mode,
+                     "unit": "call" if path == "unet" else "image",
                      "median_s": round(per, 5), "repeats_s": [round(t, 4) for t in ts],
                      "warmup_s": round(warm[(path, b, mode)], 3), "tflop": round(f / 1e12, 5),
-                     "share_of_peak": round(f / (per * args.peak_tflops * 1e12), 4), "graphs_compiled_while_timing": recompiled})
+                     "share_of_peak": round(f / (per * args.peak_tflops * 1e12), 4),
+                     "graphs_compiled_while_timing": recompiled})
     del pipe, unets
     if on_gpu:
         rows.append({"model": kind, "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)})

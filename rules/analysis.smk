@@ -34,6 +34,8 @@ rule analysis:
 # them (its inputs differ); results/<model>/ keeps each model's own.
 rule latest_analysis:
     localrule: True
+    conda:
+        CONDA_ENV
     input:
         **{name: PLAN.analysis_outputs[name] for name in LATEST.values()},
     output:

@@ -59,7 +59,8 @@ def test_capture_reads_timesteps_from_the_scheduler(tiny_model):
 
     pipe = load_pipeline(tiny_model, "cpu", "float32", scheduler="PNDMScheduler")
     pipe.scheduler.register_to_config(skip_prk_steps=True)  # as Stable Diffusion 1.5 ships it
-    cap = capture(pipe, ["p one", "p two", "p three"], seed=0, sampling=SamplingConfig(steps=5, guidance=3.0, batch_size=2))
+    cap = capture(pipe, ["p one", "p two", "p three"], seed=0,
+                  sampling=SamplingConfig(steps=5, guidance=3.0, batch_size=2))
     # PNDM makes one more UNet call than it has steps; the repeated t shows up twice
     assert len(cap.timesteps) == 6
     assert len(set(cap.timesteps.tolist())) == 5
@@ -93,7 +94,8 @@ def test_model_without_geglu_layers_is_refused():
 
     with pytest.raises(InputError, match="GEGLU"):
         ffn_layers(UNet2DModel(sample_size=8, block_out_channels=(16, 32), norm_num_groups=8,
-                               down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")))
+                               down_block_types=("DownBlock2D", "DownBlock2D"),
+                               up_block_types=("UpBlock2D", "UpBlock2D")))
 
 
 def test_testbed_layers_in_execution_order(tiny_pipe):

@@ -25,7 +25,8 @@ def test_finetune_pulls_the_prompt_toward_the_surrogate(tiny_model):
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     rng = np.random.default_rng(0)
     target = {"prompt": "a red circle", "image": (rng.random((size, size, 3)) * 255).astype(np.uint8)}
-    spec = adversarial.AdversarialSpec(rounds=4, targets_per_step=1, updates_per_step=10, search_steps=3, search_batch=2,
+    spec = adversarial.AdversarialSpec(rounds=4, targets_per_step=1, updates_per_step=10, search_steps=3,
+                                       search_batch=2,
                                        lr=1e-3, retain_batch=4, surrogate="none", surrogate_seeds=1, surrogate_steps=2)
     surrogate, source = adversarial.surrogates(pipe, [target], spec, ["a blue square"])
     z_s = image_latent(pipe, surrogate[0])
@@ -36,7 +37,8 @@ def test_finetune_pulls_the_prompt_toward_the_surrogate(tiny_model):
     states = text_embeddings(pipe, ["a blue square"] * 8).float()
     record = adversarial.adversarial_finetune(pipe, [target], latents, states, text_embeddings(pipe, [""]).float(),
                                               spec, ["a blue square"])
-    assert denoising_loss(pipe.unet, pipe.scheduler, z_s, y, n=32, seed=7) < before  # the prompt now denoises toward the surrogate
+    # the prompt now denoises toward the surrogate
+    assert denoising_loss(pipe.unet, pipe.scheduler, z_s, y, n=32, seed=7) < before
     assert record["searches"] == 4 and record["updates"] == 40 and len(record["surrogate_loss"]) == 40
     assert len(record["search_loss_last"]) == 4 and record["surrogate_source"] == source
     assert any(not torch.equal(weights[k], v) for k, v in pipe.unet.state_dict().items())

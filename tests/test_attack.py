@@ -1,6 +1,5 @@
 """Extraction attack (tiled distance, cliques), detection (Wen et al.'s score, ROC), and the closed-loop DAG."""
 
-import re
 
 import numpy as np
 import pytest
@@ -277,7 +276,8 @@ def test_attack_generate_runs_a_registry_variant(tiny_model, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\na red circle at the left\nunused\n")
     out = tmp_path / "wen.nc"
-    rc = main(["attack-generate", "--variant", "wen", "--variant-params", '{"max_iters": 1}', "--model", str(tiny_model),
+    rc = main(["attack-generate", "--variant", "wen", "--variant-params", '{"max_iters": 1}', "--model",
+               str(tiny_model),
                "--device", "cpu", "--dtype", "float32", "--steps", "2", "--guidance", "2", "--batch-size", "4",
                "--prompts-file", str(prompts), "--start", "0", "--stop", "2", "--group", "g", "--n-samples", "2",
                "--seed", "3", "--tile-grid", "4", "--out", str(out)])
@@ -419,14 +419,18 @@ def test_analyze_variant_counts_own_and_another_image_in_the_file_and_table(tmp_
     truth = TrainingImages(data=data)
     dup = [r for r in truth.rows if r["group"] == "duplicated"]
     mine, theirs = dup[0], dup[1]
-    photo = lambda row: truth.images(row["caption"])[0]
+
+    def photo(row):
+        return truth.images(row["caption"])[0]
+
     rng = np.random.default_rng(0)
     images = np.stack([_jitter(photo(mine), 5, 0), _jitter(photo(theirs), 5, 1),
                        rng.integers(0, 256, size=(5, *photo(mine).shape), dtype=np.uint8)])
     prompts = [mine["caption"], dup[2]["caption"], "a caption with no photo"]
     ssim_truth = np.stack([np.full(5, 0.9), np.full(5, 0.1), np.full(5, np.nan)]).astype(np.float32)
     chunk = xr.Dataset({"images": (("prompt", "seed", "y", "x", "rgb"), images),
-                        "distance": (("prompt", "seed", "seed_j"), np.stack([pairwise_tiled_distances(i) for i in images])),
+                        "distance": (("prompt", "seed", "seed_j"),
+                                     np.stack([pairwise_tiled_distances(i) for i in images])),
                         "ssim_truth": (("prompt", "seed"), ssim_truth)},
                        coords={"prompt": np.array(prompts, dtype=object), "seed": np.arange(5), "seed_j": np.arange(5),
                                "group": ("prompt", np.array(["memorized"] * 3, dtype=object))},

@@ -1,10 +1,6 @@
 """CLI and input validation: messages name the file and line or key."""
 
 import csv
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +17,8 @@ def test_sample_cli_writes_pngs_and_index(tiny_model, tmp_path):
                  "--prompt", "ember shadow", "--seeds", "0,1", "--steps", "2", "--guidance", "2", "--batch-size", "3",
                  "--device", "cpu", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "index.csv")))
-    assert [(r["prompt"][:5], r["seed"]) for r in rows] == [("a red", "0"), ("a red", "1"), ("ember", "0"), ("ember", "1")]
+    assert [(r["prompt"][:5], r["seed"]) for r in rows] == [("a red", "0"), ("a red", "1"), ("ember", "0"),
+                                                            ("ember", "1")]
     assert all((out / r["file"]).exists() for r in rows)
     # one generator per image: the batch cut does not change an image
     out2 = tmp_path / "samples2"
@@ -51,7 +48,8 @@ def test_prompt_formats(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"caption": "x", "index": 1}\n{"caption": "y"}\n')
     (tmp_path / "b.csv").write_text("caption;type\nx;VM\ny;TM\n")
     (tmp_path / "c.txt").write_text("x\ny\n\n")
-    assert read_prompts(tmp_path / "a.jsonl") == read_prompts(tmp_path / "b.csv") == read_prompts(tmp_path / "c.txt") == ["x", "y"]
+    assert (read_prompts(tmp_path / "a.jsonl") == read_prompts(tmp_path / "b.csv") == read_prompts(tmp_path / "c.txt")
+            == ["x", "y"])
     assert len(read_prompts(REPO / "resources/prompts/sd/sd1_memorized_500.jsonl")) == 500
 
 

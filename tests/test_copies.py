@@ -65,7 +65,8 @@ def test_the_metric_names_itself_and_decides_at_its_threshold(sscd):
         assert m.attrs() == {"copy_metric": "sscd", "copy_threshold": 0.5, "copy_checkpoint": name}
         imgs = _images(3)
         s = m.similarity(imgs, imgs)
-        assert s.shape == (3, 3) and np.allclose(np.diag(s), 1.0, atol=1e-5) and (s[~np.eye(3, dtype=bool)] < 0.999).all()
+        assert s.shape == (3, 3) and np.allclose(np.diag(s), 1.0, atol=1e-5)
+        assert (s[~np.eye(3, dtype=bool)] < 0.999).all()
     assert as_metric(0.3) == CopyMetric(0.3) and as_metric(ssim) is ssim
     with pytest.raises(InputError, match="outside"):
         CopyMetric(1.5)
@@ -105,7 +106,8 @@ def test_extraction_scores_and_analyzes_with_sscd(tiny_pipe, sscd, tmp_path):
                 "distance": (("prompt", "seed", "seed_j"), np.zeros((1, 3, 3))),
                 "ssim_truth": (("prompt", "seed"), plain["ssim_truth"])},
                coords={"prompt": ["a prompt"], "seed": [0, 1, 2], "seed_j": [0, 1, 2], "group": ("prompt", ["g"])},
-               attrs={"copy_metric": "ssim", "copy_checkpoint": "", "variant": "none"}).to_netcdf(chunk, engine="h5netcdf")
+               attrs={"copy_metric": "ssim", "copy_checkpoint": "", "variant": "none"}
+               ).to_netcdf(chunk, engine="h5netcdf")
     with pytest.raises(InputError, match="scored with ssim"):
         analyze_variant([chunk], "none", 0.05, 2, metric, tmp_path / "out.nc")
     out = analyze_variant([chunk], "none", 0.05, 2, 0.4, tmp_path / "out.nc")
@@ -148,7 +150,8 @@ def test_the_stacked_leaderboard_refuses_rows_of_different_metrics(tmp_path):
     for name, (metric, checkpoint) in {"a": ("ssim", ""), "b": ("sscd", "sscd_disc_large")}.items():
         (tmp_path / name).mkdir()
         path = tmp_path / name / "leaderboard.csv"
-        pd.DataFrame([{"model": "none", "copy_metric": metric, "copy_threshold": 0.5, "copy_checkpoint": checkpoint}]).to_csv(path, index=False)
+        pd.DataFrame([{"model": "none", "copy_metric": metric, "copy_threshold": 0.5,
+                       "copy_checkpoint": checkpoint}]).to_csv(path, index=False)
         paths.append(str(path))
     with pytest.raises(InputError, match="different copy metrics"):
         stack(paths, str(tmp_path / "stack.csv"))

@@ -91,7 +91,8 @@ def test_one_copy_threshold_every_stage_defaults_to():
     assert [cfg[s]["copy_threshold"] for s in ("evaluate", "recovery", "adversarial")] == [0.5, 0.5, 0.5]
     assert cfg["testbed"]["report"]["copy_threshold"] == 0.5 and cfg["attack"]["copy_threshold"] == 0.3
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    stages = [schema_defaults("testbed", "report")] + [schema_defaults(s) for s in ("evaluate", "attack", "recovery", "adversarial")]
+    stages = [schema_defaults("testbed", "report")] + [schema_defaults(s) for s in
+                                                       ("evaluate", "attack", "recovery", "adversarial")]
     assert schema["properties"]["copy_threshold"]["default"] == 0.4 and all(s["copy_threshold"] is None for s in stages)
     # a config validated by Snakemake's own validate (no resolution) plans the same: the Plan resolves it
     from snakemake.utils import validate
@@ -109,12 +110,14 @@ def test_copy_threshold_code_defaults_agree_with_the_schema():
     from memprune.mitigate.adversarial import AdversarialSpec
     from memprune.testbed.report import testbed_report
 
-    default = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["properties"]["copy_threshold"]["default"]
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    default = schema["properties"]["copy_threshold"]["default"]
     assert inspect.signature(testbed_report).parameters["threshold"].default == default
     assert inspect.signature(aggregate).parameters["copy_threshold"].default == default
     assert RecoverySpec().copy_threshold == AdversarialSpec().copy_threshold == default
     assert cli_defaults("testbed-report")["threshold"] == default
-    assert cli_defaults("eval-aggregate")["copy_threshold"] == cli_defaults("attack-analyze")["copy_threshold"] == default
+    assert (cli_defaults("eval-aggregate")["copy_threshold"] == cli_defaults("attack-analyze")["copy_threshold"]
+            == default)
 
 
 def test_wen_defaults_agree():

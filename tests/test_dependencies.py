@@ -45,7 +45,8 @@ def env_requirements(path=REPO / "envs/memprune.yaml") -> dict[str, str]:
 
 def differences(pyproject: dict[str, str], env: dict[str, str]) -> list[str]:
     """What keeps the two lists out of step, each a sentence naming the package and the file to edit."""
-    out = [f"{n}: in pyproject.toml, add it to envs/memprune.yaml" for n in sorted(set(pyproject) - set(env) - PLAN_ONLY)]
+    out = [f"{n}: in pyproject.toml, add it to envs/memprune.yaml"
+           for n in sorted(set(pyproject) - set(env) - PLAN_ONLY)]
     out += [f"{n}: in envs/memprune.yaml, add it to pyproject.toml" for n in sorted(set(env) - set(pyproject))]
     out += [f"{n}: only the plan needs it, list it in pyproject.toml alone" for n in sorted(PLAN_ONLY & set(env))]
     out += [f"{n}: PLAN_ONLY names it, pyproject.toml lacks it" for n in sorted(PLAN_ONLY - set(pyproject))]

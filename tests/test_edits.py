@@ -57,7 +57,8 @@ def test_round_trip_zeroes_exactly_the_mask_and_nothing_else(edits, tiny_model, 
         assert torch.equal(edited[f"{layer}.weight"], w.masked_fill(full, 0.0))
         touched.add(f"{layer}.weight")
         if kind == "rows" and f"{layer}.bias" in base:
-            assert torch.equal(edited[f"{layer}.bias"], base[f"{layer}.bias"].masked_fill(torch.from_numpy(lm.mask), 0.0))
+            assert torch.equal(edited[f"{layer}.bias"],
+                               base[f"{layer}.bias"].masked_fill(torch.from_numpy(lm.mask), 0.0))
             touched.add(f"{layer}.bias")
     assert all(torch.equal(edited[k], v) for k, v in base.items() if k not in touched)
     manifest = read_manifest(ckpts[kind])

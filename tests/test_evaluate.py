@@ -42,7 +42,8 @@ def test_subset_prompts_from_the_models_json(tmp_path):
     assert [(m.vid, m.subset) for m in models] == [("none", None), ("pruned:wanda", "c/0"), ("pruned:random", "c/1"),
                                                    ("pruned:wanda", "c/1")]
     assert subset_prompts(models) == {"c/0": ["p3", "p1"], "c/1": ["p0"]}
-    clash = {"none": {"variant": "none", "scores": "n.nc"}, "a": pruned("wanda", "c/0", [3]), "b": pruned("random", "c/0", [2])}
+    clash = {"none": {"variant": "none", "scores": "n.nc"}, "a": pruned("wanda", "c/0", [3]),
+             "b": pruned("random", "c/0", [2])}
     with pytest.raises(InputError, match="c/0: b names other prompts"):
         subset_prompts(read_models(json.dumps(clash)))
     with pytest.raises(InputError, match="unedited model"):
@@ -273,8 +274,10 @@ def test_eval_aggregate_lays_out_variants_by_method_and_subsets(tmp_path):
     assert ds.copy_rate_lo.sel(variant="none", subset="m/0") == pytest.approx(0.5101, abs=1e-4)  # 4 of 4
     assert ds.copy_rate_hi.sel(variant="pruned:wanda", subset="m/0") == pytest.approx(0.4899, abs=1e-4)  # 0 of 4
     assert np.isnan(ds.copy_rate_lo.sel(variant="pruned:wanda", subset="m/2"))
-    assert ds.copy_rate_own_subset_hi.sel(variant="pruned:wanda", subset="m/0") == pytest.approx(0.6576, abs=1e-4)  # 0 of 2
-    np.testing.assert_array_equal(ds.copy_rate_minus_none.values, [[0, 0, 0], [-1, -1, np.nan], [np.nan, 0, 0], [-1, -1, -1]])
+    # 0 of 2
+    assert ds.copy_rate_own_subset_hi.sel(variant="pruned:wanda", subset="m/0") == pytest.approx(0.6576, abs=1e-4)
+    np.testing.assert_array_equal(ds.copy_rate_minus_none.values,
+                                  [[0, 0, 0], [-1, -1, np.nan], [np.nan, 0, 0], [-1, -1, -1]])
     np.testing.assert_array_equal(ds.copy_rate_minus_none_lo.sel(variant="none").values, [0, 0, 0])
     assert ds.fraction_over_lo.dims == ("variant", "subset", "threshold")
     assert ds.mean_copy_similarity_lo.sel(variant="none", subset="m/0") == pytest.approx(0.9)  # every value 0.9
@@ -374,7 +377,8 @@ def test_end_to_end_evaluation(eval_run):
     both = ds.in_test.values.all(axis=0)
     assert np.allclose(none[0][both], none[1][both], equal_nan=True)
     rows = list(csv.DictReader(open(wd / "results/tiny/eval_summary.csv")))
-    assert [(r["variant"], r["subset"]) for r in rows][:3] == [("none", "all"), ("pruned:wanda", "mean"), ("wen", "all")]
+    assert [(r["variant"], r["subset"]) for r in rows][:3] == [("none", "all"), ("pruned:wanda", "mean"),
+                                                               ("wen", "all")]
     assert len(rows) == 5 and "copy_rate_vs_none" in rows[0]
     for fig in ("eval_copy_vs_clip", "eval_fid_time", "eval_grid"):
         assert (wd / f"results/tiny/figures/{fig}.png").stat().st_size > 1000

@@ -19,7 +19,8 @@ from memprune.plan.schema import validate_config
 
 SIZE = "--height 64 --width 64"
 # the `memprune` steps that generate or probe the model -> the plan's builder whose arguments carry the size
-SIZED_STEPS = {"capture": "PLAN.sampling_args(", "eval-sample": "PLAN.sampling_args(", "leaderboard-timing": "PLAN.sampling_args(",
+SIZED_STEPS = {"capture": "PLAN.sampling_args(", "eval-sample": "PLAN.sampling_args(",
+               "leaderboard-timing": "PLAN.sampling_args(",
                "attack-generate": "PLAN.sampling_args(ATTACK.cfg)", "detect-scores": "DETECT.args()",
                "recover": "RECOVERY.args()", "adversarial-finetune": "ADVERSARIAL.args()",
                "nemo-calibrate": "MODEL_ARGS", "nemo": "MODEL_ARGS"}
@@ -38,7 +39,8 @@ def builders(plan: Plan) -> dict[str, str]:
     """The arguments of every generating or probing job, by the plan's builders (as rules/*.smk use them)."""
     size = plan.image_size()
     return {"capture, evaluation, timing": plan.sampling_args(), "attack": plan.sampling_args(Attack(plan).cfg),
-            "detection": Detection(plan).args(), "recovery": Recovery(plan).args(), "adversarial": Adversarial(plan).args(),
+            "detection": Detection(plan).args(), "recovery": Recovery(plan).args(),
+            "adversarial": Adversarial(plan).args(),
             "nemo": " ".join(f"--{k} {v}" for k, v in size.items() if v is not None)}
 
 
@@ -109,7 +111,8 @@ REQUIRED = {"nemo-calibrate": ["--model", "m", "--out", "o", "--prompts-files", 
             "recover": ["--model", "m", "--variant", "none", "--groups-json", "{}", "--out", "o"],
             "adversarial-finetune": ["--model", "m", "--prompts-file", "p", "--out", "o"],
             "detect-scores": ["--model", "m", "--prompts-file", "p", "--name", "n", "--out", "o"],
-            "attack-generate": ["--model", "m", "--variant", "none", "--prompts-file", "p", "--group", "g", "--out", "o"]}
+            "attack-generate": ["--model", "m", "--variant", "none", "--prompts-file", "p", "--group", "g", "--out",
+                                "o"]}
 
 
 def test_recovery_and_surrogates_generate_at_the_size(tiny_pipe):
@@ -131,7 +134,8 @@ def test_recovery_and_surrogates_generate_at_the_size(tiny_pipe):
             seen.append((cfg.height, cfg.width))
             return variant.generate_embeds(pipe, embeds, seeds, cfg, params)
 
-    targets = [{"prompt": "a red circle", "group": "g", "image": np.zeros((h, w, 3), np.uint8), "unrelated": "a blue square"}]
+    targets = [{"prompt": "a red circle", "group": "g", "image": np.zeros((h, w, 3), np.uint8),
+                "unrelated": "a blue square"}]
     spec = RecoverySpec(steps=1, batch_size=1, seeds=[0], sample_steps=1)
     res = attack_targets(tiny_pipe, Spy(), params, targets, ["prompt"], spec, ["a blue square"], height=h, width=w)
     assert seen == [(h, w), (h, w)] and res["examples"].shape[-3:-1] == (h, w)
@@ -162,7 +166,8 @@ def test_the_small_run_plans_every_generating_job_at_the_size(tmp_path):
                "results/sd15_random/leaderboard.csv"]
     for configs, expect in (([str(REPO / "config/sd15_random.yaml"), str(overlay)], True), ([], False)):
         proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", *(targets if expect else []),
-                               *(["--configfile", *configs] if configs else [])], cwd=REPO, capture_output=True, text=True)
+                               *(["--configfile", *configs] if configs else [])], cwd=REPO, capture_output=True,
+                              text=True)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         commands = re.findall(r"^Shell command: python -m memprune ([\w-]+) (.*)$", proc.stdout, re.M)
         sized = [(step, args) for step, args in commands if step in SIZED_STEPS]

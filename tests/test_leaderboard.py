@@ -62,7 +62,8 @@ def _timing(path: Path) -> None:
 def _localization(path: Path) -> None:
     xr.Dataset({"precision": (("localizer", "collection", "subset"), np.array([[[0.8, 0.7]]])),
                 "recall": (("localizer", "collection", "subset"), np.array([[[0.1, 0.2]]]))},
-               coords={"localizer": ["wanda"], "collection": ["m"], "subset": [0, 1]}).to_netcdf(path, engine="h5netcdf")
+               coords={"localizer": ["wanda"], "collection": ["m"], "subset": [0, 1]}
+               ).to_netcdf(path, engine="h5netcdf")
 
 
 @pytest.fixture
@@ -90,7 +91,8 @@ def test_leaderboard_columns_from_known_stage_files(stages):
 
     out, fig = stages / "leaderboard.csv", stages / "leaderboard.png"
     assert main(["leaderboard", "--models-json", str(stages / "models.json"), "--eval", str(stages / "eval.nc"),
-                 "--eval-kind", "mem", "--attack", f"none={stages / 'none.nc'}", f"pruned:wanda|m/0={stages / 'pruned.nc'}",
+                 "--eval-kind", "mem", "--attack", f"none={stages / 'none.nc'}",
+                 f"pruned:wanda|m/0={stages / 'pruned.nc'}",
                  "--recovery", str(stages / "recovery.nc"), "--localization", str(stages / "localization.nc"),
                  "--timing", str(stages / "timing.nc"), "--out", str(out), "--figure", str(fig)]) == 0
     t = pd.read_csv(out).set_index("model")
@@ -105,7 +107,8 @@ def test_leaderboard_columns_from_known_stage_files(stages):
     assert t.loc["wen", "seconds_per_image"] == 1.5 and t.loc["wen", "overhead_seconds_per_image"] == 1.0
     assert t.loc["wen", "time_per_image_vs_none"] == 3.0 and t.loc["pruned:wanda|m/0", "time_per_image_vs_none"] == 1.02
     assert t.loc["none", "seconds_per_image"] == 0.5
-    assert t.loc["none", "fraction_over_0.5"] == pytest.approx(0.8) and t.loc["pruned:wanda|m/0", "fraction_over_0.7"] == 0.0
+    assert t.loc["none", "fraction_over_0.5"] == pytest.approx(0.8)
+    assert t.loc["pruned:wanda|m/0", "fraction_over_0.7"] == 0.0
     # the attack: held-out prompts of each kind (the pruned model's subset p0, p1 left out)
     assert t.loc["none", "copies_mem"] == 0.75 and t.loc["none", "copies_another_mem"] == 0.25
     assert t.loc["pruned:wanda|m/0", "copies_mem"] == 0.0 and t.loc["pruned:wanda|m/0", "copies_another_mem"] == 0.5
@@ -146,7 +149,8 @@ def _eval_per_prompt(path: Path) -> None:
     none = (rng.random(n_mem) < 0.6).astype(float)
     copied[0][:, :n_mem] = np.where(in_test[:, :n_mem], none, np.nan)
     copied[1, 0, :n_mem] = np.where(in_test[0, :n_mem], none * (rng.random(n_mem) < 0.15), np.nan)
-    sim = np.where(np.isnan(copied), np.nan, 0.2 + 0.6 * np.nan_to_num(copied))[..., None] + rng.normal(0, 0.05, (2, 2, n_mem + n_non, n_s))
+    sim = (np.where(np.isnan(copied), np.nan, 0.2 + 0.6 * np.nan_to_num(copied))[..., None]
+           + rng.normal(0, 0.05, (2, 2, n_mem + n_non, n_s)))
     follows = np.full((2, 2, n_mem + n_non, n_s), np.nan)
     follows[:, :, n_mem:] = rng.random((2, 2, n_non, n_s)) < 0.7
     follows[1, 1] = np.nan  # the edit of m/0 has no model on m/1
@@ -156,11 +160,14 @@ def _eval_per_prompt(path: Path) -> None:
 
     two = lambda a: (("variant", "subset"), a)  # noqa: E731
     xr.Dataset(
-        {"copied": (("variant", "subset", "prompt"), copied), "copy_similarity": (("variant", "subset", "prompt", "seed"), sim),
-         "follows_prompt": (("variant", "subset", "prompt", "seed"), follows), "in_test": (("subset", "prompt"), in_test),
+        {"copied": (("variant", "subset", "prompt"), copied),
+         "copy_similarity": (("variant", "subset", "prompt", "seed"), sim),
+         "follows_prompt": (("variant", "subset", "prompt", "seed"), follows),
+         "in_test": (("subset", "prompt"), in_test),
          "copy_rate": two(summary(copied[:, :, mem])), "prompt_following": two(summary(follows)),
          "frechet_distance": two(np.ones((2, 2))), "mask_seconds": two(np.zeros((2, 2)))},
-        coords={"variant": ["none", "pruned:wanda"], "subset": ["m/0", "m/1"], "prompt": [f"p{i}" for i in range(n_mem + n_non)],
+        coords={"variant": ["none", "pruned:wanda"], "subset": ["m/0", "m/1"],
+                "prompt": [f"p{i}" for i in range(n_mem + n_non)],
                 "seed": np.arange(n_s), "group": ("prompt", groups)},
     ).to_netcdf(path, engine="h5netcdf")
 
@@ -181,17 +188,20 @@ def test_leaderboard_rows_carry_intervals_and_paired_differences_from_the_unedit
         assert t.loc[m, "eval_copies_lo"] <= t.loc[m, "eval_copies"] < t.loc[m, "eval_copies_hi"]
         assert t.loc[m, "prompt_following_lo"] <= t.loc[m, "prompt_following"] <= t.loc[m, "prompt_following_hi"]
     for m in ("none", "none_again"):
-        assert t.loc[m, ["eval_copies_minus_none", "eval_copies_minus_none_lo", "eval_copies_minus_none_hi"]].tolist() == [0, 0, 0]
+        assert t.loc[m, ["eval_copies_minus_none", "eval_copies_minus_none_lo",
+                         "eval_copies_minus_none_hi"]].tolist() == [0, 0, 0]
         assert t.loc[m, "eval_copies_minus_none_excludes_zero"] == False  # noqa: E712 (numpy's bool)
     edit = t.loc["pruned:wanda|m/0"]
-    none_m0 = float(xr.open_dataset(tmp_path / "eval.nc", engine="h5netcdf").copy_rate.sel(variant="none", subset="m/0"))
+    none_m0 = float(xr.open_dataset(tmp_path / "eval.nc", engine="h5netcdf")
+                    .copy_rate.sel(variant="none", subset="m/0"))
     assert edit.eval_copies_minus_none == pytest.approx(edit.eval_copies - none_m0)
     assert edit.eval_copies_minus_none_lo < edit.eval_copies_minus_none < edit.eval_copies_minus_none_hi < 0
     assert edit.eval_copies_minus_none_excludes_zero == True  # noqa: E712
     assert "paired" in edit.interval_method
     cols = list(t.reset_index().columns)
     i = cols.index("eval_copies")
-    assert cols[i + 1: i + 7] == ["eval_copies_lo", "eval_copies_hi", "eval_copies_minus_none", "eval_copies_minus_none_lo",
+    assert cols[i + 1: i + 7] == ["eval_copies_lo", "eval_copies_hi", "eval_copies_minus_none",
+                                  "eval_copies_minus_none_lo",
                                   "eval_copies_minus_none_hi", "eval_copies_minus_none_excludes_zero"]
     leaderboard_figure(t.reset_index(), tmp_path / "board.png")
     assert (tmp_path / "board.png").stat().st_size > 1000
@@ -215,7 +225,8 @@ def test_stack_adds_the_testbed_column(tmp_path):
         (tmp_path / name).mkdir()
         pd.DataFrame({"model": ["none", "wen"], **extra}).to_csv(tmp_path / name / "leaderboard.csv", index=False)
     out = tmp_path / "all.csv"
-    assert main(["leaderboard-stack", "--inputs", str(tmp_path / "a/leaderboard.csv"), str(tmp_path / "b/leaderboard.csv"),
+    assert main(["leaderboard-stack", "--inputs", str(tmp_path / "a/leaderboard.csv"),
+                 str(tmp_path / "b/leaderboard.csv"),
                  "--out", str(out)]) == 0
     t = pd.read_csv(out)
     assert list(t.columns) == ["testbed", "model", "copies_mem", "copies_planted"]
@@ -240,7 +251,8 @@ def test_default_config_lists_every_compared_model_and_stacks_every_testbed():
     board = _plan("config.yaml")
     models = json.loads(board.models_json())
     assert list(models)[0] == "none"
-    assert {"wen", "ren", "jain", "pruned:wanda|plant_k10/0", "pruned:oracle|plant_k10/0", "pruned:nemo|plant_k10/0"} <= set(models)
+    assert {"wen", "ren", "jain", "pruned:wanda|plant_k10/0", "pruned:oracle|plant_k10/0",
+            "pruned:nemo|plant_k10/0"} <= set(models)
     assert any(k.startswith("adversarial") for k in models)
     adv = next(v for k, v in models.items() if v["variant"] == "adversarial")
     assert adv["edit_benchmark"].startswith("benchmarks/testbed_planted/adversarial/") and adv["edit_prompts"] == 25
@@ -250,7 +262,8 @@ def test_default_config_lists_every_compared_model_and_stacks_every_testbed():
     assert inputs["eval"] == "results/testbed_planted/eval.nc" and inputs["localization"].endswith("localization.nc")
     assert inputs["recovery"] == "results/testbed_planted/recovery.nc" and len(inputs["attack"]) == 7
     stacked = board.stacked()
-    assert set(stacked) == {"testbed_planted", "testbed", "testbed_finetune", "testbed_finetune_e16", "testbed_finetune_e32"}
+    assert set(stacked) == {"testbed_planted", "testbed", "testbed_finetune", "testbed_finetune_e16",
+                            "testbed_finetune_e32"}
     assert stacked["testbed_finetune_e32"] == ["config/testbed_finetune.yaml", "config/finetune/e32.yaml"]
     assert set(board.others()) == set(stacked) - {"testbed_planted"}
 
@@ -260,7 +273,8 @@ def test_a_missing_or_clashing_stacked_config_is_named(tmp_path):
 
     board = _plan("config/testbed.yaml")
     assert board.stacked() == {"testbed": []}  # no configs listed: this model alone
-    board.plan.config["leaderboard"] = {"configs": ["config/testbed.yaml", ["config/testbed.yaml", str(tmp_path / "o.yaml")]]}
+    board.plan.config["leaderboard"] = {"configs": ["config/testbed.yaml",
+                                                    ["config/testbed.yaml", str(tmp_path / "o.yaml")]]}
     (tmp_path / "o.yaml").write_text("model: {name: testbed_other}\n")  # an overlay: the second file renames the model
     assert set(Leaderboard.stacked(board)) == {"testbed", "testbed_other"}
     assert Leaderboard.others(board) == {"testbed_other": f"config/testbed.yaml {tmp_path / 'o.yaml'}"}
@@ -282,14 +296,16 @@ def test_stacked_leaderboard_runs_another_configs_dag(tiny_model, tmp_path):
 
     mem = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:6]
     non = (REPO / "resources/prompts/testbed/heldout.txt").read_text().splitlines()[:2]
-    clip = save_untrained_clip(tmp_path / "clip", ClipSpec(vision_width=32, vision_layers=1, text_width=32, text_layers=1))
+    clip = save_untrained_clip(tmp_path / "clip",
+                               ClipSpec(vision_width=32, vision_layers=1, text_width=32, text_layers=1))
     rng = np.random.default_rng(0)
     for i in range(len(mem)):
         (tmp_path / "gt" / str(i)).mkdir(parents=True)
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "gt" / str(i) / "0.png")
     (tmp_path / "non.txt").write_text("".join(p + "\n" for p in non))
     stages = dict(
-        evaluate={"variants": ["none", "pruned"], "max_subsets": 1, "seeds": [0, 1], "nonmemorized": str(tmp_path / "non.txt"),
+        evaluate={"variants": ["none", "pruned"], "max_subsets": 1, "seeds": [0, 1],
+                  "nonmemorized": str(tmp_path / "non.txt"),
                   "ground_truth": str(tmp_path / "gt"), "fid_reference": "unedited", "clip": {"weights": str(clip)}},
         attack={"n_samples": 3, "steps": 2, "guidance": 2.0, "batch_size": 16, "chunk_size": 6},
         activations={"chunk_size": 6},

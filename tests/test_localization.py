@@ -49,7 +49,8 @@ def test_localization_dataset_scores_stored_masks(tmp_path):
     truth = {"layers": planted, "fraction": 0.25}
 
     def store(name, masks):
-        ms = MaskSet(layers=list(masks), kinds={l: "weight" for l in masks}, grid={l: m.shape for l, m in masks.items()},
+        ms = MaskSet(layers=list(masks), kinds={l: "weight" for l in masks},
+                     grid={l: m.shape for l, m in masks.items()},
                      union={l: pack(m) for l, m in masks.items()})
         write_mask_set(ms, tmp_path / f"{name}.zarr")
         return str(tmp_path / f"{name}.zarr")
@@ -59,11 +60,13 @@ def test_localization_dataset_scores_stored_masks(tmp_path):
     exact["b"][:, [0, 2]] = True
     off = {"a": np.zeros((2, 4), bool), "b": np.zeros((3, 3), bool)}
     off["a"][:, 3] = True
-    ds = localization_dataset({"oracle": {"c": [store("e0", exact), store("e1", exact)]}, "other": {"c": [store("o", off)]}},
+    ds = localization_dataset({"oracle": {"c": [store("e0", exact), store("e1", exact)]},
+                               "other": {"c": [store("o", off)]}},
                               truth, {"a": 4, "b": 3}).sel(collection="c")
     assert ds.precision.sel(localizer="oracle").values.tolist() == [1.0, 1.0]
     assert ds.recall.sel(localizer="oracle").values.tolist() == [1.0, 1.0]
-    assert ds.precision.sel(localizer="other", subset=0) == 0 and np.isnan(ds.precision.sel(localizer="other", subset=1))
+    assert ds.precision.sel(localizer="other", subset=0) == 0
+    assert np.isnan(ds.precision.sel(localizer="other", subset=1))
     assert ds.recall_at.sel(localizer="oracle", subset=0, k="5r") == 1.0  # 5 x 25% = every unit
     assert float(ds.random_precision) == pytest.approx(3 / 7)
     assert list(ds.k.values) == ["1r", "2r", "5r"] and ds.k_percent.values.tolist() == [25, 50, 125]

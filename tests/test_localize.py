@@ -17,8 +17,10 @@ def _inputs(seed=0, out_f=6, in_f=40, steps=4, n=3, planted=None, weight=None):
     mem = n * null * (1 + torch.rand(steps, in_f, generator=g).double())
     if planted is not None:
         mem[:, planted] *= 1e4  # one input feature far more active for the memorized prompts than for ""
-    return localize.Inputs(weights={"layer.ff.net.2": w.float()}, n_prompts=n, memorized={"layer.ff.net.2": mem.numpy()},
-                           null={"layer.ff.net.2": null.numpy()}, steps=np.arange(steps), t=np.arange(steps)[::-1] * 10.0,
+    return localize.Inputs(weights={"layer.ff.net.2": w.float()}, n_prompts=n,
+                           memorized={"layer.ff.net.2": mem.numpy()},
+                           null={"layer.ff.net.2": null.numpy()}, steps=np.arange(steps),
+                           t=np.arange(steps)[::-1] * 10.0,
                            rng=np.random.default_rng(seed))
 
 
@@ -44,7 +46,8 @@ def test_wanda_finds_a_planted_column_first_and_equals_the_written_equations():
     w, mem, null = inputs.weights["layer.ff.net.2"], inputs.memorized["layer.ff.net.2"], inputs.null["layer.ff.net.2"]
     for sparsity in (0.1, 0.3):
         ms = localize.get("wanda").locate(inputs, {"sparsity": sparsity, "tau": 3})
-        steps = np.stack([memorized_mask(w, torch.from_numpy(mem[t]).float(), torch.from_numpy(null[t]).float(), 3, sparsity).numpy()
+        steps = np.stack([memorized_mask(w, torch.from_numpy(mem[t]).float(), torch.from_numpy(null[t]).float(), 3,
+                                         sparsity).numpy()
                           for t in range(4)])
         assert np.array_equal(unpack(ms.per_step["layer.ff.net.2"], 40), steps)
         assert np.array_equal(_union(ms), union_over_timesteps(torch.from_numpy(steps), 3).numpy())
@@ -90,7 +93,8 @@ def test_random_keeps_the_counts_per_row_and_step_and_is_seeded():
     a_steps = unpack(a.per_step[layer], 40)
     assert np.array_equal(a_steps.sum(-1), ref_steps.sum(-1))  # per (step, row)
     assert np.array_equal(_union(a).sum(-1), _union(ref).sum(-1))  # the union's own counts per row
-    assert np.array_equal(a.per_step[layer], b.per_step[layer]) and not np.array_equal(a.per_step[layer], c.per_step[layer])
+    assert np.array_equal(a.per_step[layer], b.per_step[layer])
+    assert not np.array_equal(a.per_step[layer], c.per_step[layer])
     assert not np.array_equal(_union(a), _union(ref))
 
 

@@ -89,7 +89,8 @@ def test_sscd_path_identical_images_cosine_one(sscd_standin):
 
 
 def test_sscd_missing_file_says_what_to_download(tmp_path):
-    with pytest.raises(InputError, match="sscd_disc_large.torchscript.pt.*sscd-copy-detection|sscd-copy-detection.*sscd_disc_large"):
+    with pytest.raises(InputError, match="sscd_disc_large.torchscript.pt.*sscd-copy-detection"
+                                         "|sscd-copy-detection.*sscd_disc_large"):
         CopySimilarity(tmp_path / "nope.pt")
 
 
@@ -131,7 +132,8 @@ def test_clip_missing_weights_says_what_to_download(tmp_path):
 def test_random_clip_loads_through_local_dir(tmp_path):
     from memprune.testbed.clip import ClipSpec, save_untrained_clip
 
-    folder = save_untrained_clip(tmp_path / "clip", ClipSpec(vision_width=32, vision_layers=1, text_width=32, text_layers=1))
+    folder = save_untrained_clip(tmp_path / "clip",
+                                 ClipSpec(vision_width=32, vision_layers=1, text_width=32, text_layers=1))
     scorer = ClipScorer.load(None, folder)  # a folder as weights: open_clip's local-dir path
     imgs = _photos(3)
     f = scorer.image_features(imgs)
@@ -140,7 +142,8 @@ def test_random_clip_loads_through_local_dir(tmp_path):
     assert s.shape == (3,) and (s >= 0).all() and (s <= 100).all()
 
 
-@pytest.mark.skipif(not (SHIPPED_CLIP / "open_clip_config.json").exists(), reason="resources/testbed_clip not trained yet")
+@pytest.mark.skipif(not (SHIPPED_CLIP / "open_clip_config.json").exists(),
+                    reason="resources/testbed_clip not trained yet")
 def test_shipped_clip_prefers_the_own_caption():
     """Scenes (training and held-out combinations) score higher with their own caption than with another
     scene's caption, on average; held-out scenes are never seen by the CLIP."""

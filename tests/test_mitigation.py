@@ -184,7 +184,8 @@ def _reference_switched_guidance(pipe, prompts, seeds, cfg, transition_t):
                 if t > transition_t:
                     eps = unet(xin, t, encoder_hidden_states=null).sample
                 else:
-                    u, c = unet(xin, t, encoder_hidden_states=null).sample, unet(xin, t, encoder_hidden_states=cond).sample
+                    u = unet(xin, t, encoder_hidden_states=null).sample
+                    c = unet(xin, t, encoder_hidden_states=cond).sample
                     eps = u + cfg.guidance * (c - u)
                 x = sched.step(eps, t, x).prev_sample
             image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
@@ -223,7 +224,8 @@ def test_jain_dynamic_point_is_the_first_local_minimum_of_the_guidance_differenc
     from memprune.mitigate.jain import guided_sample, turned
     from memprune.sampling import text_embeddings
 
-    assert not turned([3.0, 2.0]) and turned([3.0, 2.0, 2.5]) and not turned([3.0, 2.0, 1.0]) and not turned([1.0, 2.0, 3.0])
+    assert not turned([3.0, 2.0]) and turned([3.0, 2.0, 2.5])
+    assert not turned([3.0, 2.0, 1.0]) and not turned([1.0, 2.0, 3.0])
     c = SamplingConfig_steps(10)
     embeds = text_embeddings(tiny_pipe, PROMPTS)
     got, info = guided_sample(tiny_pipe, embeds, SEEDS, c, mode="dynamic", guidance_before=1.0)
@@ -294,13 +296,15 @@ def test_ren_processor_rescales_the_bos_logit_and_masks_padding(tiny_pipe):
     h = torch.randn(2, 16, attn.query_dim, generator=gen)
     e = torch.randn(2, 20, attn.cross_attention_dim, generator=gen)
     with torch.no_grad():
-        torch.testing.assert_close(rescaled_attention(attn, h, e, [False, False], [None, None], 1.0), attn(h, e), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rescaled_attention(attn, h, e, [False, False], [None, None], 1.0), attn(h, e),
+                                   rtol=1e-5, atol=1e-6)
         logits, v = attention_logits(attn, h, e)
         logits[1, ..., 0] *= 1.25
         logits[1, ..., 5:] = -torch.inf
         p = torch.softmax(logits, -1)
         expected = attn.to_out[0]((p @ v).transpose(1, 2).reshape(2, 16, -1))
-        torch.testing.assert_close(rescaled_attention(attn, h, e, [False, True], [None, 5], 1.25), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rescaled_attention(attn, h, e, [False, True], [None, 5], 1.25), expected, rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_ren_detector_is_the_entropy_of_the_first_step_attention(tiny_pipe):
@@ -309,7 +313,8 @@ def test_ren_detector_is_the_entropy_of_the_first_step_attention(tiny_pipe):
 
     names = [n for n, _ in cross_attention_layers(tiny_pipe.unet)]
     assert names[0].startswith("down_blocks") and names[-1].startswith("up_blocks")
-    assert names.index(next(n for n in names if n.startswith("mid_block"))) < names.index(next(n for n in names if n.startswith("up_blocks")))
+    assert (names.index(next(n for n in names if n.startswith("mid_block")))
+            < names.index(next(n for n in names if n.startswith("up_blocks"))))
     np.testing.assert_allclose(entropy(np.full((1, 4), 0.25)), [np.log(4)])
     embeds = text_embeddings(tiny_pipe, PROMPTS)
     scores = first_step_entropy(tiny_pipe, embeds, SEEDS, cfg())

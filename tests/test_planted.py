@@ -13,7 +13,6 @@ from memprune.errors import InputError
 from memprune.testbed import planted
 from memprune.testbed.derived import new_photos
 from memprune.testbed.planted import (
-    PlantSpec,
     choose_units,
     masked_adam_step,
     oracle_masks,
@@ -88,7 +87,8 @@ def test_planted_parameters_are_the_units_columns_and_both_geglu_halves(unet):
     assert col[:, idx].all() and int(col.sum()) == len(idx) * col.shape[0]
     rows = np.concatenate([idx, idx + hidden])
     assert masks[f"{prefix}.net.0.proj.weight"][rows].all()
-    assert int(masks[f"{prefix}.net.0.proj.weight"].sum()) == 2 * len(idx) * params[f"{prefix}.net.0.proj.weight"].shape[1]
+    assert (int(masks[f"{prefix}.net.0.proj.weight"].sum())
+            == 2 * len(idx) * params[f"{prefix}.net.0.proj.weight"].shape[1])
     assert torch.equal(torch.nonzero(masks[f"{prefix}.net.0.proj.bias"])[:, 0], torch.as_tensor(np.sort(rows)))
 
 
@@ -309,7 +309,8 @@ def test_extended_dataset_is_deterministic_and_adds_a_prompt_file(tiny_data, tmp
     assert dataset_digest(a) == dataset_digest(b) != dataset_digest(tiny_data)
     rows = read_manifest(a / "manifest.jsonl")
     assert rows[: len(read_manifest(tiny_data / "manifest.jsonl"))] == read_manifest(tiny_data / "manifest.jsonl")
-    assert (a / "prompts" / "planted.txt").read_text().splitlines() == [r["caption"] for r in rows if r["group"] == "planted"]
+    assert ((a / "prompts" / "planted.txt").read_text().splitlines()
+            == [r["caption"] for r in rows if r["group"] == "planted"])
     with pytest.raises(InputError, match="already holds added photos"):
         extend_dataset(a, AddedSpec("finetuned", k=1), tmp_path / "c")
     with pytest.raises(InputError, match="group"):

@@ -29,7 +29,8 @@ SELF_CONTAINED = [[], ["config/sd15_random.yaml"], ["config/testbed.yaml"], ["co
                   ["config/testbed_finetune.yaml", "config/finetune/e32.yaml"]]
 # an SD pipeline's model_index.json (what `memprune check` reads of it): the safety checker is never loaded
 SD_INDEX = {"_class_name": "StableDiffusionPipeline", "feature_extractor": ["transformers", "CLIPImageProcessor"],
-            "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"], "scheduler": ["diffusers", "PNDMScheduler"],
+            "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+            "scheduler": ["diffusers", "PNDMScheduler"],
             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
 
@@ -66,8 +67,10 @@ def check(capsys, argv) -> tuple[int, str, dict[str, dict]]:
 def expected_files(config: dict) -> dict[str, str]:
     """{key: value} of the external files an SD config names."""
     ev = config["evaluate"]
-    return {"model.path": config["model"]["path"], "evaluate.sscd": ev["sscd"], "evaluate.clip.weights": ev["clip"]["weights"],
-            "evaluate.ground_truth": ev["ground_truth"], **{f"recovery.images.{s}": r for s, r in config["recovery"]["images"].items()}}
+    return {"model.path": config["model"]["path"], "evaluate.sscd": ev["sscd"],
+            "evaluate.clip.weights": ev["clip"]["weights"],
+            "evaluate.ground_truth": ev["ground_truth"],
+            **{f"recovery.images.{s}": r for s, r in config["recovery"]["images"].items()}}
 
 
 def stand_in_pipeline(folder):
@@ -76,7 +79,8 @@ def stand_in_pipeline(folder):
     (folder / "model_index.json").write_text(json.dumps(SD_INDEX))
     for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor"):
         (folder / name).mkdir()
-    for name, weights in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+    for name, weights in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                          ("text_encoder", "model")):
         (folder / name / "config.json").write_text("{}")
         (folder / name / f"{weights}.safetensors").touch()
     return folder
@@ -116,10 +120,12 @@ def test_sd_config_without_its_files_names_each_with_its_key_and_fix(clone, caps
     assert fixes["model.path"].startswith(f"HF_HUB_OFFLINE=0 hf download {config['model']['path']} --include ")
     assert f"curl -L -o {files['evaluate.sscd']} https://" in fixes["evaluate.sscd"]
     clip = config["evaluate"]["clip"]
-    assert fixes["evaluate.clip.weights"].startswith(f"hf download {CLIP_HUB[clip['name']][1]} open_clip_model.safetensors")
+    assert fixes["evaluate.clip.weights"].startswith(f"hf download {CLIP_HUB[clip['name']][1]} "
+                                                     "open_clip_model.safetensors")
     assert fixes["evaluate.clip.weights"].rstrip().endswith(clip["weights"])
     for pset, root in config["recovery"]["images"].items():
-        assert f"fetch-training-images --prompts {config['prompt_sets'][pset]} --root {root} " in fixes[f"recovery.images.{pset}"]
+        assert (f"fetch-training-images --prompts {config['prompt_sets'][pset]} --root {root} "
+                in fixes[f"recovery.images.{pset}"])
     assert out.rstrip().endswith(f"{len(files)} of {len(files)} external inputs missing")
     # a target needs only its stages' files: the masks and IOU the weights alone
     rc, out, entries = check(capsys, ["check", "results/iou.nc", "--configfile", configfile])
@@ -133,7 +139,8 @@ def test_sd_config_passes_once_every_file_is_there(clone, capsys, tmp_path, conf
     stand_ins(entries, tmp_path / "hf")
     rc, out, entries = check(capsys, ["check", "--configfile", configfile])
     assert rc == 0, out
-    assert {e["status"] for e in entries.values()} == {OK} and out.rstrip().endswith(f"all {len(entries)} external inputs present")
+    assert {e["status"] for e in entries.values()} == {OK} and out.rstrip().endswith(f"all {len(entries)} external "
+                                                                                     "inputs present")
 
 
 def test_an_incomplete_pipeline_is_missing_naming_what_it_lacks(clone, capsys, tmp_path):
@@ -141,11 +148,13 @@ def test_an_incomplete_pipeline_is_missing_naming_what_it_lacks(clone, capsys, t
     (tmp_path / "sd15/unet/diffusion_pytorch_model.safetensors").unlink()
     (tmp_path / "sd15/unet/diffusion_pytorch_model.fp16.safetensors").touch()  # diffusers loads no variant unasked
     (tmp_path / "overlay.yaml").write_text(f"model: {{path: {tmp_path / 'sd15'}}}\n")
-    rc, out, entries = check(capsys, ["check", "results/iou.nc", "--configfile", "config/sd15.yaml", str(tmp_path / "overlay.yaml")])
+    rc, out, entries = check(capsys, ["check", "results/iou.nc", "--configfile", "config/sd15.yaml",
+                                      str(tmp_path / "overlay.yaml")])
     hub_id = yaml.safe_load((REPO / "config/sd15.yaml").read_text())["model"]["path"]
     assert rc == 2 and entries["model.path"]["status"] == MISSING
     assert "no unet/diffusion_pytorch_model.safetensors or model.safetensors" in out
-    assert entries["model.path"]["fix"].startswith(f"hf download {hub_id} ") and f"--local-dir {tmp_path / 'sd15'}" in out
+    assert entries["model.path"]["fix"].startswith(f"hf download {hub_id} ")
+    assert f"--local-dir {tmp_path / 'sd15'}" in out
 
 
 @pytest.mark.parametrize("configs", SELF_CONTAINED, ids=lambda c: "+".join(c) or "config.yaml")
@@ -216,4 +225,5 @@ def test_a_run_stops_before_its_first_job_and_a_dry_run_plans(tmp_path):
     dry = snakemake(tmp_path, "-n", "results/iou.nc", check=False)
     assert dry.returncode == 0 and "Job stats" in dry.stdout and "MISSING  model.path" in dry.stderr
     skipped = snakemake(tmp_path, "--no-hooks", "results/tiny/layers.safetensors", check=False)
-    assert skipped.returncode != 0 and "MISSING" not in skipped.stderr and re.search(r"^(local)?rule model_layers:", skipped.stderr, re.M)
+    assert skipped.returncode != 0 and "MISSING" not in skipped.stderr
+    assert re.search(r"^(local)?rule model_layers:", skipped.stderr, re.M)

@@ -104,7 +104,8 @@ def test_cli_writes_real_sd15_that_captures_at_64px(tmp_path):
     assert pipe.unet.dtype == torch.float32 and pipe.unet.config.sample_size == 64
     values = value_layers(pipe.unet)
     assert [lin.out_features for _, lin in values] == NEMO_CHANNELS
-    cap = capture(pipe, ["a photo of a cat"], 0, SamplingConfig(steps=1, guidance=7.5, batch_size=1, height=64, width=64))
+    cap = capture(pipe, ["a photo of a cat"], 0,
+                  SamplingConfig(steps=1, guidance=7.5, batch_size=1, height=64, width=64))
     assert cap.layers == [n for n, _ in ffn_layers(pipe.unet)] and len(cap.layers) == 16
     for name, width in zip(cap.layers, WIDTHS):
         assert cap.sumsq[name].shape == (1, len(cap.timesteps), 2, width) and np.isfinite(cap.sumsq[name]).all()

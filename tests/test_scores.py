@@ -38,7 +38,8 @@ def test_top_k_edge_counts():
     assert top_k_per_row(s, 5).all()
 
 
-@pytest.mark.parametrize("sparsity,width,k", [(0.01, 1280, 12), (0.01, 5120, 51), (0.01, 2560, 25), (0.01, 99, 0), (0.5, 5, 2)])
+@pytest.mark.parametrize("sparsity,width,k",
+                         [(0.01, 1280, 12), (0.01, 5120, 51), (0.01, 2560, 25), (0.01, 99, 0), (0.5, 5, 2)])
 def test_sparsity_rounds_down_like_wanda(sparsity, width, k):
     assert k_per_row(sparsity, width) == k
 

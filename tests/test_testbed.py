@@ -89,7 +89,8 @@ def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
     from memprune.plan.leaderboard import overlay
 
     derived = [["config.yaml"], ["config/testbed_finetune.yaml"]] + [  # the calibrated points: overlays on it
-        ["config/testbed_finetune.yaml", f"config/finetune/{p.name}"] for p in sorted((REPO / "config/finetune").glob("*.yaml"))]
+        ["config/testbed_finetune.yaml", f"config/finetune/{p.name}"]
+        for p in sorted((REPO / "config/finetune").glob("*.yaml"))]
     assert len(derived) > 2
     extended = {}
     for configs in derived:
@@ -107,7 +108,8 @@ def test_shipped_prompt_lists_match_the_default_dataset(tmp_path):
         record = json.loads((model / "memprune_train.json").read_text())
         assert record["dataset_sha256"] == dataset_digest(out), name
         # the shipped UNet is what the config's training rule makes: its record holds the config's settings
-        assert {k: record["spec"][k] for k in cfg["testbed"]["derived"]["train"]} == cfg["testbed"]["derived"]["train"], name
+        train = cfg["testbed"]["derived"]["train"]
+        assert {k: record["spec"][k] for k in train} == train, name
         assert base_of(model) == (REPO / "resources" / "testbed").resolve()
         shipped = (REPO / cfg["prompt_sets"][added.group]).read_text()
         assert (out / "prompts" / f"{added.group}.txt").read_text() == shipped, name

@@ -54,7 +54,8 @@ def test_end_to_end_outputs(workflow_run):
     # zarr v3 with dimension names
     meta = (wd / "results/tiny/activations/seed0_steps6_g3.0_paper/null.zarr/zarr.json").read_text()
     assert '"zarr_format": 3' in meta
-    layer_meta = next((wd / "results/tiny/activations/seed0_steps6_g3.0_paper/null.zarr").glob("down_blocks*/zarr.json")).read_text()
+    null_store = wd / "results/tiny/activations/seed0_steps6_g3.0_paper/null.zarr"
+    layer_meta = next(null_store.glob("down_blocks*/zarr.json")).read_text()
     assert '"dimension_names"' in layer_meta
 
 
@@ -235,7 +236,8 @@ def test_sd2_config_plans():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "results/iou.nc", "-n", "--configfile", "config/sd2.yaml"],
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "results/iou.nc", "-n", "--configfile",
+                           "config/sd2.yaml"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert planned_jobs(proc)["masks"] > 0

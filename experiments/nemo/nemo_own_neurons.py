@@ -71,7 +71,8 @@ def main() -> None:
                       "copy_rate_unblocked": round(float(c[:, 0].mean()), 3),
                       "copy_rate_own_neurons_blocked": round(float(c[:, 1].mean()), 3),
                       "copy_rate_random_channels_blocked": round(float(c[:, 2].mean()), 3),
-                      "nemo_sd14_reported": "4 +- 3 neurons (verbatim), 28 prompts with 1; SSCD 0.83 -> 0.09, random 0.80",
+                      "nemo_sd14_reported": "4 +- 3 neurons (verbatim), 28 prompts with 1; SSCD 0.83 -> 0.09, random "
+                                            "0.80",
                       "seconds": round(time.time() - t0, 1)}), flush=True)
 
 

@@ -66,7 +66,8 @@ def main() -> None:
     pcts = [100 * r, 200 * r, 500 * r]
     print(json.dumps({"model": str(model), "fraction": r, "planted_units": truth["units"], "k": truth["k"],
                       "subset": subset, "capture_seconds": round(time.time() - t0, 1),
-                      "random": random_baseline(planted, {l: w.shape[1] for l, w in weights.items()}, pcts)}), flush=True)
+                      "random": random_baseline(planted, {l: w.shape[1] for l, w in weights.items()}, pcts)}),
+          flush=True)
 
     wanda_masks = {}
     for name in ("wanda", "activation", "magnitude"):

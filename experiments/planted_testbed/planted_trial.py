@@ -60,7 +60,8 @@ def main() -> None:
     seeds = int_list(args.seeds)
     pf_seeds = int_list(args.pf_seeds)
     cfg = SamplingConfig(steps=args.steps, guidance=args.guidance, batch_size=100)
-    print(json.dumps({"model": args.model, "base": args.base, "planted_prompts": truth["k"], "units": truth.get("units"),
+    print(json.dumps({"model": args.model, "base": args.base, "planted_prompts": truth["k"],
+                      "units": truth.get("units"),
                       "fraction": truth["fraction"], "duplicated": len(dup), "single": len(single),
                       "heldout_scenes": len(held), "seeds": seeds, "steps": args.steps, "guidance": args.guidance,
                       "plant_seconds": truth.get("seconds"), "plant_steps": truth.get("steps")}), flush=True)

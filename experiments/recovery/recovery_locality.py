@@ -9,8 +9,9 @@
    averaged over layers), against the same distances between different memorized prompts' embeddings.
 One JSON line per measurement.
 
-    python experiments/recovery/recovery_locality.py --model resources/testbed_planted --data results/testbed_planted/data \
-        --group planted=resources/prompts/testbed_planted/planted.txt --group memorized=resources/prompts/testbed/duplicated.txt
+    python experiments/recovery/recovery_locality.py --model resources/testbed_planted \
+        --data results/testbed_planted/data --group planted=resources/prompts/testbed_planted/planted.txt \
+        --group memorized=resources/prompts/testbed/duplicated.txt
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def main() -> None:
             if len(ys) >= 2:
                 ys = torch.cat(ys)
                 emb_d += cosine_distances(ys.flatten(1).numpy()).tolist()
-                act_d += cosine_distances(features(capture(pipe, [p] * len(ys), 0, sampling, prompt_embeds=ys))).tolist()
+                act_d += cosine_distances(features(capture(pipe, [p] * len(ys), 0, sampling,
+                                                           prompt_embeds=ys))).tolist()
         between_emb = cosine_distances(recovery.embed(pipe, prompts).flatten(1).numpy())
         between_act = cosine_distances(features(original))
         emit(group=name, measure="random_starts", photos=args.n_random_photos, starts=args.starts,
@@ -128,7 +130,8 @@ def main() -> None:
              embedding_distance_same_photo=round(float(np.mean(emb_d)), 3) if emb_d else None,
              embedding_distance_between_prompts=round(float(between_emb.mean()), 3),
              activation_distance_same_photo=round(float(np.mean(act_d)), 4) if act_d else None,
-             activation_distance_between_prompts=round(float(between_act.mean()), 4), seconds=round(time.time() - t0, 1))
+             activation_distance_between_prompts=round(float(between_act.mean()), 4),
+             seconds=round(time.time() - t0, 1))
 
 
 def get_variant():

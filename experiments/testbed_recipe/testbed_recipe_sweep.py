@@ -40,7 +40,6 @@ VARIANTS = {
 
 def vae_readback(model_dir: Path, data_dir: Path, device: str) -> dict:
     """Fraction of scene images whose VAE reconstruction the scene reader reads correctly (held-out, train)."""
-    import numpy as np
     import torch
     from diffusers import AutoencoderKL
 
@@ -80,7 +79,8 @@ def run_variant(name: str, work: Path, device: str, unet_steps: int | None, thre
     tspec = TrainSpec(model=ModelSpec(**model_o), device=device, threads=threads, **train)
     model_dir = work / f"model_{name}"
     t0 = time.time()
-    train_testbed(data_dir / "manifest.jsonl", model_dir, tspec, ROOT / "resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz",
+    train_testbed(data_dir / "manifest.jsonl", model_dir, tspec,
+                  ROOT / "resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz",
                   progress=False)
     t_train = time.time() - t0
     t0 = time.time()
@@ -89,7 +89,8 @@ def run_variant(name: str, work: Path, device: str, unet_steps: int | None, thre
                              max_single=100, device=device, dtype="float32")
     t_report = time.time() - t0
     return {"variant": name, "dataset": asdict(spec), "train": asdict(tspec), "train_seconds": round(t_train, 1),
-            "report_seconds": round(t_report, 1), "summary": summary, "vae_readback": vae_readback(model_dir, data_dir, device),
+            "report_seconds": round(t_report, 1), "summary": summary,
+            "vae_readback": vae_readback(model_dir, data_dir, device),
             "model_dir": str(model_dir)}
 
 

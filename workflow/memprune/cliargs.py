@@ -28,4 +28,5 @@ def add_model_args(p, sampling: bool = True) -> None:
 def add_size_args(p) -> None:
     """--height / --width of a stage that generates or probes (config `sampling` through `Plan.image_size`)."""
     for side in ("height", "width"):
-        p.add_argument(f"--{side}", type=int, default=None, help=f"image {side} in pixels (default: the model's resolution)")
+        p.add_argument(f"--{side}", type=int, default=None,
+                       help=f"image {side} in pixels (default: the model's resolution)")

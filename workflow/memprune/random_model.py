@@ -132,7 +132,8 @@ def build_pipeline(arch: str, seed: int = 0, bpe_path: Path | None = None, overr
 
     spec = _arch(arch)
     cfg = {k: {**spec[k], **(overrides or {}).get(k, {})} for k in ("unet", "vae", "text_encoder", "tokenizer")}
-    bpe_path = Path(bpe_path) if bpe_path else Path(__file__).resolve().parents[2] / "resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz"
+    bpe_path = (Path(bpe_path) if bpe_path
+                else Path(__file__).resolve().parents[2] / "resources/clip_bpe/bpe_simple_vocab_16e6.txt.gz")
     if not bpe_path.is_file():
         raise InputError(f"{bpe_path}: CLIP's BPE file is missing (resources/clip_bpe ships it)")
     tokenizer = build_tokenizer(bpe_path, cfg["tokenizer"]["model_max_length"])
@@ -162,7 +163,8 @@ def write_random_model(arch: str, out: Path, seed: int = 0, dtype: str = "float1
     with atomic_dir(Path(out)) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (Path(tmp) / "memprune_random_model.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    log.info("random %s pipeline (seed %d, %s, hash %s) -> %s", arch, seed, dtype, record["architecture_hash"][:12], out)
+    log.info("random %s pipeline (seed %d, %s, hash %s) -> %s", arch, seed, dtype, record["architecture_hash"][:12],
+             out)
     return Path(out)
 
 
@@ -194,13 +196,16 @@ def add_random_model_arguments(sub) -> None:
     p.add_argument("--root", required=True)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda args: write_stand_in_images(Path(args.prompts_file), Path(args.root), args.size, args.seed))
+    p.set_defaults(func=lambda args: write_stand_in_images(Path(args.prompts_file), Path(args.root), args.size,
+                                                           args.seed))
     p = sub.add_parser("make-random-model",
-                       help="write a diffusers pipeline with SD1.5's or SD2's published architecture and random weights")
+                       help="write a diffusers pipeline with SD1.5's or SD2's published architecture and random "
+                            "weights")
     p.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
     p.add_argument("--out", required=True, help="the pipeline directory to write")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float16", help="weights' dtype on disk (float16: SD1.5 is 2.1 GB, float32 twice that)")
+    p.add_argument("--dtype", default="float16",
+                   help="weights' dtype on disk (float16: SD1.5 is 2.1 GB, float32 twice that)")
     p.add_argument("--bpe", default=None, help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: resources/clip_bpe)")
     p.set_defaults(func=lambda args: write_random_model(args.arch, Path(args.out), args.seed, args.dtype,
                                                         Path(args.bpe) if args.bpe else None))

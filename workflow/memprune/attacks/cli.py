@@ -86,8 +86,10 @@ def cmd_detect_top_k(args) -> None:
 def add_attack_arguments(sub) -> None:
     p = sub.add_parser("attack-generate", help="extraction attack, steps 1-2: N images per prompt, tiled distances")
     add_model_args(p)
-    p.add_argument("--variant", required=True, help="model variant, a registry name (memprune.variants: none, pruned, wen)")
-    p.add_argument("--checkpoint", default=None, help="edit checkpoint directory, for a variant that needs one (pruned)")
+    p.add_argument("--variant", required=True,
+                   help="model variant, a registry name (memprune.variants: none, pruned, wen)")
+    p.add_argument("--checkpoint", default=None,
+                   help="edit checkpoint directory, for a variant that needs one (pruned)")
     p.add_argument("--variant-params", type=_json_arg, default=None,
                    help="JSON object of the variant's generation parameters, over its defaults (e.g. wen: max_iters)")
     p.add_argument("--prompts-file", required=True)
@@ -106,15 +108,18 @@ def add_attack_arguments(sub) -> None:
     p.add_argument("--chunks", nargs="+", required=True)
     p.add_argument("--variant", required=True,
                    help="the variant's id in the file and table, free-form (none, pruned:wanda|mem_k10/0, wen)")
-    p.add_argument("--threshold", type=float, required=True, help="tiled-L2 distance below which two images are similar")
+    p.add_argument("--threshold", type=float, required=True,
+                   help="tiled-L2 distance below which two images are similar")
     p.add_argument("--min-clique", type=int, default=3)
     add_copy_metric_arguments(p, 0.4)
     p.add_argument("--data", default=None,
-                   help="testbed dataset directory: every train-split image, the cliques' candidates for which image they copy")
+                   help="testbed dataset directory: every train-split image, the cliques' candidates for which image "
+                        "they copy")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_attack_analyze)
 
-    p = sub.add_parser("attack-table", help="the paper's Table 1: identified / actually memorized per variant and group")
+    p = sub.add_parser("attack-table", help="the paper's Table 1: identified / actually memorized per variant and "
+                                            "group")
     p.add_argument("--variants", nargs="+", required=True)
     p.add_argument("--out", required=True, help="table.csv")
     p.add_argument("--figure", default=None, help="PNG of generations per variant")

@@ -130,7 +130,8 @@ def detection_report(score_files: list[Path], positive: list[str], out: Path, cs
         rank=(("prompt",), rank, {"long_name": "rank by score, 1 = most likely memorized"}),
         is_positive=(("prompt",), is_pos, {"long_name": "ground truth: a memorized prompt"}),
         auc=(("comparison",), np.array(aucs), {"long_name": "ROC AUC"}),
-        tpr_at_1pct_fpr=(("comparison",), np.array(tprs), {"long_name": "true-positive rate at 1% false-positive rate"}),
+        tpr_at_1pct_fpr=(("comparison",), np.array(tprs),
+                         {"long_name": "true-positive rate at 1% false-positive rate"}),
     ).assign_coords(comparison=comparisons)
     out_ds.attrs["positive"] = ",".join(positive)
     out_ds = auc_intervals(out_ds)

@@ -28,10 +28,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memprune.errors import InputError
+
+if TYPE_CHECKING:  # imported where used: importing this module stays light
+    import pandas as pd
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,8 @@ def generate_candidates(pipe, prompts: list[str], seeds: list[int], cfg, grid: i
     images = images.reshape(n_p, n_s, *images.shape[1:])
     info = {k: np.asarray(x).reshape(n_p, n_s) if np.ndim(x) == 1 and len(x) == n_p * n_s else x
             for k, x in info.items()}
-    distance = np.stack([pairwise_tiled_distances(images[i], grid) for i in range(n_p)]) if n_p else np.zeros((0, n_s, n_s), np.float32)
+    distance = (np.stack([pairwise_tiled_distances(images[i], grid) for i in range(n_p)]) if n_p
+                else np.zeros((0, n_s, n_s), np.float32))
     ssim_truth = np.full((n_p, n_s), np.nan, dtype=np.float32)
     for i, refs in enumerate(references or [None] * n_p):
         if refs is not None and len(refs):
@@ -157,7 +163,8 @@ def attack_chunk(model: str, prompts: list[str], group: str, seeds: list[int], c
             "distance": (("prompt", "seed", "seed_j"), res["distance"],
                          {"long_name": "Carlini's tiled L2 between the prompt's generations", "tile_grid": grid}),
             "ssim_truth": (("prompt", "seed"), res["ssim_truth"],
-                           {"long_name": f"{metric.name.upper()} to the prompt's training image (max over them); NaN: none known"}),
+                           {"long_name": f"{metric.name.upper()} to the prompt's training image (max over them); NaN: "
+                                         "none known"}),
             **{k: (("prompt", "seed"), x, {"long_name": f"recorded by variant {v.name} per image"})
                for k, x in per_image.items()},
         },
@@ -210,7 +217,8 @@ def which_image(images: np.ndarray, distance: np.ndarray, clique: np.ndarray, id
     own = (nearest >= 0) & (caption == np.array(prompts, dtype=object))
     copies = metric.copies(near_ssim)
     return {"nearest_image": nearest, "nearest_caption": caption, "nearest_ssim": near_ssim, "own_image": own,
-            "actually_memorized": identified & own & copies, "copies_another": identified & (nearest >= 0) & ~own & copies}
+            "actually_memorized": identified & own & copies,
+            "copies_another": identified & (nearest >= 0) & ~own & copies}
 
 
 def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_clique: int, copy,
@@ -249,19 +257,28 @@ def analyze_variant(chunks: list[Path], variant: str, threshold: float, min_cliq
     out_ds = xr.Dataset(
         {
             "clique_size": (("prompt",), res["clique_size"], {"long_name": "size of the largest clique"}),
-            "identified": (("prompt",), res["identified"], {"long_name": f"identified as memorized: clique >= {min_clique}"}),
+            "identified": (("prompt",), res["identified"],
+                           {"long_name": f"identified as memorized: clique >= {min_clique}"}),
             "actually_memorized": (("prompt",), res["actually_memorized"],
-                                   {"long_name": (f"identified, the clique's nearest training image is the prompt's own and its median {label}"
-                                                  if which else f"identified and the clique's median {label} to the training image")}),
+                                   {"long_name": ("identified, the clique's nearest training image is the prompt's "
+                                                  f"own and its median {label}"
+                                                  if which else f"identified and the clique's median {label} to the "
+                                                                "training image")}),
             **({"copies_another": (("prompt",), which["copies_another"],
-                                   {"long_name": f"identified, the clique's nearest training image is another caption's, median {label}"}),
-                "own_image": (("prompt",), which["own_image"], {"long_name": "the clique's nearest training image is one of the prompt's own"}),
+                                   {"long_name": "identified, the clique's nearest training image is another "
+                                                 f"caption's, median {label}"}),
+                "own_image": (("prompt",), which["own_image"],
+                              {"long_name": "the clique's nearest training image is one of the prompt's own"}),
                 "nearest_image": (("prompt",), which["nearest_image"],
-                                  {"long_name": "row of the clique's nearest image among the dataset's train-split images (-1: not identified)"}),
-                "nearest_caption": (("prompt",), which["nearest_caption"], {"long_name": "caption of the clique's nearest training image"}),
-                "nearest_ssim": (("prompt",), which["nearest_ssim"], {"long_name": "median SSIM of the clique's images to its nearest training image"}),
+                                  {"long_name": "row of the clique's nearest image among the dataset's train-split "
+                                                "images (-1: not identified)"}),
+                "nearest_caption": (("prompt",), which["nearest_caption"],
+                                    {"long_name": "caption of the clique's nearest training image"}),
+                "nearest_ssim": (("prompt",), which["nearest_ssim"],
+                                 {"long_name": "median SSIM of the clique's images to its nearest training image"}),
                 } if which else {}),
-            "clique_ssim": (("prompt",), res["clique_ssim"], {"long_name": "median SSIM of the clique's images to the training image"}),
+            "clique_ssim": (("prompt",), res["clique_ssim"],
+                            {"long_name": "median SSIM of the clique's images to the training image"}),
             "has_truth": (("prompt",), res["has_truth"], {"long_name": "the prompt's training image is known"}),
             "clique": (("prompt", "seed"), res["clique"], {"long_name": "member of the largest clique"}),
             "median_pair_distance": (("prompt",), median_pair),
@@ -301,7 +318,8 @@ def attack_table(variant_files: list[Path]) -> "pd.DataFrame":
                          "identified": ident, "identified_pct": round(100 * ident / n, 1),
                          "actually_memorized": actual,
                          "actually_memorized_pct": round(100 * actual / n, 1) if actual is not None else None,
-                         "copies_another": other, "copies_another_pct": round(100 * other / n, 1) if other is not None else None})
+                         "copies_another": other,
+                         "copies_another_pct": round(100 * other / n, 1) if other is not None else None})
         ds.close()
     return attack_table_intervals(pd.DataFrame(rows))
 
@@ -319,7 +337,8 @@ def format_table(table: "pd.DataFrame") -> str:
     body = [["identified as memorized", *[cell(r.identified, r.prompts, r.identified_pct) for r in rows]],
             ["actually memorized", *[cell(r.actually_memorized, r.prompts, r.actually_memorized_pct) for r in rows]]]
     if "copies_another" in table:
-        body.append(["copies another training image", *[cell(r.copies_another, r.prompts, r.copies_another_pct) for r in rows]])
+        body.append(["copies another training image",
+                     *[cell(r.copies_another, r.prompts, r.copies_another_pct) for r in rows]])
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body])
 

@@ -35,9 +35,12 @@ def summary(paths: list[Path]):
                 sel = d.isel(target=np.flatnonzero((group == g) & (split == sp)))
                 for init in ds.init.values:
                     s = sel.sel(init=init)
-                    rows.append({"variant": str(v), "group": g, "split": sp, "init": str(init), "targets": int(s.sizes["target"]),
-                                 "copy_rate_original": float(s.copied_original.mean()), "mr_recovered": float(s.recovered.mean()),
-                                 "ssim_original": float(s.ssim_original.mean()), "ssim_recovered": float(s.ssim_recovered.mean()),
+                    rows.append({"variant": str(v), "group": g, "split": sp, "init": str(init),
+                                 "targets": int(s.sizes["target"]),
+                                 "copy_rate_original": float(s.copied_original.mean()),
+                                 "mr_recovered": float(s.recovered.mean()),
+                                 "ssim_original": float(s.ssim_original.mean()),
+                                 "ssim_recovered": float(s.ssim_recovered.mean()),
                                  "seconds_per_target": float(s.seconds.mean())})
     rows = recovery_intervals(ds, rows)
     return recovery_summary_variables(ds, rows), rows

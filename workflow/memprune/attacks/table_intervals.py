@@ -41,7 +41,11 @@ def recovery_intervals(ds, rows: list[dict]) -> list[dict]:
     model on the same targets and seeds, where recovery attacked it), and `interval_method`; `ds` (recovery.nc)
     gets the method in its attributes."""
     variants = [str(v) for v in ds.variant.values]
-    prompt = lambda v: np.asarray(ds.prompt.sel(variant=v).values if "variant" in ds.prompt.dims else ds.prompt.values).astype(str)  # noqa: E731
+
+    def prompt(v):
+        values = ds.prompt.sel(variant=v).values if "variant" in ds.prompt.dims else ds.prompt.values
+        return np.asarray(values).astype(str)
+
     out = []
     for r in rows:
         idx = _targets(ds, r["variant"], r["group"], r["split"])
@@ -53,7 +57,8 @@ def recovery_intervals(ds, rows: list[dict]) -> list[dict]:
             mine = ds.recovered.sel(variant=r["variant"], init=r["init"]).isel(target=idx).values.astype(float)
             ref = ds.recovered.sel(variant=REFERENCE, init=r["init"]).isel(target=idx).values.astype(float)
             est, lo, hi = intervals.paired_difference(mine, ref, over="targets")
-            extra.update({"mr_recovered_minus_none": est, "mr_recovered_minus_none_lo": lo, "mr_recovered_minus_none_hi": hi,
+            extra.update({"mr_recovered_minus_none": est, "mr_recovered_minus_none_lo": lo,
+                          "mr_recovered_minus_none_hi": hi,
                           "mr_recovered_minus_none_excludes_zero": intervals.excludes_zero(lo, hi)})
         row = {**r, **extra, "interval_method": recovery_method()}
         out.append({k: row[k] for k in intervals.next_to_values(list(row))})
@@ -92,7 +97,9 @@ def auc_intervals(ds):
         bounds.append(intervals.bootstrap_auc(score[positive], score[negative])[1:])
     lo, hi = np.array(bounds, dtype=float).reshape(-1, 2).T
     method = intervals.auc_method()
-    ds = ds.assign(auc_lo=("comparison", lo, {"long_name": "95% interval of auc: lower end", "interval_method": method}),
-                   auc_hi=("comparison", hi, {"long_name": "95% interval of auc: upper end", "interval_method": method}))
+    ds = ds.assign(auc_lo=("comparison", lo,
+                           {"long_name": "95% interval of auc: lower end", "interval_method": method}),
+                   auc_hi=("comparison", hi,
+                           {"long_name": "95% interval of auc: upper end", "interval_method": method}))
     ds.attrs["interval_method"] = method
     return ds

@@ -16,10 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memprune.errors import InputError
+
+if TYPE_CHECKING:  # imported where used: importing this module stays light
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +179,9 @@ def capture(pipe, prompts: list[str], seed: int, sampling, normalize_tokens: boo
         if steps_t is not None and not np.array_equal(t, steps_t):
             raise RuntimeError("scheduler timesteps changed between batches")
         steps_t = t
+        # (call, 2n, feature) -> (prompt, call, branch, feature)
         per_batch.append({name: arr.reshape(arr.shape[0], 2, n, arr.shape[2]).transpose(2, 0, 1, 3)
-                          for name, arr in rec.result().items()})  # (call, 2n, feature) -> (prompt, call, branch, feature)
+                          for name, arr in rec.result().items()})
     names = [name for name, _ in layers]
     merged = {name: np.concatenate([b[name] for b in per_batch]) for name in names}
     for name, arr in merged.items():

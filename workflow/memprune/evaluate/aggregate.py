@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from memprune.evaluate.prompts import (
 from memprune.evaluate.copies import same_metric
 from memprune.evaluate.eval_intervals import add_intervals, own_counts, summary_intervals
 from memprune.evaluate.score import MetricOptions
+
+if TYPE_CHECKING:  # imported where used: importing this module stays light
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +167,8 @@ def long_names(copy_metric: str, feature_space: str, threshold: float, fid_ref_n
         "sampling_seconds": "seconds_per_image x images in the subset's test set",
         "mask_seconds": "pruned models: measured cost of their masks and checkpoint (Snakemake benchmarks)",
         "total_seconds": "sampling_seconds + mask_seconds",
-        "copy_rate_own_subset": "pruned models: copy rate on the memorized prompts of their own subset (not a test set)",
+        "copy_rate_own_subset": "pruned models: copy rate on the memorized prompts of their own subset (not a test "
+                                "set)",
     }
 
 
@@ -201,7 +206,8 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
     fid_ref, fid_ref_name = None, ""
     if non.any():
         featurize = (metrics or MetricOptions()).features()[1] if fid_reference != "unedited" else None
-        fid_ref, fid_ref_name = reference_features(fid_reference, [p for p, g in zip(prompts, groups) if g == "nonmemorized"],
+        fid_ref, fid_ref_name = reference_features(fid_reference,
+                                                   [p for p, g in zip(prompts, groups) if g == "nonmemorized"],
                                                    seeds, featurize, data, reference_images, nonmemorized)
     ref = fid_ref if fid_ref is not None else base.features.values[non].reshape(-1, base.sizes["feature"])
     missing_benchmarks: list[str] = []
@@ -227,8 +233,10 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
     out = xr.Dataset(
         {
             **{k: (dims4, v) for k, v in per.items()},
-            "copied": (("variant", "subset", "prompt"), copied, {"long_name": "prompt copies (most seeds >= threshold)"}),
-            "in_test": (("subset", "prompt"), in_test, {"long_name": "prompt is in the subset's test set (fair split)"}),
+            "copied": (("variant", "subset", "prompt"), copied,
+                       {"long_name": "prompt copies (most seeds >= threshold)"}),
+            "in_test": (("subset", "prompt"), in_test,
+                        {"long_name": "prompt is in the subset's test set (fair split)"}),
             **{k: (("variant", "subset"), v, {"long_name": names[k]}) for k, v in summary.items()},
         },
         coords={"variant": vids, "subset": labels, "prompt": np.array(prompts, dtype=object), "seed": seeds,
@@ -238,14 +246,16 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
                "copy_checkpoint": base.attrs.get("copy_checkpoint", ""),
                "feature_space": base.attrs["feature_space"], "frechet_reference": fid_ref_name,
                "memprune_version": __version__,
-               "fair_split": "a pruned model's metrics (and the baselines' beside it) use the memorized prompts not in its subset",
+               "fair_split": "a pruned model's metrics (and the baselines' beside it) use the memorized prompts not in "
+                             "its subset",
                "mask_cost_included": mask_cost_note or "",
                "mask_benchmarks_missing": ", ".join(missing_benchmarks)},
     )
     if report_thresholds:
         thr = [float(t) for t in report_thresholds]
         out["fraction_over"] = (("variant", "subset", "threshold"), fraction_over(per["copy_similarity"], mem, thr),
-                                {"long_name": f"fraction of memorized test images ({base.attrs['copy_metric']}) at or above "
+                                {"long_name": f"fraction of memorized test images ({base.attrs['copy_metric']}) at or "
+                                              "above "
                                               "each threshold"})
         out = out.assign_coords(threshold=thr)
     for ds in scores.values():
@@ -280,7 +290,8 @@ def summary_table(ds, per_subset: list[str] | None = None):
         for lb in ds.subset.values:
             if not np.isfinite(float(ds.seconds_per_image.sel(variant=v, subset=lb))):
                 continue  # no model of this variant for this subset
-            row = {"variant": v, "subset": str(lb), **{k: float(ds[k].sel(variant=v, subset=lb)) for k in TABLE_COLUMNS}}
+            row = {"variant": v, "subset": str(lb),
+                   **{k: float(ds[k].sel(variant=v, subset=lb)) for k in TABLE_COLUMNS}}
             rows.append(ratios(row, {k: float(ds[k].sel(variant=REFERENCE, subset=lb)) for k in TABLE_COLUMNS}))
     return pd.DataFrame(rows)
 
@@ -304,8 +315,10 @@ def aggregate(models_json: str, out: str | Path, summary: str | Path, fig_scatte
     table = summary_table(ds)
     for t in ds.threshold.values if "fraction_over" in ds else []:  # per variant: mean over its subsets' test sets
         frac = ds.fraction_over.sel(threshold=t)
-        table[f"fraction_over_{t:g}"] = [float(np.nanmean(frac.sel(variant=r.variant).values)) if r.subset in ("all", "mean")
-                                         else float(frac.sel(variant=r.variant, subset=r.subset)) for r in table.itertuples()]
+        table[f"fraction_over_{t:g}"] = [float(np.nanmean(frac.sel(variant=r.variant).values))
+                                         if r.subset in ("all", "mean")
+                                         else float(frac.sel(variant=r.variant, subset=r.subset))
+                                         for r in table.itertuples()]
     table = summary_intervals(ds, table)
     with atomic_file(Path(summary)) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")

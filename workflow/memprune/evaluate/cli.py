@@ -47,7 +47,8 @@ def cmd_eval_aggregate(args) -> None:
               copy_threshold=args.copy_threshold, fid_reference=args.fid_reference, metrics=_metric_options(args),
               reference_images=args.reference_images, memorized=args.memorized, nonmemorized=args.nonmemorized,
               data=args.data, ground_truth=args.ground_truth, mask_cost_note=args.mask_cost_note,
-              report_thresholds=[float(t) for t in args.report_thresholds.split(",")] if args.report_thresholds else None)
+              report_thresholds=([float(t) for t in args.report_thresholds.split(",")] if args.report_thresholds
+                                 else None))
 
 
 def cmd_leaderboard_timing(args) -> None:
@@ -60,7 +61,8 @@ def cmd_leaderboard_timing(args) -> None:
     ds = time_models(args.model, read_models(args.models_json), prompts, _sampling_config(args), args.rounds,
                      args.device, args.dtype, args.scheduler)
     write_netcdf(ds, args.out)
-    print(ds[["seconds_per_image", "time_per_image_vs_none"]].to_dataframe().to_string(float_format=lambda x: f"{x:.4f}"))
+    print(ds[["seconds_per_image", "time_per_image_vs_none"]].to_dataframe()
+          .to_string(float_format=lambda x: f"{x:.4f}"))
 
 
 def cmd_leaderboard(args) -> None:
@@ -142,18 +144,19 @@ def add_eval_arguments(sub) -> None:
 
     p = sub.add_parser("eval-aggregate", help="evaluation: fair split, copy rates, FID, time; eval.nc, table, figures")
     p.add_argument("--models-json", required=True,
-                   help='ordered JSON object (or a file holding it), one entry per evaluated model: {"none": {"variant": '
-                        '"none", "scores": F}, "pruned:wanda|mem_k10/0": {"variant": "pruned", "method": "wanda", '
-                        '"subset": "mem_k10/0", "scores": F, "prompts_file": F, "indices": [...], "mask_costs": '
-                        '[[tsv, share], ...]}, "wen": {"variant": "wen", "scores": F}}')
+                   help='ordered JSON object (or a file holding it), one entry per evaluated model: {"none": '
+                        '{"variant": "none", "scores": F}, "pruned:wanda|mem_k10/0": {"variant": "pruned", "method": '
+                        '"wanda", "subset": "mem_k10/0", "scores": F, "prompts_file": F, "indices": [...], '
+                        '"mask_costs": [[tsv, share], ...]}, "wen": {"variant": "wen", "scores": F}}')
     p.add_argument("--copy-threshold", type=float, default=0.4)
     p.add_argument("--fid-reference", choices=["renders", "images", "unedited"], default="renders")
     p.add_argument("--reference-images", help="fid-reference images: <root>/<index>/*.png")
     p.add_argument("--memorized", help="memorized prompt file (index of the ground-truth layout, for the grid)")
     p.add_argument("--nonmemorized", help="non-memorized prompt file (index of --reference-images)")
     p.add_argument("--mask-cost-note", help="what the mask cost of a pruned model counts (eval.nc attrs)")
-    p.add_argument("--report-thresholds", help="comma-separated copy similarities: also report the fraction of memorized "
-                                               "test images at or above each (eval.nc fraction_over), e.g. 0.5,0.7")
+    p.add_argument("--report-thresholds", help="comma-separated copy similarities: also report the fraction of "
+                                               "memorized test images at or above each (eval.nc fraction_over), e.g. "
+                                               "0.5,0.7")
     _metric_args(p)
     p.add_argument("--out", required=True, help="eval.nc")
     p.add_argument("--summary", required=True, help="eval_summary.csv")
@@ -179,8 +182,8 @@ def add_eval_arguments(sub) -> None:
                                            "following and Frechet vs the unedited model, localization, cost")
     p.add_argument("--models-json", required=True,
                    help='JSON object (or a file holding it) {model id: {"variant": V, "method": M or null, "subset": '
-                        '"collection/i" or null, "prompts_file": F, "indices": [...] (the edit\'s subset), "edit_prompts": N, '
-                        '"edit_benchmark": tsv}}')
+                        '"collection/i" or null, "prompts_file": F, "indices": [...] (the edit\'s subset), '
+                        '"edit_prompts": N, "edit_benchmark": tsv}}')
     p.add_argument("--eval", help="eval.nc")
     p.add_argument("--eval-kind", help="the evaluated memorized prompt set's name (a label)")
     p.add_argument("--attack", nargs="*", metavar="MODEL_ID=FILE", help="the attack's per-model files")
@@ -191,7 +194,8 @@ def add_eval_arguments(sub) -> None:
     p.add_argument("--figure", required=True, help="the figure (png)")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("leaderboard-stack", help="results/leaderboard.csv: the models' leaderboards one under the other")
+    p = sub.add_parser("leaderboard-stack",
+                       help="results/leaderboard.csv: the models' leaderboards one under the other")
     p.add_argument("--inputs", nargs="+", required=True, help="results/<model>/leaderboard.csv files")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_leaderboard_stack)

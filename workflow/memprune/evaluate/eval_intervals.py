@@ -30,14 +30,16 @@ DIFFERENCES = ("copy_rate",)  # paired differences from the unedited model in ev
 def methods() -> dict[str, str]:
     """The interval methods, as eval.nc's attributes name them."""
     return {"interval_level": intervals.LEVEL, "interval_method_rates": intervals.wilson_method(),
-            "interval_method_means": intervals.bootstrap_method(), "interval_method_differences": intervals.paired_method()}
+            "interval_method_means": intervals.bootstrap_method(),
+            "interval_method_differences": intervals.paired_method()}
 
 
 def method_column() -> str:
     """The CSVs' `interval_method` column: what `_lo`/`_hi` and `_minus_none` columns are."""
     r, s = intervals.RESAMPLES, intervals.SEED
     return (f"95%: rates Wilson score (weighted: at Kish's effective n); means percentile bootstrap over prompts "
-            f"with their seeds ({r} resamples, seed {s}); _minus_none paired bootstrap, same prompts and seeds ({r}, seed {s})")
+            f"with their seeds ({r} resamples, seed {s}); _minus_none paired bootstrap, same prompts and seeds ({r}, "
+            f"seed {s})")
 
 
 def pooled(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +106,9 @@ def own_counts(cells: dict, scores: dict, labels: list[str], in_test: np.ndarray
 def _bounds(ds, name: str, lo, hi, method: str, dims=("variant", "subset")) -> None:
     what = ds[name].attrs.get("long_name", name) if name in ds else name
     for end, values in (("lo", lo), ("hi", hi)):
-        ds[f"{name}_{end}"] = (dims, values, {"long_name": f"95% interval of {name} ({what}): {'lower' if end == 'lo' else 'upper'} end",
+        ds[f"{name}_{end}"] = (dims, values,
+                               {"long_name": f"95% interval of {name} ({what}): {'lower' if end == 'lo' else 'upper'} "
+                                             "end",
                                               "interval_method": method})
 
 
@@ -119,7 +123,8 @@ def add_intervals(ds, own: dict | None = None):
         for vi, v in enumerate(vids):
             for si, lb in enumerate(labels):
                 got[vi, si] = interval(ds, name, v, [lb])[1:]
-        _bounds(ds, name, got[..., 0], got[..., 1], intervals.wilson_method() if KIND[name] == "rate" else intervals.bootstrap_method())
+        _bounds(ds, name, got[..., 0], got[..., 1],
+                intervals.wilson_method() if KIND[name] == "rate" else intervals.bootstrap_method())
     if "fraction_over" in ds:
         thr = [float(t) for t in ds.threshold.values]
         got = np.full(shape + (len(thr), 2), np.nan)
@@ -127,7 +132,8 @@ def add_intervals(ds, own: dict | None = None):
             for si, lb in enumerate(labels):
                 for ti, t in enumerate(thr):
                     got[vi, si, ti] = interval(ds, "fraction_over", v, [lb], t)[1:]
-        _bounds(ds, "fraction_over", got[..., 0], got[..., 1], intervals.bootstrap_method(), ("variant", "subset", "threshold"))
+        _bounds(ds, "fraction_over", got[..., 0], got[..., 1], intervals.bootstrap_method(),
+                ("variant", "subset", "threshold"))
     if "copy_rate_own_subset" in ds:
         n = np.array([[(own or {}).get((v, lb), 0) for lb in labels] for v in vids], dtype=float)
         rate = ds.copy_rate_own_subset.values
@@ -140,7 +146,8 @@ def add_intervals(ds, own: dict | None = None):
                 for si, lb in enumerate(labels):
                     got[vi, si] = difference(ds, name, v, [lb])
             ds[f"{name}_minus_none"] = (("variant", "subset"), got[..., 0],
-                                        {"long_name": f"{name} minus the unedited model's on the same test prompts and seeds"})
+                                        {"long_name": f"{name} minus the unedited model's on the same test prompts and "
+                                                      "seeds"})
             _bounds(ds, f"{name}_minus_none", got[..., 1], got[..., 2], intervals.paired_method())
     ds.attrs.update(methods())
     return ds
@@ -160,7 +167,8 @@ def summary_intervals(ds, table):
         for name, *_ in SPECS:
             row[f"{name}_lo"], row[f"{name}_hi"] = interval(ds, name, r.variant, subsets)[1:]
         for t in thr:
-            row[f"fraction_over_{t:g}_lo"], row[f"fraction_over_{t:g}_hi"] = interval(ds, "fraction_over", r.variant, subsets, t)[1:]
+            row[f"fraction_over_{t:g}_lo"], row[f"fraction_over_{t:g}_hi"] = interval(ds, "fraction_over", r.variant,
+                                                                                      subsets, t)[1:]
         for name in DIFFERENCES if has_none else ():
             est, lo, hi = difference(ds, name, r.variant, subsets)
             row.update({f"{name}_minus_none": est, f"{name}_minus_none_lo": lo, f"{name}_minus_none_hi": hi})

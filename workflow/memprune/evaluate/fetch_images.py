@@ -57,7 +57,8 @@ def _csv_column(path: Path, name: str) -> list[str]:
     """The column `name` (any case) of a `;`- or `,`-separated file, one value per row ("" where empty)."""
     text = path.read_text(encoding="utf-8")
     first = text.splitlines()[0] if text.strip() else ""
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";" if first.count(";") > first.count(",") else ",")
+    reader = csv.DictReader(io.StringIO(text, newline=""),
+                            delimiter=";" if first.count(";") > first.count(",") else ",")
     column = {n.strip().lower(): n for n in reader.fieldnames or [] if n}.get(name)
     if column is None:
         raise InputError(f"{path}:1: no column {name!r} in header {reader.fieldnames}")
@@ -77,7 +78,8 @@ def fetch_training_images(prompts_file: Path, root: Path, timeout: float = 20.0,
     elif prompts_file.suffix.lower() == ".jsonl":
         rows = read_jsonl(prompts_file, required=("caption",))
     else:
-        raise InputError(f"{prompts_file}: fetch-training-images needs a .jsonl (`url` per row) or .csv (a URL column) prompt file")
+        raise InputError(f"{prompts_file}: fetch-training-images needs a .jsonl (`url` per row) or .csv (a URL column) "
+                         "prompt file")
     if not any("url" in r for r in rows):
         raise InputError(f"{prompts_file}: no row has a `url` key: nothing to download")
     root.mkdir(parents=True, exist_ok=True)

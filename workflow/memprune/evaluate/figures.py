@@ -131,11 +131,13 @@ def plot_grid(ds, models: list[tuple], path, ground_truth: TrainingImages | None
         if ref is not None and ref.shape[:2] != (h, w):
             ref = np.asarray(Image.fromarray(ref).resize((w, h)))
         cells.append([ref] + [None] * (len(seeds) - 1))
-        row_labels.append(f"\u201c{_short(prompts[pi])}\u201d\ntraining image" + ("" if ref is not None else " (unknown)"))
+        row_labels.append(f"\u201c{_short(prompts[pi])}\u201d\ntraining image"
+                          + ("" if ref is not None else " (unknown)"))
         for name, images in zip(names, samples):
             cells.append([images[k, c] for c in range(len(seeds))])
             row_labels.append(name)
     image_grid(cells, row_labels, [f"seed {s}" for s in seeds], path,
                title="Memorized test prompts (in every shown model's test set):\n"
                      "the training image, then each model's generations")
-    log.info("grid: prompts %s; rows per prompt: training image, %s", [prompts[i][:40] for i in picks], ", ".join(names))
+    log.info("grid: prompts %s; rows per prompt: training image, %s", [prompts[i][:40] for i in picks],
+             ", ".join(names))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,9 @@ from memprune.errors import InputError
 from memprune.evaluate.intervals import next_to_values
 from memprune.evaluate.leaderboard_intervals import draw_intervals, interval_columns
 from memprune.evaluate.copies import COPY_KEYS, same_metric
+
+if TYPE_CHECKING:  # imported where used: importing this module stays light
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +99,8 @@ def eval_columns(ds, model_id: str, entry: dict) -> dict:
     if "fraction_over" in ds:
         for t in ds.threshold.values:
             frac = ds.fraction_over.sel(threshold=t, variant=variant)
-            row[f"fraction_over_{float(t):g}"] = float(frac.sel(subset=subset)) if subset is not None else _mean(frac.values)
+            row[f"fraction_over_{float(t):g}"] = (float(frac.sel(subset=subset)) if subset is not None
+                                                  else _mean(frac.values))
     for name in ("prompt_following", "frechet_distance"):
         row[name] = value(name, variant)
     row["prompt_following_vs_none"] = _ratio(row["prompt_following"], value("prompt_following", REFERENCE))
@@ -188,7 +193,8 @@ def copy_columns(ev, rec, attack_files: list[str]) -> dict:
         return {}
     same_metric(attrs, "leaderboard: its stages", keys=("copy_metric", "copy_checkpoint"))
     first = attrs[0]
-    return {"copy_metric": str(first.get("copy_metric", "ssim")), "copy_checkpoint": str(first.get("copy_checkpoint", "")),
+    return {"copy_metric": str(first.get("copy_metric", "ssim")),
+            "copy_checkpoint": str(first.get("copy_checkpoint", "")),
             "copy_threshold": float(first.get("copy_threshold", np.nan))}
 
 
@@ -226,7 +232,8 @@ def leaderboard(models: dict, eval_nc: str | None = None, attack: dict[str, str]
             bench = entry.get("edit_benchmark")
             row["edit_seconds"] = _benchmark_seconds(bench) if bench else 0.0
         n = entry.get("edit_prompts") or 0
-        row["locate_seconds_per_prompt"] = row.get("edit_seconds", np.nan) / n if n else (0.0 if row.get("edit_seconds") == 0 else np.nan)
+        row["locate_seconds_per_prompt"] = (row.get("edit_seconds", np.nan) / n if n
+                                            else (0.0 if row.get("edit_seconds") == 0 else np.nan))
         rows.append(row)
     table = pd.DataFrame(rows)
     return table[next_to_values([*COLUMNS_FIRST, *[c for c in table.columns if c not in COLUMNS_FIRST]])]
@@ -356,7 +363,8 @@ def stack(paths: list[str], out: str) -> "pd.DataFrame":
         parts.append(part)
     table = pd.concat(parts, ignore_index=True, sort=False)
     if any(k in table for k in COPY_KEYS):  # rows scored with different copy metrics do not stack
-        known = [row for row in table.to_dict("records") if isinstance(row.get("copy_metric"), str)]  # older rows: unknown
+        # older rows: unknown
+        known = [row for row in table.to_dict("records") if isinstance(row.get("copy_metric"), str)]
         same_metric(known, f"leaderboard-stack: {', '.join(paths)}")
     write_table(table, out)
     return table

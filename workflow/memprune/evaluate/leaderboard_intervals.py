@@ -54,7 +54,8 @@ def _per_prompt(path: str) -> dict:
     import xarray as xr
 
     with xr.open_dataset(path, engine="h5netcdf") as ds:
-        other = ds.copies_another.values.astype(float) if "copies_another" in ds else np.full(ds.sizes["prompt"], np.nan)
+        other = (ds.copies_another.values.astype(float) if "copies_another" in ds
+                 else np.full(ds.sizes["prompt"], np.nan))
         return {str(p): (str(g), float(a), float(o)) for p, g, a, o in
                 zip(ds.prompt.values, ds.group.values, ds.actually_memorized.values.astype(float), other)}
 

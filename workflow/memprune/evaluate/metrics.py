@@ -194,7 +194,8 @@ class CopySimilarity:
         return cosine_matrix(self.sscd.embed(generated), self.sscd.embed(references))
 
     def max_over_references(self, generated: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
-        """generated (N, H, W, 3), references[i] (R_i, h, w, 3): (N,) max similarity of image i to its own references."""
+        """generated (N, H, W, 3), references[i] (R_i, h, w, 3): (N,) max similarity of image i to its own
+        references."""
         return np.array([self.similarity(g[None], r).max() for g, r in zip(generated, references)])
 
 

@@ -114,7 +114,8 @@ def read_models(text: str | Path) -> list[ModelEntry]:
                       indices=tuple(int(i) for i in e.get("indices", ())),
                       mask_costs=tuple((str(f), float(share)) for f, share in e.get("mask_costs", ())))
         if (m.vid, m.subset) in seen:
-            raise InputError(f"models JSON ({source}): two models of {m.vid}" + (f" for {m.subset}" if m.subset else ""))
+            raise InputError(f"models JSON ({source}): two models of {m.vid}"
+                             + (f" for {m.subset}" if m.subset else ""))
         seen.add((m.vid, m.subset))
         models.append(m)
     if REFERENCE not in {m.vid for m in models}:

@@ -112,13 +112,16 @@ def score_variant(samples: str | Path, out: str | Path, metrics: MetricOptions, 
         feats[idx] = f
     ds = xr.Dataset(
         {
-            "copy_similarity": (("prompt", "seed"), copy_sim, {"long_name": f"{copier.name} to the prompt's training images (max over them)"}),
+            "copy_similarity": (("prompt", "seed"), copy_sim,
+                                {"long_name": f"{copier.name} to the prompt's training images (max over them)"}),
             "clip_score": (("prompt", "seed"), clip_scores, {"long_name": "100 * max(cos(image, prompt), 0)"}),
-            "follows_prompt": (("prompt", "seed"), follows, {"long_name": "all 4 scene attributes read back (testbed scenes; NaN elsewhere)"}),
+            "follows_prompt": (("prompt", "seed"), follows,
+                               {"long_name": "all 4 scene attributes read back (testbed scenes; NaN elsewhere)"}),
             "features": (("prompt", "seed", "feature"), feats,
                          {"long_name": f"Frechet features ({feature_space})"}),
         },
-        coords={"prompt": np.array(prompts, dtype=object), "seed": seeds, "group": ("prompt", np.array(groups, dtype=object))},
+        coords={"prompt": np.array(prompts, dtype=object), "seed": seeds,
+                "group": ("prompt", np.array(groups, dtype=object))},
         attrs={"samples": str(samples), "copy_metric": copier.name, "feature_space": feature_space,
                "copy_checkpoint": Path(metrics.sscd).name.split(".")[0] if metrics.sscd else "",
                "clip_model": str(metrics.clip_name or metrics.clip_weights), "memprune_version": __version__,
@@ -126,5 +129,6 @@ def score_variant(samples: str | Path, out: str | Path, metrics: MetricOptions, 
     )
     write_netcdf(ds, out)
     mem = np.array(groups) == "memorized"
-    log.info("%s: mean copy similarity %.3f, CLIP score %.2f", samples, np.nanmean(copy_sim[mem]) if mem.any() else np.nan,
+    log.info("%s: mean copy similarity %.3f, CLIP score %.2f", samples,
+             np.nanmean(copy_sim[mem]) if mem.any() else np.nan,
              float(clip_scores.mean()))

@@ -88,7 +88,8 @@ def time_models(model_dir: str, entries: dict[str, dict], prompts: list[str], cf
             "round_seconds_per_image": (("model", "round"), per_image, {"long_name": "seconds per image, each round"}),
             "seconds_per_image": ("model", np.median(per_image, axis=1), {"long_name": "median over rounds"}),
             "overhead_seconds_per_image": ("model", np.array([statistics.median(r - ref) for r in per_image]),
-                                           {"long_name": "median over rounds of seconds per image minus the unedited model's"}),
+                                           {"long_name": "median over rounds of seconds per image minus the unedited "
+                                                         "model's"}),
             "time_per_image_vs_none": ("model", np.array([statistics.median(r / ref) for r in per_image]),
                                        {"long_name": "median over rounds of the ratio to the unedited model"}),
         },
@@ -96,5 +97,6 @@ def time_models(model_dir: str, entries: dict[str, dict], prompts: list[str], cf
         attrs={"prompts": n, "steps": cfg.steps, "guidance": cfg.guidance, "batch_size": cfg.batch_size,
                "rounds": rounds, "device": device,
                "compile": "false (eager)",
-               "note": "every model in one process, loaded for its turn, a warm-up call at the batch timed before each timed call, rounds interleaved (order rotated)"},
+               "note": "every model in one process, loaded for its turn, a warm-up call at the batch timed before each "
+                       "timed call, rounds interleaved (order rotated)"},
     )

@@ -60,7 +60,8 @@ class TrainingImages:
                     self.attributes[row["caption"]] = {k: row[k] for k in SCENE_ATTRIBUTES}
         self.index = {p: i for i, p in enumerate(read_prompts(Path(memorized_file)))} if memorized_file else {}
         if self.data is None and self.root is None:
-            raise InputError("evaluate: no ground truth: give the testbed dataset or evaluate.ground_truth (a directory)")
+            raise InputError("evaluate: no ground truth: give the testbed dataset or evaluate.ground_truth (a "
+                             "directory)")
 
     def _files(self, prompt: str, split: str | None = None) -> list[Path]:
         """The image files of `prompt` (manifest rows of `split` only, if given); [] when it has none."""
@@ -92,7 +93,8 @@ class TrainingImages:
         """Per prompt, its training images (manifest rows of `split`), or None where none is known."""
         return [_load(files) if (files := self._files(p, split)) else None for p in prompts]
 
-    def first_image(self, prompt: str, split: str | None = None, size: tuple[int, int] | None = None) -> np.ndarray | None:
+    def first_image(self, prompt: str, split: str | None = None,
+                    size: tuple[int, int] | None = None) -> np.ndarray | None:
         """The prompt's first training image (H, W, 3) uint8 (resized to `size` = (W, H) if given), or None where
         none is known."""
         files = self._files(prompt, split)
@@ -121,5 +123,6 @@ def first_photos(groups: dict[str, list[str]], data: str | Path | None = None, i
             if image is not None:
                 photos.append({"prompt": prompt, "group": group, "image": image})
         if images and not any(p["group"] == group for p in photos):
-            raise InputError(f"{images[group][0]}: no fetched image for any {group} prompt (memprune fetch-training-images)")
+            raise InputError(f"{images[group][0]}: no fetched image for any {group} prompt (memprune "
+                             "fetch-training-images)")
     return photos

@@ -21,11 +21,13 @@ def locate(inputs, params):
         contrast = mem - null  # (step, in)
         columns = top_k_per_row(contrast, k) & (contrast > 0)  # one "row" per step: the same in every row of W
         packed = pack(columns.numpy())  # (step, ceil(in / 8)), packed once and broadcast over W's rows
-        per_step[layer] = np.ascontiguousarray(np.broadcast_to(packed[:, None, :], (packed.shape[0], out_dim, packed.shape[1])))
+        per_step[layer] = np.ascontiguousarray(np.broadcast_to(packed[:, None, :],
+                                                               (packed.shape[0], out_dim, packed.shape[1])))
         union[layer] = np.bitwise_or.reduce(per_step[layer][: params["tau"]], axis=0)
     return weight_mask_set(inputs, union, per_step, {})
 
 
 LOCALIZER = Localizer(
-    name="activation", description="top-k input features of ff.net.2 by activation contrast to the null prompt, |W| ignored",
+    name="activation", description="top-k input features of ff.net.2 by activation contrast to the null prompt, |W| "
+                                   "ignored",
     locate=locate, defaults={"sparsity": 0.01, "tau": 10}, statistics=("ffn_input_sumsq",))

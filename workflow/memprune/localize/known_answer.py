@@ -141,7 +141,9 @@ def with_subset_intervals(ds):
         what = ds[name].attrs.get("long_name", name)
         ds[f"{name}_mean"] = (dims, got[..., 0], {"long_name": f"{what}: mean over the collection's subsets"})
         for i, end in ((1, "lo"), (2, "hi")):
-            ds[f"{name}_mean_{end}"] = (dims, got[..., i], {"long_name": f"95% interval of {name}_mean: {'lower' if end == 'lo' else 'upper'} end",
+            ds[f"{name}_mean_{end}"] = (dims, got[..., i],
+                                        {"long_name": f"95% interval of {name}_mean: "
+                                                      f"{'lower' if end == 'lo' else 'upper'} end",
                                                            "interval_method": t_method()})
     ds.attrs.update({"interval_level": LEVEL, "interval_method": t_method()})
     return ds

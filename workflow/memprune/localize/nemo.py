@@ -57,7 +57,8 @@ def value_layers(unet) -> list:
 
     found = []
     for name, module in unet.named_modules():
-        if isinstance(module, Attention) and module.is_cross_attention and name.startswith(("down_blocks.", "mid_block.")):
+        if (isinstance(module, Attention) and module.is_cross_attention
+                and name.startswith(("down_blocks.", "mid_block."))):
             if getattr(module, "norm_cross", None) is not None:
                 raise InputError(f"nemo: {name} normalises its text input: to_v's activation is not to_v(text)")
             found.append((f"{name}.to_v", module.to_v))
@@ -196,12 +197,14 @@ def nemo_search(probe: Probe, embed, activation: np.ndarray, z: np.ndarray, thre
     blocked = _refine(decider, chosen, [s for s in in_layers if s], refine_at, guess=False)  # layers, last first
     capped = len(blocked) > params["max_refine"]
     if not capped:  # neurons, last layer first
-        blocked = _refine(decider, blocked, [frozenset([c]) for c in sorted(blocked, reverse=True)], refine_at, guess=True)
+        blocked = _refine(decider, blocked, [frozenset([c]) for c in sorted(blocked, reverse=True)], refine_at,
+                          guess=True)
     refined = sorted(blocked)
     after = probe.deltas(embed, refined)
     return {"memorized": bool(score >= threshold), "score": score, "looked_at": int(look.sum()),
             "initial": initial, "initial_similarity": initial_similarity, "theta": theta, "k": k,
-            "rounds": last + 1, "refined": refined, "refined_similarity": float(ssim(reference[look], after[look]).max()),
+            "rounds": last + 1, "refined": refined,
+            "refined_similarity": float(ssim(reference[look], after[look]).max()),
             "score_blocked": float(pairwise_max(after).max()), "refine_capped": capped,
             "runs": probe.runs - runs0, "samples": probe.samples - samples0, "seconds": time.perf_counter() - start}
 
@@ -215,7 +218,8 @@ def locate(inputs, params):
         raise InputError(f"localizer nemo: the neurons' layers {list(ds.attrs['layers'])[:2]} are not the model's")
     members = np.isin(ds["pool_index"].values, list(wanted))
     if int(members.sum()) != len(wanted):
-        raise InputError(f"localizer nemo: {len(wanted) - int(members.sum())} prompt(s) of the subset were not searched")
+        raise InputError(f"localizer nemo: {len(wanted) - int(members.sum())} prompt(s) of the subset were not "
+                         "searched")
     union_all = ds["refined"].values[members].any(axis=0)
     union, start = {}, 0
     for layer, w in inputs.weights.items():

@@ -93,7 +93,8 @@ def _keep_where(out, keep):
 
 @contextlib.contextmanager
 def _hooked(layers, per_layer: dict, fn):
-    handles = [layers[li][1].register_forward_hook(lambda m, i, out, a=arg: fn(out, a)) for li, arg in per_layer.items()]
+    handles = [layers[li][1].register_forward_hook(lambda m, i, out, a=arg: fn(out, a))
+               for li, arg in per_layer.items()]
     try:
         yield
     finally:
@@ -163,7 +164,8 @@ class _Prefix:
             if j < level:
                 module.forward = lambda *a, _out=_stack([self.store[(j, s)][1] for s in seeds]), **k: _out
             else:
-                handles.append(module.register_forward_hook(lambda m, i, out, j=j: self._record(j, out, blocked, seeds)))
+                handles.append(module.register_forward_hook(
+                    lambda m, i, out, j=j: self._record(j, out, blocked, seeds)))
         try:
             yield
         finally:
@@ -236,7 +238,8 @@ class Probe:
         import torch
 
         with torch.no_grad(), self.blocking(blocked):
-            out = self.unet(self.x_in, self.t, encoder_hidden_states=embed.expand(len(self.x), -1, -1).to(self.unet.dtype)).sample
+            out = self.unet(self.x_in, self.t,
+                            encoder_hidden_states=embed.expand(len(self.x), -1, -1).to(self.unet.dtype)).sample
         self.runs += 1
         self.samples += len(self.x)
         return self._normalised(self._epsilon(out, slice(None)), slice(None))

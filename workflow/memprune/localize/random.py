@@ -22,7 +22,8 @@ def random_rows_like(packed: np.ndarray, n_columns: int, rng: np.random.Generato
         if c_max == 0:
             continue
         keys = rng.random((len(counts), n_columns), dtype=np.float32)
-        smallest = np.argpartition(keys, c_max - 1, axis=-1)[:, :c_max] if c_max < n_columns else np.argsort(keys, axis=-1)
+        smallest = (np.argpartition(keys, c_max - 1, axis=-1)[:, :c_max] if c_max < n_columns
+                    else np.argsort(keys, axis=-1))
         smallest = np.take_along_axis(smallest, np.argsort(np.take_along_axis(keys, smallest, -1), axis=-1), -1)
         mask = np.zeros((len(counts), n_columns), dtype=bool)
         rows, ranks = np.nonzero(np.arange(c_max)[None, :] < counts[:, None])

@@ -56,7 +56,8 @@ def locate_collection(method: str, params: dict, model: str, collection: str, n_
     with atomic_dir(Path(out)) as tmp:
         for i in range(n_subsets):
             inputs = localize.Inputs(weights=weights, model=str(model), neurons=searched,
-                                     subset_indices=None if subsets is None else list(subsets[str(i)]), rng=np.random.default_rng(
+                                     subset_indices=None if subsets is None else list(subsets[str(i)]),
+                                     rng=np.random.default_rng(
                 [int(params.get("seed", 0)), zlib.crc32(collection.encode()), i]))
             attrs = {}
             if loc.statistics:

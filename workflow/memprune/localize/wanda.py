@@ -1,5 +1,5 @@
-"""The paper's rule (equations 2, 4-7; `memprune.localize.wanda_scores`): per (layer, timestep) the top-k Wanda scores of each
-row of ff.net.2 that also beat the null prompt's, and their union over the first tau steps."""
+"""The paper's rule (equations 2, 4-7; `memprune.localize.wanda_scores`): per (layer, timestep) the top-k Wanda scores
+of each row of ff.net.2 that also beat the null prompt's, and their union over the first tau steps."""
 
 from __future__ import annotations
 

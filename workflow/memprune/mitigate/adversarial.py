@@ -11,9 +11,10 @@ ICML 2026). The whole UNet is fine-tuned; every step
 The surrogate of a target is what a mitigated model generates for its prompt (DoRI: "what the model generates
 for the prompt after mitigation"): here the registry variant `surrogate` (default Wen et al.'s inference-time
 mitigation, which needs no checkpoint) on the unedited model, the first of `surrogate_seeds` whose copy
-similarity to the target (the configured copy metric, `evaluate.copies`) stays below `copy_threshold`; where every seed still copies, the unedited model's generation for an
-unrelated training caption (recorded per target as `surrogate_source`). The result is a weights edit checkpoint
-(`edits.write_weights_edit`), loaded by the registry variant `adversarial` like any other edit.
+similarity to the target (the configured copy metric, `evaluate.copies`) stays below `copy_threshold`; where every
+seed still copies, the unedited model's generation for an unrelated training caption (recorded per target as
+`surrogate_source`). The result is a weights edit checkpoint (`edits.write_weights_edit`), loaded by the registry
+variant `adversarial` like any other edit.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def surrogates(pipe, targets: list[dict], spec: AdversarialSpec, unrelated: list
     metric = metric if metric is not None else CopyMetric(spec.copy_threshold)
     variant, params = resolve_variant(spec.surrogate)
     if variant.needs_checkpoint:
-        raise InputError(f"adversarial.surrogate: {spec.surrogate!r} needs a checkpoint; use a variant without one (none, wen)")
+        raise InputError(f"adversarial.surrogate: {spec.surrogate!r} needs a checkpoint; use a variant without one "
+                         "(none, wen)")
     cfg = SamplingConfig(steps=spec.surrogate_steps, guidance=spec.guidance, batch_size=16, height=height, width=width)
     seeds = list(range(spec.surrogate_seeds))
     out, source = [], []
@@ -89,7 +91,8 @@ def surrogates(pipe, targets: list[dict], spec: AdversarialSpec, unrelated: list
     return np.stack(out), source
 
 
-def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_states, null_state, spec: AdversarialSpec,
+def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_states, null_state,
+                         spec: AdversarialSpec,
                          unrelated: list[str], progress: bool = False, metric=None, height: int | None = None,
                          width: int | None = None) -> dict:
     """Fine-tune `pipe.unet` in place (see the module's docstring). `targets`: {prompt, image (H, W, 3) uint8};
@@ -104,7 +107,8 @@ def adversarial_finetune(pipe, targets: list[dict], retained_latents, retained_s
 
     t0 = time.perf_counter()
     unet, sched = pipe.unet, pipe.scheduler
-    surrogate_images, source = surrogates(pipe, targets, spec, unrelated, metric, height, width)  # config `sampling`'s size
+    # config `sampling`'s size
+    surrogate_images, source = surrogates(pipe, targets, spec, unrelated, metric, height, width)
     surrogate_seconds = time.perf_counter() - t0
     z_target = torch.cat([image_latent(pipe, t["image"]) for t in targets])
     z_surr = torch.cat([image_latent(pipe, im) for im in surrogate_images])
@@ -241,7 +245,7 @@ def run(model: str, data_dir: str | None, prompts: list[str], spec: AdversarialS
     else:
         targets, latents, states, null_state, unrelated = testbed_inputs(pipe, Path(data_dir), prompts, max_targets)
     log.info("adversarial fine-tuning on %d targets, %d retained rows", len(targets), len(latents))
-    metric = CopyMetric(spec.copy_threshold, sscd, device)
+    metric = CopyMetric(spec.copy_threshold, sscd, str(pipe.unet.device))  # `device` may be "auto"
     record = adversarial_finetune(pipe, targets, latents, states, null_state, spec, unrelated, progress=progress,
                                   metric=metric, height=height, width=width)
     record.update(metric.attrs())
@@ -261,20 +265,23 @@ def add_adversarial_arguments(sub) -> None:
         prompts = [p for f in args.prompts_file for p in read_prompts(Path(f))[: args.max_targets]]
         images = {s: tuple(v) for s, v in json_object(args.images_json).items()} if args.images_json else None
         if bool(args.data) == bool(images):
-            raise InputError("adversarial-finetune: give the testbed dataset (--data) or the fetched images (--images-json)")
+            raise InputError("adversarial-finetune: give the testbed dataset (--data) or the fetched images "
+                             "(--images-json)")
         target_sets = [s for s, (_, f) in (images or {}).items() if f in args.prompts_file]
         run(args.model, args.data, prompts, spec, args.out, args.max_targets if images else None, args.threads,
             progress=not args.no_progress, images=images, target_sets=target_sets, device=args.device, sscd=args.sscd,
             height=args.height, width=args.width)
 
-    p = sub.add_parser("adversarial-finetune", help="adversarial fine-tuning against the recovery attack (Finding Dori)")
+    p = sub.add_parser("adversarial-finetune",
+                       help="adversarial fine-tuning against the recovery attack (Finding Dori)")
     p.add_argument("--model", required=True, help="a testbed model directory, or a Stable Diffusion pipeline")
     p.add_argument("--data", default=None, help="a testbed's dataset (targets' photos and the retained data)")
     p.add_argument("--images-json", default=None,
-                   help="or {set: [root, prompt file]}: fetched images (<root>/<index>/*.png); the sets whose files are "
-                        "--prompts-file are the targets, every other image is retained")
+                   help="or {set: [root, prompt file]}: fetched images (<root>/<index>/*.png); the sets whose files "
+                        "are --prompts-file are the targets, every other image is retained")
     p.add_argument("--device", default="cpu", help="where the UNet trains (float32)")
-    p.add_argument("--prompts-file", required=True, nargs="+", help="memorized prompt files whose photos are the targets")
+    p.add_argument("--prompts-file", required=True, nargs="+",
+                   help="memorized prompt files whose photos are the targets")
     p.add_argument("--max-targets", type=int, default=None, help="the first N prompts of each file")
     p.add_argument("--spec", default="{}", help="JSON of AdversarialSpec fields")
     p.add_argument("--threads", type=int, default=0)

@@ -55,7 +55,8 @@ def turned(diffs: list[float]) -> bool:
     return len(diffs) >= 3 and diffs[-1] > diffs[-2] and diffs[-3] > diffs[-2]
 
 
-def guided_sample(pipe, embeds, seeds: list[int], cfg: SamplingConfig, mode: str = "static", transition_t: float = 500.0,
+def guided_sample(pipe, embeds, seeds: list[int], cfg: SamplingConfig, mode: str = "static",
+                  transition_t: float = 500.0,
                   guidance_before: float = 0.0) -> tuple[np.ndarray, dict]:
     """Images (N, H, W, 3) uint8 from text embeddings `embeds` (N, L, D) with Jain et al.'s guidance schedule
     (`mode`, see the module docstring; `transition_t` is read by static and opposite, `guidance_before` by all);

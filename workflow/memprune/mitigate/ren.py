@@ -31,11 +31,15 @@ Unflagged images go through diffusers' own processor untouched: bit-identical to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memprune.errors import InputError
 from memprune.sampling import SamplingConfig, _initial_latents
+
+if TYPE_CHECKING:  # imported where used: importing this module stays light
+    import torch
 
 C1 = 1.25  # their released processor's setting (local_cmd_inference_time_mitigation.sh)
 
@@ -62,7 +66,8 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 def _project(attn, hidden_states, encoder_hidden_states):
     """Query, key, value (B, heads, tokens, head_dim) of an attn2 module, as diffusers' AttnProcessor2_0."""
-    if attn.spatial_norm is not None or attn.group_norm is not None or attn.residual_connection or hidden_states.ndim != 3:
+    if (attn.spatial_norm is not None or attn.group_norm is not None or attn.residual_connection
+            or hidden_states.ndim != 3):
         raise InputError("Ren et al.'s processor supports the Stable Diffusion cross-attention layout only")
     if attn.norm_cross:
         encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
@@ -119,7 +124,8 @@ class RenProcessor:
     def __init__(self, original, state: RenState):
         self.original, self.state = original, state
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
         import torch
 
         if self.state.record is not None and encoder_hidden_states is not None:
@@ -130,7 +136,8 @@ class RenProcessor:
             return out
         idx = sorted(self.state.rows)
         redo = rescaled_attention(attn, hidden_states[idx], encoder_hidden_states[idx],
-                                  [self.state.rows[i][0] for i in idx], [self.state.rows[i][1] for i in idx], self.state.c1)
+                                  [self.state.rows[i][0] for i in idx], [self.state.rows[i][1] for i in idx],
+                                  self.state.c1)
         out = out.clone()
         out[idx] = redo
         return out
@@ -153,7 +160,8 @@ class installed:
             m.set_processor(orig)
 
 
-def first_step_entropy(pipe, embeds, seeds: list[int], cfg: SamplingConfig, layers: list[int] | None = None) -> np.ndarray:
+def first_step_entropy(pipe, embeds, seeds: list[int], cfg: SamplingConfig,
+                       layers: list[int] | None = None) -> np.ndarray:
     """(N,) their first-step score of image i (text embeddings embeds[i] (L, D), noise of seeds[i]): the entropy
     of the conditional cross-attention at the first timestep, averaged over heads, queries and `layers` (indices
     into `cross_attention_layers`, execution order; None: all)."""

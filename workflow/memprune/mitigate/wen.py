@@ -69,7 +69,8 @@ def wen_mitigated_embeddings(pipe, prompts: list[str], seeds: list[int], cfg: Sa
         with torch.no_grad():
             cond = (pipe.encode_prompt(list(prompts[sl]), device, 1, False)[0] if init_embeds is None
                     else init_embeds[sl].to(device))  # (b, L, D); init_embeds: start from given embeddings
-            uncond_out = to_epsilon(unet(x_t, t0, encoder_hidden_states=null.expand(len(cond), -1, -1).to(unet.dtype)).sample,
+            uncond_out = to_epsilon(unet(x_t, t0,
+                                         encoder_hidden_states=null.expand(len(cond), -1, -1).to(unet.dtype)).sample,
                                     x_t, t0, pipe.scheduler)
         bos = cond[:, :1].float()
         # One leaf per image: AdamW skips parameters without a gradient, so a stopped image stays put.

@@ -1,4 +1,6 @@
-"""The config turned into typed values, paths and command arguments (`config`: prompt sets, collections, localizers; `compare`: the models evaluation and the attacks compare; `subsets`; `inputs`: the prompt files, read as their jobs read them). Pure: no Snakemake import."""
+"""The config turned into typed values, paths and command arguments (`config`: prompt sets, collections, localizers;
+`compare`: the models evaluation and the attacks compare; `subsets`; `inputs`: the prompt files, read as their jobs
+read them). Pure: no Snakemake import."""
 
 # The repository's top-level entries a run of the workflow reads: a directory holding links to these plans and runs
 # like a clone (the README/docs command tests and `benchmarks/plan_time.py` lay out their clones so).

@@ -70,7 +70,8 @@ class Leaderboard:
             elif m.checkpoint:  # a trained edit (adversarial fine-tuning): its job's benchmark and target count
                 n = self.adversarial.cfg.get("max_targets")
                 entry["edit_benchmark"] = plan.bench("adversarial", plan.trained_tag())
-                entry["edit_prompts"] = sum(min(plan.sets[s].size, n or plan.sets[s].size) for s in self.adversarial.sets)
+                entry["edit_prompts"] = sum(min(plan.sets[s].size, n or plan.sets[s].size)
+                                            for s in self.adversarial.sets)
             out[m.id] = entry
         return json.dumps(out)
 
@@ -128,7 +129,8 @@ class Leaderboard:
                 paths.append(path)
             name = config_model_name(paths)
             if name in out:
-                raise key_error("leaderboard.configs", f"{' + '.join(files)} and {' + '.join(out[name])} both run model {name!r}")
+                raise key_error("leaderboard.configs",
+                                f"{' + '.join(files)} and {' + '.join(out[name])} both run model {name!r}")
             out[name] = [str(p) for p in paths]
         out.setdefault(self.plan.name, [])
         return out
@@ -138,4 +140,5 @@ class Leaderboard:
 
     def others(self) -> dict[str, str]:
         """{model name: its --configfile arguments} of the stacked models other than this config's."""
-        return {n: " ".join(shlex.quote(c) for c in files) for n, files in self.stacked().items() if n != self.plan.name}
+        return {n: " ".join(shlex.quote(c) for c in files)
+                for n, files in self.stacked().items() if n != self.plan.name}

@@ -31,7 +31,8 @@ UPSTREAM = {"evaluate": ("localize",), "attack": ("localize",), "recovery": ("lo
             "leaderboard": STAGES}
 # what diffusers' StableDiffusionPipeline.from_pretrained(use_safetensors=True) reads of a hub repository (configs,
 # tokenizer, the three weighted components), not the repository's single-file checkpoints and fp16 copies
-PIPELINE_FILES = ("*.json", "*.txt", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+PIPELINE_FILES = ("*.json", "*.txt", "unet/diffusion_pytorch_model.safetensors",
+                  "vae/diffusion_pytorch_model.safetensors",
                   "text_encoder/model.safetensors")
 WEIGHTS = re.compile(r"^(diffusion_pytorch_model|model)\.safetensors(\.index\.json)?$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -71,7 +72,8 @@ def pipeline_problems(folder: Path) -> list[str]:
 
     if (folder / BASE_FILE).is_file():
         try:
-            return [f"unet/{p}" for p in _component_problems(folder / "unet", True)] + pipeline_problems(base_of(folder))
+            return ([f"unet/{p}" for p in _component_problems(folder / "unet", True)]
+                    + pipeline_problems(base_of(folder)))
         except InputError as e:
             return [str(e)]
     try:
@@ -81,7 +83,8 @@ def pipeline_problems(folder: Path) -> list[str]:
     problems = []
     for name, spec in index.items():
         if isinstance(spec, list) and None not in spec and name != "safety_checker":  # memprune loads none
-            problems += [f"{name}/{p}" for p in _component_problems(folder / name, name in ("unet", "vae", "text_encoder"))]
+            problems += [f"{name}/{p}" for p in _component_problems(folder / name,
+                                                                    name in ("unet", "vae", "text_encoder"))]
     return problems
 
 
@@ -96,7 +99,8 @@ def _component_problems(folder: Path, weighted: bool) -> list[str]:
 
 
 def hub_snapshot(repo_id: str) -> tuple[Path | None, str, bool]:
-    """(the cached snapshot folder of a hub model or None, the Hugging Face cache it was looked up in, HF_HUB_OFFLINE)."""
+    """(the cached snapshot folder of a hub model or None, the Hugging Face cache it was looked up in,
+    HF_HUB_OFFLINE)."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
@@ -171,7 +175,8 @@ class Preflight:
         if stage == "evaluate":
             needs.append("clip")  # prompt files: read by the plan
             needs += ["ground_truth"] if ev.get("ground_truth") or not self.plan.is_testbed else ["testbed_data"]
-            needs += ["inception"] * bool(ev.get("inception")) + ["reference_images"] * (ev["fid_reference"] == "images")
+            needs += (["inception"] * bool(ev.get("inception"))
+                      + ["reference_images"] * (ev["fid_reference"] == "images"))
         if stage == "recovery" and rec.enabled:
             needs += [f"images:{s}" for s in rec.roots] or ["testbed_data"]
         if stage == "adversarial" and adv.enabled:
@@ -195,14 +200,17 @@ class Preflight:
             return self._model()
         if need.startswith("images:"):
             pset = need.split(":", 1)[1]
-            return self._images(f"recovery.images.{pset}", plan.config["recovery"]["images"][pset], plan.sets[pset].file,
+            return self._images(f"recovery.images.{pset}", plan.config["recovery"]["images"][pset],
+                                plan.sets[pset].file,
                                 f"training images of the {pset} prompts")
         if need == "testbed_data":
-            return Entry("testbed.dataset", plan.data_dir, "the testbed's dataset", BUILT, "made by the workflow (rules/testbed.smk)")
+            return Entry("testbed.dataset", plan.data_dir, "the testbed's dataset", BUILT,
+                         "made by the workflow (rules/testbed.smk)")
         if need == "ground_truth" and not ev.get("ground_truth"):
             return Entry("evaluate.ground_truth", "null", "training images of the memorized prompts", MISSING,
                          "the model is no testbed, whose dataset would be the ground truth",
-                         "set evaluate.ground_truth to its directory <root>/<index>/*.png (`memprune fetch-training-images`)")
+                         "set evaluate.ground_truth to its directory <root>/<index>/*.png (`memprune "
+                         "fetch-training-images`)")
         if need == "ground_truth":
             return self._images("evaluate.ground_truth", ev["ground_truth"], self.evaluation.memorized,
                                 "training images of the memorized prompts")
@@ -230,25 +238,32 @@ class Preflight:
     def _sscd(self, value: str) -> Entry:
         from memprune.evaluate.metrics import SSCD_URL
 
-        name = Path(value).name if re.fullmatch(r"sscd_disc_\w+\.torchscript\.pt", Path(value).name) else Path(SSCD_URL).name
+        name = (Path(value).name if re.fullmatch(r"sscd_disc_\w+\.torchscript\.pt", Path(value).name)
+                else Path(SSCD_URL).name)
         parent = f"mkdir -p {Path(value).parent} && " if str(Path(value).parent) != "." else ""
         return self._file("evaluate.sscd", value, "the SSCD copy detector",
-                          f"{parent}curl -L -o {value} {SSCD_URL.rsplit('/', 1)[0]}/{name}  (or set evaluate.sscd: null: SSIM)")
+                          f"{parent}curl -L -o {value} {SSCD_URL.rsplit('/', 1)[0]}/{name}  (or set evaluate.sscd: "
+                          "null: SSIM)")
 
     def _clip(self, clip: dict) -> Entry:
         from memprune.evaluate.metrics import CLIP_HELP, CLIP_HUB
 
         what = f"the CLIP model of prompt following ({clip.get('name') or 'an open_clip folder'})"
         if clip.get("use_retrained"):
-            return Entry("evaluate.clip.use_retrained", "results/testbed/clip", what, BUILT, "made by the rule train_clip")
+            return Entry("evaluate.clip.use_retrained", "results/testbed/clip", what, BUILT,
+                         "made by the rule train_clip")
         value = clip.get("weights")
         if value and Path(self.plan.repo_path(value)).is_dir():
             ok = (Path(self.plan.repo_path(value)) / "open_clip_config.json").is_file()
-            return Entry("evaluate.clip.weights", value, what, OK if ok else MISSING, "" if ok else "no open_clip_config.json in it",
-                         "an open_clip local-dir folder (open_clip_config.json and its weights), as resources/testbed_clip")
+            return Entry("evaluate.clip.weights", value, what, OK if ok else MISSING,
+                         "" if ok else "no open_clip_config.json in it",
+                         "an open_clip local-dir folder (open_clip_config.json and its weights), as "
+                         "resources/testbed_clip")
         if not clip.get("name"):
-            return Entry("evaluate.clip.weights", str(value), what, MISSING, "no such folder, and no evaluate.clip.name",
-                         "set evaluate.clip.weights to an open_clip local-dir folder, or name a model with its weights file")
+            return Entry("evaluate.clip.weights", str(value), what, MISSING,
+                         "no such folder, and no evaluate.clip.name",
+                         "set evaluate.clip.weights to an open_clip local-dir folder, or name a model with its weights "
+                         "file")
         fix = CLIP_HELP
         if clip["name"] in CLIP_HUB and value:
             repo_id, folder = CLIP_HUB[clip["name"]][1], Path(value).parent
@@ -258,8 +273,8 @@ class Preflight:
         return self._file("evaluate.clip.weights", str(value), what, fix)
 
     def _images(self, key: str, value: str, prompts_file: str | None, what: str) -> Entry:
-        """A directory <root>/<index>/*.png (index: 0-based line of the prompt file): OK with one prompt's image at least
-        (dead links are expected: `memprune fetch-training-images` lists them in fetch_report.csv)."""
+        """A directory <root>/<index>/*.png (index: 0-based line of the prompt file): OK with one prompt's image at
+        least (dead links are expected: `memprune fetch-training-images` lists them in fetch_report.csv)."""
         from memprune.plan.inputs import read_prompt_file
 
         if value.startswith("results/"):
@@ -274,17 +289,20 @@ class Preflight:
         if have:
             return Entry(key, value, what, OK, f"{have}{total} prompts have an image")
         fetchable = prompts_file and Path(prompts_file).suffix.lower() in (".jsonl", ".csv")
-        fix = (f"memprune fetch-training-images --prompts {prompts_file} --root {value}  (where a node has internet)" if fetchable
+        fix = (f"memprune fetch-training-images --prompts {prompts_file} --root {value}  (where a node has internet)"
+               if fetchable
                else f"put each prompt's image at {value}/<index>/0.png, index = its 0-based line in {prompts_file}")
         return Entry(key, value, what, MISSING, "no <index>/*.png in it" if root.is_dir() else "no such directory", fix)
 
     def _model(self) -> Entry:
         plan, key, what = self.plan, "model.path", "the diffusers pipeline"
         value = str(plan.model["path"])
-        if plan.config["testbed"]["use_retrained"] or value.startswith("results/") or plan.model_dir.startswith("results/"):
+        if (plan.config["testbed"]["use_retrained"] or value.startswith("results/")
+                or plan.model_dir.startswith("results/")):
             return Entry(key, plan.model_dir, what, BUILT, "a workflow output (under results/): made by its rule")
         shipped = plan.repo / "config" / f"{plan.name}.yaml"  # the hub id of the shipped config of this model, if any
-        hint = str((yaml.safe_load(shipped.read_text()) or {}).get("model", {}).get("path", "")) if shipped.is_file() else ""
+        hint = (str((yaml.safe_load(shipped.read_text()) or {}).get("model", {}).get("path", ""))
+                if shipped.is_file() else "")
         hint = hint if HUB_ID.match(hint) and not (plan.repo / hint).exists() else "<hub id>"
         local = Path(plan.model_dir)
         if local.exists():
@@ -310,7 +328,8 @@ class Preflight:
 
 
 def format_report(entries: list[Entry], scope: str, only_missing: bool = False) -> str:
-    """The entries as lines: status, key, value, what and the stages needing it; the detail and, when missing, the fix."""
+    """The entries as lines: status, key, value, what and the stages needing it; the detail and, when missing, the
+    fix."""
     lines = [f"memprune check: {scope}"]
     for e in entries:
         if only_missing and e.status != MISSING:
@@ -320,7 +339,8 @@ def format_report(entries: list[Entry], scope: str, only_missing: bool = False) 
         if e.fix and e.status == MISSING:
             lines += [f"{'':9}{'fix: ' if i == 0 else '     '}{line}" for i, line in enumerate(e.fix.splitlines())]
     n = sum(e.status == MISSING for e in entries)
-    lines.append(f"{n} of {len(entries)} external inputs missing" if n else f"all {len(entries)} external inputs present")
+    lines.append(f"{n} of {len(entries)} external inputs missing" if n
+                 else f"all {len(entries)} external inputs present")
     return "\n".join(lines)
 
 

@@ -107,7 +107,8 @@ def _schema_error(config: dict, schema: dict) -> InputError | None:
     where = ".".join(map(str, error.absolute_path)) or "(top level)"
     if error.validator == "oneOf" and error.context:  # none of the allowed forms: say what each one lacks
         forms = sorted({e.message for e in error.context})
-        return InputError(f"config key {where}: {error.instance!r} matches none of its allowed forms: {' | '.join(forms)}")
+        return InputError(f"config key {where}: {error.instance!r} matches none of its allowed forms: "
+                          f"{' | '.join(forms)}")
     return InputError(f"config key {where}: {error.message}")
 
 

@@ -30,7 +30,8 @@ def subsets_from_files(set_prompts: list[str], files: list[str | Path], where: s
         prompts = read_prompt_file(f, allow_duplicates=False)
         missing = [p for p in prompts if p not in index]
         if missing:
-            raise InputError(f"{f}: {len(missing)} prompt(s) not in the prompt set of {where}, e.g. {missing[0][:60]!r}")
+            raise InputError(f"{f}: {len(missing)} prompt(s) not in the prompt set of {where}, e.g. "
+                             f"{missing[0][:60]!r}")
         out.append(sorted(index[p] for p in prompts))
     return out
 

@@ -12,7 +12,8 @@ def _spec(cls, text: str, command: str):
     try:
         return cls(**json_object(text))
     except TypeError as e:
-        raise InputError(f"{command} --spec: {e} ({cls.__name__} fields: {', '.join(cls.__dataclass_fields__)})") from None
+        raise InputError(f"{command} --spec: {e} "
+                         f"({cls.__name__} fields: {', '.join(cls.__dataclass_fields__)})") from None
 
 
 def cmd_extend_data(args) -> None:
@@ -50,7 +51,8 @@ def cmd_finetune(args) -> None:
             sep = ""
         if not sep or not where:
             raise InputError(f"finetune-testbed --snapshot {item!r}: expected EPOCHS=DIR (e.g. 16=results/ft16)")
-    record = finetune(Path(args.model), Path(args.data), Path(args.out), _spec(FinetuneSpec, args.spec, "finetune-testbed"),
+    record = finetune(Path(args.model), Path(args.data), Path(args.out),
+                      _spec(FinetuneSpec, args.spec, "finetune-testbed"),
                       progress=not args.no_progress, snapshots=snapshots)
     print(json.dumps({k: record[k] for k in ("samples", "steps", "seconds")}
                      | {"final_loss": record["loss"][-1] if record["loss"] else None}))
@@ -77,7 +79,8 @@ def add_testbed_plant_arguments(sub) -> None:
     training("plant", "planted testbed: fine-tune only a seeded fraction of the GEGLU units on the planted photos; "
              "write the derived model and its ground truth (planted.json)",
              "its extended dataset (`memprune extend-data`, group planted)",
-             "JSON of PlantSpec fields (fraction, steps, batch_size, lr, cond_dropout, own_share, hold_norms, seed, threads)",
+             "JSON of PlantSpec fields (fraction, steps, batch_size, lr, cond_dropout, own_share, hold_norms, seed, "
+             "threads)",
              "output model directory (+ planted.json, planted/<i>.png)", cmd_plant)
     training("finetune-testbed", "finetune testbed: the paper's fine-tuning protocol (whole UNet, new photos "
              "duplicated); write the derived model",

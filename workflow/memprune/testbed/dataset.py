@@ -204,7 +204,8 @@ def prompt_lists(rows: list[dict]) -> dict[str, list[str]]:
     other group under its own name (a derived testbed's added photos: `derived.extend_dataset`)."""
     lists = {"duplicated": [], "single": [], "generalization": [], "heldout": []}
     for r in rows:
-        key = r["group"] if r["group"] != "generalization" else ("heldout" if r["split"] == "heldout" else "generalization")
+        key = (r["group"] if r["group"] != "generalization"
+               else ("heldout" if r["split"] == "heldout" else "generalization"))
         if r["caption"] not in lists.setdefault(key, []):
             lists[key].append(r["caption"])
     return lists

@@ -93,7 +93,8 @@ def added_rows(data_dir: Path, group: str | None = None) -> list[dict]:
             if (r["group"] == group if group else r["group"] in GROUPS)]
 
 
-def save_derived(out_dir: Path, unet, base_dir: Path, record: dict, extra_files: dict[str, bytes] | None = None) -> None:
+def save_derived(out_dir: Path, unet, base_dir: Path, record: dict,
+                 extra_files: dict[str, bytes] | None = None) -> None:
     """Write a derived model atomically: `unet/`, `memprune_base.json` (base as a path relative to `out_dir`,
     its UNet hash), `memprune_train.json` = `record`, and `extra_files` {relative path: bytes}."""
     from memprune.formats.edits import load_unet, unet_sha256

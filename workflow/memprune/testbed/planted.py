@@ -158,7 +158,8 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
         torch.set_num_threads(spec.threads)
     n_own = int(round(spec.own_share * spec.batch_size))
     if not 0 <= spec.own_share < 1 or not 0 <= n_own < spec.batch_size:
-        raise InputError(f"planted: own_share {spec.own_share} must leave planted photos in a batch of {spec.batch_size}")
+        raise InputError(f"planted: own_share {spec.own_share} must leave planted photos in a batch of "
+                         f"{spec.batch_size}")
     data_spec = check_extends(model_dir, data_dir, "planted")
     t0 = time.time()
     pipe = load_pipeline(model_dir, "cpu", "float32")
@@ -180,7 +181,8 @@ def plant(model_dir: Path, data_dir: Path, out_dir: Path, spec: PlantSpec, progr
     gen = torch.Generator().manual_seed(spec.seed)
     draw = training_batches(own_latents, own_states, new_latents, new_states, null_state, spec.batch_size,
                             spec.cond_dropout, gen, own_share=spec.own_share)
-    held = {name: (params[f"{name}.weight"], torch.as_tensor(idx), params[f"{name}.weight"].detach()[:, idx].norm(dim=0))
+    held = {name: (params[f"{name}.weight"], torch.as_tensor(idx),
+                   params[f"{name}.weight"].detach()[:, idx].norm(dim=0))
             for name, idx in units.items()} if spec.hold_norms else {}
     unet.set_attn_processor(AttnProcessor())  # plain bmm attention: faster on CPU with tiny heads (train.py)
     unet.train()

@@ -126,9 +126,12 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
     ds = xr.Dataset(
         {
             "ssim_own": (("guidance", "prompt", "seed"), own, {"long_name": "SSIM to the prompt's own training image"}),
-            "ssim_nearest": (("guidance", "prompt", "seed"), nearest, {"long_name": "SSIM to the nearest training photo"}),
-            "follows_prompt": (("guidance", "prompt", "seed"), follows, {"long_name": "scene attributes all match (held-out prompts)"}),
-            "ssim_render": (("guidance", "prompt", "seed"), to_render, {"long_name": "SSIM to the canonical render (held-out prompts)"}),
+            "ssim_nearest": (("guidance", "prompt", "seed"), nearest,
+                             {"long_name": "SSIM to the nearest training photo"}),
+            "follows_prompt": (("guidance", "prompt", "seed"), follows,
+                               {"long_name": "scene attributes all match (held-out prompts)"}),
+            "ssim_render": (("guidance", "prompt", "seed"), to_render,
+                            {"long_name": "SSIM to the canonical render (held-out prompts)"}),
             **{k: (("guidance",), v) for k, v in summary.items()},
         },
         coords={"guidance": guidances, "prompt": np.array(prompts, dtype=object), "seed": seeds,
@@ -147,8 +150,9 @@ def testbed_report(model: Path, data_dir: Path, out: Path, grid: Path, seeds: li
 
 def _grid(images: np.ndarray, photos: np.ndarray, photo_index: dict, groups: dict, prompts: list[str],
           seeds: list[int], guidance: float, path: Path) -> None:
-    """PNG: rows = 8 duplicated, 4 added (a derived testbed's), 4 single, 4 held-out prompts, each labelled with its group and prompt; column 0 =
-    the training image (for held-out prompts: a render of the requested scene), then one column per seed."""
+    """PNG: rows = 8 duplicated, 4 added (a derived testbed's), 4 single, 4 held-out prompts, each labelled with its
+    group and prompt; column 0 = the training image (for held-out prompts: a render of the requested scene), then one
+    column per seed."""
     from memprune.grids import image_grid
 
     cells, labels, start = [], [], 0

@@ -156,7 +156,8 @@ def train_unet_and_text_encoder(latents, captions: list[str], tokenizer, gen, sp
     unet, forward = _unet_for_training(spec, latents.shape[-1], dev, total_steps)
     text_encoder = build_text_encoder(spec.model, tokenizer).to(dev)
     noise_sched = make_train_scheduler()
-    ids = tokenizer(captions, padding="max_length", max_length=spec.model.max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(captions, padding="max_length", max_length=spec.model.max_length, truncation=True,
+                    return_tensors="pt").input_ids
     null_ids = tokenizer([""], padding="max_length", max_length=spec.model.max_length, return_tensors="pt").input_ids
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=1e-4)

@@ -5,4 +5,5 @@ from memprune.variants import Variant, _load_edited
 
 VARIANT = Variant(name="adversarial", label="adversarial fine-tuning", colour="tab:purple", needs_checkpoint=True,
                   trained=True, load=_load_edited,
-                  description="the UNet fine-tuned against the recovery attack (a memprune.formats.edits weights checkpoint)")
+                  description="the UNet fine-tuned against the recovery attack (a memprune.formats.edits weights "
+                              "checkpoint)")

@@ -19,7 +19,8 @@ def schedule(params: dict) -> dict:
     if mode not in MODES:
         raise InputError(f"config key mitigation.jain.mode: {mode!r} is not one of {list(MODES)}")
     block = {**DEFAULTS[mode], **(params.get(mode) or {})}
-    return {"mode": mode, "transition_t": float(block.get("transition_t", 0.0)), "guidance_before": float(block["guidance_before"])}
+    return {"mode": mode, "transition_t": float(block.get("transition_t", 0.0)),
+            "guidance_before": float(block["guidance_before"])}
 
 
 def _generate(pipe, prompts, seeds, cfg, params, progress=False):
@@ -38,5 +39,6 @@ def _generate_embeds(pipe, embeds, seeds, cfg, params, progress=False):
 VARIANT = Variant(name="jain", label="Jain et al. (inference-time)", colour="tab:cyan", generate=_generate,
                   generate_embeds=_generate_embeds,
                   attacked_as="none",  # the UNet is the unedited one: the recovery attack's searches are its
-                  description="Jain et al.'s guidance withheld inside the attraction basin (static, opposite or dynamic transition point)",
+                  description="Jain et al.'s guidance withheld inside the attraction basin (static, opposite or "
+                              "dynamic transition point)",
                   default_params=DEFAULTS)

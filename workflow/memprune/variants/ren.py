@@ -30,4 +30,5 @@ VARIANT = Variant(name="ren", label="Ren et al. (inference-time)", colour="tab:o
                   generate_embeds=_generate_embeds,
                   attacked_as="none",  # the UNet is the unedited one: the recovery attack's searches are its
                   description="Ren et al.'s cross-attention BOS rescale (c1) on prompts their entropy detector flags",
-                  default_params={"c1": C1, "threshold": 0.0, "detect": True, "detect_layers": None, "mask_padding": True})
+                  default_params={"c1": C1, "threshold": 0.0, "detect": True, "detect_layers": None,
+                                  "mask_padding": True})

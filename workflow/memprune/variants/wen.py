@@ -42,7 +42,8 @@ def _generate_embeds(pipe, embeds, seeds, cfg, params, progress=False):
     return generate(pipe, [""] * len(seeds), seeds, cfg, prompt_embeds=mitigated, progress=progress), info
 
 
-VARIANT = Variant(name="wen", label="Wen et al. (inference-time)", colour="tab:green", generate=_generate, generate_embeds=_generate_embeds,
+VARIANT = Variant(name="wen", label="Wen et al. (inference-time)", colour="tab:green", generate=_generate,
+                  generate_embeds=_generate_embeds,
                   attacked_as="none",  # the recovery attack's searches are the unedited model's
                   description="Wen et al.'s text-embedding optimisation at the first step, then sampling",
                   default_params={"lr": 0.05, "max_iters": 10, "target_loss": WEN_TARGET_LOSS})
