@@ -28,6 +28,7 @@ def read(path: Path) -> dict:
 
 
 def main() -> None:
+    from memprune.plan.chunks import nemo_chunks
     from memprune.plan.config import Plan
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,13 +45,15 @@ def main() -> None:
             n_sub, size = len(col.subsets), len(col.subsets[0])
             masks = read(root / plan.masks_bench(name, cname))
             if m.per_prompt:
-                search = read(root / plan.bench(f"nemo/{name}/{m.tag}", col.set))
+                searches = [read(root / plan.bench(f"nemo/{name}/{m.tag}", f"{col.set}_chunk{k}"))
+                            for k in range(len(nemo_chunks(plan, col.set)))]
                 cal = read(root / plan.bench(f"nemo/{name}/{m.tag}", "calibration"))
                 n = len(plan.neuron_prompts(col.set))
-                prompt_s, prompt_cpu = search["s"] / n, search["cpu"] / n
+                prompt_s, prompt_cpu = sum(c["s"] for c in searches) / n, sum(c["cpu"] for c in searches) / n
                 extra = {"calibration_s": cal["s"]}
             elif m.statistics:
-                chunks = [read(root / plan.capture_bench(col.set, k)) for k in range((plan.sets[col.set].size + plan.chunk_size() - 1) // plan.chunk_size())]
+                n_chunks = (plan.sets[col.set].size + plan.chunk_size() - 1) // plan.chunk_size()
+                chunks = [read(root / plan.capture_bench(col.set, k)) for k in range(n_chunks)]
                 n = plan.sets[col.set].size
                 prompt_s, prompt_cpu = sum(c["s"] for c in chunks) / n, sum(c["cpu"] for c in chunks) / n
                 extra = {"null_capture_s": read(root / plan.capture_bench(None))["s"]}
@@ -59,7 +62,8 @@ def main() -> None:
                 extra = {}
             per_prompt[name, cname] = prompt_s
             print(json.dumps({"localizer": name, "collection": cname, "seconds_per_prompt": round(prompt_s, 2),
-                              "cpu_seconds_per_prompt": round(prompt_cpu, 2), "masks_seconds_per_subset": round(masks["s"] / n_sub, 2),
+                              "cpu_seconds_per_prompt": round(prompt_cpu, 2),
+                              "masks_seconds_per_subset": round(masks["s"] / n_sub, 2),
                               "seconds_per_subset": round(prompt_s * size + masks["s"] / n_sub, 1), **extra}))
     for (name, cname), s in per_prompt.items():
         if plan.methods[name].per_prompt and per_prompt.get(("wanda", cname)):

@@ -135,21 +135,22 @@ checkpoint detected_prompts:
 
 # ---------------------------------------------------------------------------------------------- recovery
 # Is it gone? The recovery attack of "Finding Dori" (attacks/recovery.py) on every model of config `recovery`:
-# one job per model, merged into results/<name>/recovery.nc, recovery.csv (DoRI's table) and a figure. Wen's job
-# reuses the unedited model's searches (the same UNet, the same draws) and only generates with its mitigation.
+# jobs of `chunks.recovery` targets per model (rule recovery_search), each model's merged (rule recovery_model),
+# then results/<name>/recovery.nc, recovery.csv (DoRI's table) and a figure. Wen's chunks reuse the unedited
+# model's searches (the same UNet, the same draws) and only generate with its mitigation.
 RECOVERY_MODELS = RECOVERY.by_path()
 
 
-rule recovery_model:
+rule recovery_search:
     conda:
         CONDA_ENV
     input:
         unpack(checkpoint_input(RECOVERY_MODELS, "recmodel")),
         model=model_input(),
         data=RECOVERY.truth_inputs(),
-        searches=lambda wc: RECOVERY.searches_from(RECOVERY_MODELS[wc.recmodel]),
+        searches=lambda wc: RECOVERY.searches_from(RECOVERY_MODELS[wc.recmodel], wc.chunk),
     output:
-        f"{RECOVERY.dir}/{{recmodel}}.nc" if RECOVERY.enabled else [],
+        f"{RECOVERY.dir}/{{recmodel}}/chunk{{chunk}}.nc" if RECOVERY.enabled else [],
     wildcard_constraints:
         recmodel=_alternatives(RECOVERY_MODELS),
     params:
@@ -161,17 +162,36 @@ rule recovery_model:
         subset=lambda wc: RECOVERY.subset_args(RECOVERY_MODELS[wc.recmodel]),
         targets=RECOVERY.targets_args(),
         truth=RECOVERY.truth_args(),
+        chunk=lambda wc: RECOVERY.chunk_args(wc.chunk),
     threads: RECOVERY.cfg.get("threads", 1)  # 1: two jobs at once on 2 cores (benchmarks/recovery_threads.py)
     resources:
         gpu=1,
+    log:
+        PLAN.log(f"recovery/{RECOVERY.tag}" if RECOVERY.enabled else "recovery", "{recmodel}/chunk{chunk}"),
+    benchmark:
+        PLAN.bench(f"recovery/{RECOVERY.tag}" if RECOVERY.enabled else "recovery", "{recmodel}/chunk{chunk}")
+    shell:
+        memprune("recover", f"{{params.variant}} --model {PLAN.model_dir} {{params.truth}} --groups-json {{params.groups:q}} --spec {{params.spec:q}} "
+                 f"{RECOVERY.args() if RECOVERY.enabled else ''} --id {{params.id:q}} --device {config['model']['device']} "
+                 f"--dtype {config['model']['dtype']} {{params.reuse}} {{params.targets}} {{params.subset}}{COPY_SSCD} "
+                 f"{{params.chunk}} --out {{output}}")
+
+
+rule recovery_model:
+    conda:
+        CONDA_ENV
+    input:
+        lambda wc: RECOVERY.chunks(RECOVERY_MODELS[wc.recmodel]),
+    output:
+        f"{RECOVERY.dir}/{{recmodel}}.nc" if RECOVERY.enabled else [],
+    wildcard_constraints:
+        recmodel=_alternatives(RECOVERY_MODELS),
     log:
         PLAN.log(f"recovery/{RECOVERY.tag}" if RECOVERY.enabled else "recovery", "{recmodel}"),
     benchmark:
         PLAN.bench(f"recovery/{RECOVERY.tag}" if RECOVERY.enabled else "recovery", "{recmodel}")
     shell:
-        memprune("recover", f"{{params.variant}} --model {PLAN.model_dir} {{params.truth}} --groups-json {{params.groups:q}} --spec {{params.spec:q}} "
-                 f"{RECOVERY.args() if RECOVERY.enabled else ''} --id {{params.id:q}} --device {config['model']['device']} "
-                 f"--dtype {config['model']['dtype']} {{params.reuse}} {{params.targets}} {{params.subset}}{COPY_SSCD} --out {{output}}")
+        memprune("recovery-merge", "--chunks {input} --out {output}")
 
 
 rule recovery_table:

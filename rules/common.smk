@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from memprune.plan.config import Plan, options, prompts_digest
+from memprune.plan.chunks import nemo_chunk_files, nemo_chunks
 from memprune.plan.compare import Adversarial, Attack, Detection, Evaluation, Recovery
 from memprune.formats.prompts import read_prompts
 

@@ -87,7 +87,7 @@ rule nemo_calibration:
                  f"{MODEL_ARGS} --out {{output}}")
 
 
-rule nemo_neurons:
+rule nemo_search:
     conda:
         CONDA_ENV
     priority: 10  # the longest jobs of the default run start first (a shorter makespan on few cores)
@@ -95,18 +95,33 @@ rule nemo_neurons:
         model_input(),
         calibration=f"{PLAN.results}/{{method}}/{{mtag}}/calibration.nc",
     output:
-        f"{PLAN.results}/{{method}}/{{mtag}}/neurons/{{pset}}.nc",
+        f"{PLAN.results}/{{method}}/{{mtag}}/neurons/{{pset}}/chunk{{chunk}}.nc",  # plan.chunks.nemo_chunk_file
     params:
         params=lambda wc: json.dumps(PLAN.methods[wc.method].params),
         prompts_file=lambda wc: PLAN.sets[wc.pset].file,
-        indices=lambda wc: json.dumps(PLAN.neuron_prompts(wc.pset)),
+        indices=lambda wc: json.dumps(nemo_chunks(PLAN, wc.pset)[int(wc.chunk)]),
     resources:
         gpu=1,  # runs the model (workflow/profiles/slurm sizes it)
+    log:
+        PLAN.log("nemo/{method}/{mtag}", "{pset}_chunk{chunk}"),
+    benchmark:
+        PLAN.bench("nemo/{method}/{mtag}", "{pset}_chunk{chunk}")
+    shell:
+        memprune("nemo", f"--model {PLAN.model_dir} --prompts-file {{params.prompts_file}} --indices {{params.indices:q}} "
+                 f"--calibration {{input.calibration}} --params {{params.params:q}} "
+                 f"{MODEL_ARGS} --out {{output}}")
+
+
+rule nemo_neurons:
+    conda:
+        CONDA_ENV
+    input:
+        lambda wc: nemo_chunk_files(PLAN, wc.method, wc.pset),
+    output:
+        f"{PLAN.results}/{{method}}/{{mtag}}/neurons/{{pset}}.nc",
     log:
         PLAN.log("nemo/{method}/{mtag}", "{pset}"),
     benchmark:
         PLAN.bench("nemo/{method}/{mtag}", "{pset}")
     shell:
-        memprune("nemo", f"--model {PLAN.model_dir} --prompts-file {{params.prompts_file}} --indices {{params.indices:q}} "
-                 f"--calibration {{input.calibration}} --params {{params.params:q}} "
-                 f"{MODEL_ARGS} --out {{output}}")
+        memprune("nemo-merge", "--chunks {input} --out {output}")

@@ -15,14 +15,16 @@ from conftest import REPO
 
 PROFILES = REPO / "workflow" / "profiles"
 # Rules that load and run a diffusion model's UNet, VAE or text encoder.
-MODEL_RULES = {"capture_chunk", "capture_null", "nemo_calibration", "nemo_neurons", "eval_sample", "eval_score",
-               "attack_generate", "detection_scores", "recovery_model", "adversarial_finetune", "train_testbed",
+MODEL_RULES = {"capture_chunk", "capture_null", "nemo_calibration", "nemo_search", "eval_sample", "eval_score",
+               "attack_generate", "detection_scores", "recovery_search", "adversarial_finetune", "train_testbed",
                "train_derived_testbed", "testbed_report", "leaderboard_timing"}
-# Rules that read weights or stored arrays only (model_layers copies the observed weights, masks reads |W|, prune edits weights, random_model writes random
-# ones), make data, or tabulate; train_clip trains the testbed's tiny CLIP metric model on the CPU;
-# eval_aggregate asks a GPU in its rule only for fid_reference: images; the leaderboard reads the stages' files, and
-# leaderboard_of_config (a localrule) starts another config's Snakemake run on the submitting host.
-CPU_RULES = {"all", "gather_subsets", "model_layers", "masks", "prune", "analysis", "latest_analysis", "localization", "eval_aggregate",
+# Rules that read weights or stored arrays only (model_layers copies the observed weights, masks reads |W|, prune
+# edits weights, random_model writes random ones), make data, or tabulate; train_clip trains the testbed's tiny CLIP
+# metric model on the CPU; nemo_neurons and recovery_model merge search chunks; eval_aggregate asks a GPU in its rule
+# only for fid_reference: images; the leaderboard reads the stages' files, and leaderboard_of_config (a localrule)
+# starts another config's Snakemake run on the submitting host.
+CPU_RULES = {"all", "gather_subsets", "model_layers", "masks", "prune", "analysis", "latest_analysis", "localization",
+             "eval_aggregate", "nemo_neurons", "recovery_model",
              "train_clip", "attack_analyze", "attack_table", "detection_report", "detected_prompts", "recovery_table",
              "testbed_data", "extend_testbed_data", "random_model", "stand_in_images", "leaderboard",
              "leaderboard_of_config", "leaderboard_stack"}

@@ -1,5 +1,5 @@
-"""NeMo (localize/nemo.py, memprune.localize.nemo_search): z-scores, the threshold, the edit, and the search on a tiny model
-whose memorization is planted in one to_v channel."""
+"""NeMo (localize/nemo.py, memprune.localize.nemo_search): z-scores, the threshold, the edit, and the search on a tiny
+model whose memorization is planted in one to_v channel."""
 
 import json
 
@@ -76,7 +76,8 @@ class _ToyDenoiser(torch.nn.Module):
         from types import SimpleNamespace
 
         v = torch.cat([lin(encoder_hidden_states).mean(1) for lin in self.to_v], dim=1)  # (B, 32)
-        eps = x + 0.5 * torch.tanh(self.conv(x)) + torch.einsum("bc,chw...->bhw...", v, self.patterns.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        eps = x + 0.5 * torch.tanh(self.conv(x)) + torch.einsum("bc,chw...->bhw...", v,
+                                                                self.patterns.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return SimpleNamespace(sample=eps)
 
 
@@ -234,7 +235,8 @@ def test_union_masks_and_the_edit_zero_exactly_the_chosen_rows(tiny_pipe):
                     attrs={"layers": [name for name, _ in layers], "threshold": 0.5})
     weights = {name: lin.weight.detach() for name, lin in layers}
     ms = nemo.locate(Inputs(weights=weights, neurons=ds, subset_indices=[7, 4]), {})
-    assert sorted(ms.attrs["prompts"]) == ["a", "b"] and ms.n_set() == {layers[0][0]: 1, layers[1][0]: 1, layers[-1][0]: 1}
+    assert sorted(ms.attrs["prompts"]) == ["a", "b"] and ms.n_set() == {layers[0][0]: 1, layers[1][0]: 1,
+                                                                        layers[-1][0]: 1}
     unet = copy.deepcopy(tiny_pipe.unet)
     apply(unet, ms.layer_masks())
     for li, (name, _) in enumerate(layers):
@@ -290,8 +292,10 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
     assert (searched.n_refined <= searched.n_initial).all() and searched.attrs["threshold"] > 0
 
     out = tmp_path / "killed.nc"
-    cmd = [sys.executable, "-m", "memprune", "nemo", "--model", str(tiny_model), "--prompts-file", str(tmp_path / "mem.txt"),
-           "--indices", json.dumps(searched.pool_index.values.tolist()[:2]), "--calibration", str(tmp_path / f"results/tiny/nemo/{tag}/calibration.nc"),
+    cmd = [sys.executable, "-m", "memprune", "nemo", "--model", str(tiny_model), "--prompts-file",
+           str(tmp_path / "mem.txt"),
+           "--indices", json.dumps(searched.pool_index.values.tolist()[:2]), "--calibration",
+           str(tmp_path / f"results/tiny/nemo/{tag}/calibration.nc"),
            "--params", json.dumps({**nemo.DEFAULTS, **nemo_params}), "--device", "cpu", "--dtype", "float32",
            "--no-progress", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -304,3 +308,34 @@ def test_nemo_in_the_dag_beside_wanda_iou_masks_and_rerun(tiny_model, tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     again = xr.open_dataset(out, engine="h5netcdf").load()  # the first two searched prompts, as the DAG found them
     np.testing.assert_array_equal(again.refined.values, searched.refined.values[:2])
+
+
+def test_a_set_searched_in_chunks_merges_into_the_one_job_file(tiny_model, tmp_path):
+    """NeMo's search cut into jobs (config `chunks.nemo`): the merged chunks equal one search over every prompt,
+    the searches' timing and UNet-call counts apart; chunks of other calibrations are refused."""
+    import xarray as xr
+
+    from conftest import REPO
+    from memprune.errors import InputError
+    from memprune.localize import nemo_search
+
+    pool = (REPO / "resources/prompts/testbed/duplicated.txt").read_text().splitlines()[:5]
+    calib = (REPO / "resources/prompts/testbed/single.txt").read_text().splitlines()[:6]
+    params = {**nemo.DEFAULTS, "seeds": 3, "steps": 4, "max_refine": 3, "calibration": ["c"]}
+    cal = tmp_path / "calibration.nc"
+    nemo_search.calibrate(str(tiny_model), calib, params, cal)
+    indices = [0, 2, 3, 4]
+    nemo_search.search(str(tiny_model), pool, indices, cal, params, tmp_path / "one.nc")
+    chunks = [tmp_path / "chunk0.nc", tmp_path / "chunk1.nc"]
+    nemo_search.search(str(tiny_model), pool, indices[:3], cal, params, chunks[0])
+    nemo_search.search(str(tiny_model), pool, indices[3:], cal, params, chunks[1])
+    assert nemo_search.merge(chunks, tmp_path / "merged.nc") == 4
+    one, merged = (xr.load_dataset(tmp_path / f) for f in ("one.nc", "merged.nc"))
+    timing = ["seconds", "runs", "samples"]
+    xr.testing.assert_identical(one.drop_vars(timing), merged.drop_vars(timing))
+    other = tmp_path / "other.nc"
+    nemo_search.calibrate(str(tiny_model), calib[:3], params, other)
+    nemo_search.search(str(tiny_model), pool, indices[3:], other, params, tmp_path / "chunk_other.nc")
+    with pytest.raises(InputError, match="chunk_other.nc: its threshold, calibration differ"):
+        nemo_search.merge([chunks[0], tmp_path / "chunk_other.nc"], tmp_path / "bad.nc")
+    assert not (tmp_path / "bad.nc").exists()

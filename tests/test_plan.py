@@ -3,7 +3,6 @@ redesign) produced is still produced, with the counts it had (per-subset gather 
 (method, collection); eval/attack generation rules were merged across variants)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -31,8 +30,10 @@ def capture_chunks(plan: Plan) -> set[str]:
 # (config, capture chunks, eval models, attack models x chunks per model, detection sets): the old planner's
 # dry run of results/iou.nc + eval.nc + attack/table.csv + detection.nc on each shipped config
 OLD = {
-    "config/testbed.yaml": (12, 19, (5, 10), 3),  # + NeMo and its random control on 2 subsets, NeMo attacked, adversarial, Ren and Jain
-    "config/sd15.yaml": (116, 27, (6, 63), 2),  # + NeMo (10 subsets), random, random_nemo, adversarial, Ren, Jain; NeMo, adversarial, Ren, Jain attacked
+    "config/testbed.yaml": (12, 19, (5, 10), 3),  # + NeMo and its random control on 2 subsets, NeMo attacked,
+    # adversarial, Ren and Jain
+    "config/sd15.yaml": (116, 27, (6, 63), 2),  # + NeMo (10 subsets), random, random_nemo, adversarial, Ren, Jain;
+    # NeMo, adversarial, Ren, Jain attacked
     "config/sd2.yaml": (66, 27, (6, 28), 2),
 }
 
@@ -122,17 +123,18 @@ def test_recovery_plans_every_compared_model_on_testbeds_only():
     from memprune.plan.compare import Recovery
 
     rec = Recovery(Plan(load("config.yaml"), REPO))
-    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo", "pruned:wanda_10", "wen", "ren", "jain", "adversarial"]
+    assert [m.id.split("|")[0] for m in rec.models] == ["none", "pruned:wanda", "pruned:oracle", "pruned:nemo",
+                                                        "pruned:wanda_10", "wen", "ren", "jain", "adversarial"]
     assert rec.sets == ["planted", "memorized"] and rec.controls == ["single"]
     assert rec.targets()[0] == "results/testbed_planted/recovery.nc"
     assert all(rec.result(m).startswith(rec.dir) for m in rec.models) and len({rec.result(m) for m in rec.models}) == 9
     by_variant = {m.variant: m for m in rec.models if m.method is None}
     inference_time = ("wen", "ren", "jain")  # they reuse the unedited searches
-    assert all(rec.searches_from(by_variant[v]) == [rec.result(by_variant["none"])] for v in inference_time)
-    assert all(rec.searches_from(m) == [] for m in rec.models if m.variant not in inference_time)
+    assert all(rec.searches_from(by_variant[v], 1) == [rec.chunk(by_variant["none"], 1)] for v in inference_time)
+    assert all(rec.searches_from(m, 0) == [] for m in rec.models if m.variant not in inference_time)
     cfg = load("config.yaml")
     alone = Recovery(Plan({**cfg, "recovery": {**cfg["recovery"], "variants": ["wen"]}}, REPO))
-    assert alone.searches_from(alone.models[0]) == []  # no unedited model attacked: Wen runs its own searches
+    assert alone.searches_from(alone.models[0], 0) == []  # no unedited model attacked: Wen runs its own searches
     sd = load("config/sd15.yaml")
     assert Recovery(Plan(sd, REPO)).enabled  # SD: the fetched training images of recovery.images
     assert not Recovery(Plan({**sd, "recovery": {**sd["recovery"], "images": {}}}, REPO)).enabled
@@ -143,7 +145,8 @@ def test_nemo_entries_name_calibration_sets_and_random_nemo_imitates_it():
     plan = Plan(cfg, REPO)
     assert plan.methods["nemo"].per_prompt and plan.methods["random_nemo"].localizer == "random"
     assert plan.methods["random_nemo"].reference == "nemo"
-    assert plan.mask_inputs("nemo", "plant_k10") == {"layers": plan.layers_file, "neurons": plan.neurons("nemo", "planted")}
+    assert plan.mask_inputs("nemo", "plant_k10") == {"layers": plan.layers_file,
+                                                     "neurons": plan.neurons("nemo", "planted")}
     assert plan.neuron_prompts("planted") == sorted({i for s in plan.collections["plant_k10"].subsets for i in s})
     bad = {**cfg, "localizers": {**cfg["localizers"], "nemo": {"calibration": ["nope"]}}}
     with pytest.raises(InputError, match="localizers.nemo.calibration"):

@@ -25,9 +25,11 @@ def test_search_lowers_its_own_loss(tiny_pipe):
     spec = recovery.RecoverySpec(steps=30, batch_size=4)
     tiny_pipe.unet.requires_grad_(False)
     with torch.enable_grad():
-        y, losses = recovery.search(tiny_pipe.unet, tiny_pipe.scheduler, z0, start, spec, torch.Generator().manual_seed(0))
+        y, losses = recovery.search(tiny_pipe.unet, tiny_pipe.scheduler, z0, start, spec,
+                                    torch.Generator().manual_seed(0))
     assert losses.shape == (30,) and np.isfinite(losses).all()
-    assert denoising_loss(tiny_pipe.unet, tiny_pipe.scheduler, z0, y) < denoising_loss(tiny_pipe.unet, tiny_pipe.scheduler, z0, start)
+    assert (denoising_loss(tiny_pipe.unet, tiny_pipe.scheduler, z0, y)
+            < denoising_loss(tiny_pipe.unet, tiny_pipe.scheduler, z0, start))
 
 
 @pytest.mark.slow  # 13 s of searches on the planted testbed
@@ -73,7 +75,8 @@ def test_wen_reuses_the_unedited_searches_exactly(tiny_pipe, tmp_path):
     refs = ["a photo of a cat", "a red square", "a dog"]
     plain = recovery.attack_targets(tiny_pipe, get("none"), {}, targets, inits, spec, refs)
     path = tmp_path / "none.nc"
-    write_netcdf(recovery.recovery_dataset("none", targets, inits, spec, plain, {"checkpoint": "", "variant_name": "none"}), path)
+    write_netcdf(recovery.recovery_dataset("none", targets, inits, spec, plain,
+                                           {"checkpoint": "", "variant_name": "none"}), path)
     params = {"max_iters": 2}
     fresh = recovery.attack_targets(tiny_pipe, get("wen"), params, targets, inits, spec, refs)
     reused = recovery.attack_targets(tiny_pipe, get("wen"), params, targets, inits, spec, refs,
@@ -89,7 +92,8 @@ def test_wen_reuses_the_unedited_searches_exactly(tiny_pipe, tmp_path):
 
 def test_targets_are_said_apart_by_the_edits_subset():
     groups = {"planted": ["p0", "p1", "p2", "p3"], "memorized": ["m0", "m1"]}
-    targets = [{"prompt": p, "group": g} for g, ps in groups.items() for p in ps] + [{"prompt": "new", "group": "never_seen"}]
+    targets = ([{"prompt": p, "group": g} for g, ps in groups.items() for p in ps]
+               + [{"prompt": "new", "group": "never_seen"}])
     assert recovery.split_of(targets, groups, None) == ["all"] * 7
     assert recovery.split_of(targets, groups, {"planted": [1, 3]}) == ["heldout", "subset", "heldout", "subset",
                                                                       "heldout", "heldout", "heldout"]
@@ -130,7 +134,8 @@ def test_recovery_table_rows_split_subset_and_held_out(tmp_path):
     for name, split, after in [("none", ["all"] * 4, [0.9, 0.9, 0.1, 0.1]),
                                ("pruned", ["subset", "subset", "heldout", "heldout"], [0.1, 0.1, 0.9, 0.1])]:
         res = {"before": np.full((4, 1, 3), 0.9), "after": np.repeat(np.array(after)[:, None, None], 3, 2),
-               "loss": np.zeros((4, 1, 2)), "seconds": np.ones((4, 1)), "examples": np.zeros((4, 1, 2, 4, 4, 3), np.uint8),
+               "loss": np.zeros((4, 1, 2)), "seconds": np.ones((4, 1)),
+               "examples": np.zeros((4, 1, 2, 4, 4, 3), np.uint8),
                "embedding": np.zeros((4, 1, 2, 3, 5), np.float32)}
         ds = recovery.recovery_dataset(name, targets, ["prompt"], spec, res, {})
         ds["split"] = ("target", np.array(split, dtype=object))
@@ -145,12 +150,52 @@ def test_recovery_table_rows_split_subset_and_held_out(tmp_path):
     assert by[("none", "all")]["mr_recovered_lo"] < 0.5 < by[("none", "all")]["mr_recovered_hi"]
     assert by[("pruned", "subset")]["mr_recovered_lo"] == 0 and by[("pruned", "subset")]["mr_recovered_hi"] > 0.5
     none = by[("none", "all")]
-    assert (none["mr_recovered_minus_none"], none["mr_recovered_minus_none_lo"], none["mr_recovered_minus_none_hi"]) == (0, 0, 0)
+    assert (none["mr_recovered_minus_none"], none["mr_recovered_minus_none_lo"],
+            none["mr_recovered_minus_none_hi"]) == (0, 0, 0)
     assert none["mr_recovered_minus_none_excludes_zero"] is False
     subset = by[("pruned", "subset")]  # targets p0, p1: the unedited model recovers both, the edit neither
     assert subset["mr_recovered_minus_none"] == -1 and subset["mr_recovered_minus_none_excludes_zero"] is True
     assert list(rows[0])[list(rows[0]).index("mr_recovered") + 1] == "mr_recovered_lo"
     assert "Wilson" in rows[0]["interval_method"] and "paired" in ds.attrs["interval_method"]
     # recovery.nc holds the table as variables, intervals included
-    assert ds.summary_mr_recovered_hi.dims == ("summary_row",) and list(ds.summary_split.values) == ["all", "subset", "heldout"]
+    assert ds.summary_mr_recovered_hi.dims == ("summary_row",)
+    assert list(ds.summary_split.values) == ["all", "subset", "heldout"]
     np.testing.assert_array_equal(ds.summary_mr_recovered.values, [0.5, 0.0, 0.5])
+
+
+@pytest.mark.slow
+def test_a_model_attacked_in_chunks_merges_into_the_one_job_file(tiny_model, tmp_path):
+    """The recovery attack cut into jobs (config `chunks.recovery`): each chunk skips the draws of the targets
+    before it, so the merged chunks equal one job over every target (random starts included), the searches'
+    seconds apart; a run past the last target writes an empty chunk that the merge skips. Wen's chunks reuse the
+    unedited chunks' searches and merge as its one job does."""
+    import xarray as xr
+
+    from memprune.attacks.recovery import RecoverySpec, run_variant
+    from memprune.attacks.recovery_chunks import merge
+    from memprune.random_model import write_stand_in_images
+
+    prompts = tmp_path / "mem.txt"
+    prompts.write_text("".join(f"a photo of thing {i}\n" for i in range(5)))
+    root = write_stand_in_images(prompts, tmp_path / "images", size=32)
+    spec = RecoverySpec(steps=2, batch_size=2, seeds=[0, 1], sample_steps=2)
+    common = dict(params={}, data_dir=None, groups={"mem": [f"a photo of thing {i}" for i in range(5)]},
+                  inits=["prompt", "random"], spec=spec, max_targets=None, device="cpu", dtype="float32",
+                  images={"mem": (str(root), str(prompts))}, chosen={"mem": [0, 1, 2, 3, 4]})
+    files = {}
+    for variant in ("none", "wen"):
+        one = tmp_path / f"{variant}.nc"
+        reuse = {"searches_from": str(tmp_path / "none.nc")} if variant == "wen" else {}
+        run_variant(str(tiny_model), variant, None, out=one, variant_id=variant, **reuse, **common)
+        chunks = []
+        for k in range(4):  # 2 + 2 + 1 targets, and a run past the last
+            chunks.append(tmp_path / variant / f"chunk{k}.nc")
+            reuse = {"searches_from": str(tmp_path / "none" / f"chunk{k}.nc")} if variant == "wen" else {}
+            run_variant(str(tiny_model), variant, None, out=chunks[-1], variant_id=variant, chunk=(k, 2), **reuse,
+                        **common)
+        assert merge(chunks, tmp_path / f"{variant}_merged.nc") == 5
+        files[variant] = one, tmp_path / f"{variant}_merged.nc"
+    for variant, (one, merged) in files.items():
+        a, b = xr.load_dataset(one), xr.load_dataset(merged)
+        xr.testing.assert_identical(a.drop_vars("seconds"), b.drop_vars("seconds"))
+    assert xr.load_dataset(tmp_path / "wen_merged.nc").attrs["searches_from"] == str(tmp_path / "none.nc")

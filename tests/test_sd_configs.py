@@ -23,6 +23,7 @@ from memprune.plan.config import Plan
 from memprune.plan.schema import validate_config
 
 SD = ["config/sd15.yaml", "config/sd2.yaml"]
+RANDOM = ["config/sd15_random.yaml", "config/sd2_random.yaml"]  # their architectures, random weights
 LOCALIZERS = ["wanda", "magnitude", "activation", "random", "nemo", "random_nemo"]
 
 
@@ -37,7 +38,7 @@ def key_paths(cfg: dict, path=()):
             yield from key_paths(v, path + (k,))
 
 
-@pytest.mark.parametrize("name", SD + ["config/sd15_random.yaml"])
+@pytest.mark.parametrize("name", SD + RANDOM)
 def test_sd_configs_state_only_what_they_change(name):
     raw = yaml.safe_load((REPO / name).read_text())
     full = validate_config(copy.deepcopy(raw))
@@ -101,12 +102,16 @@ def dry_run(config: str, *targets: str) -> dict[str, int]:
 
 # target -> the counts of its dry run on config/sd15.yaml (the rules this config adds, and the total)
 SD15_TARGETS = {
-    "results/iou.nc": {"capture_chunk": 116, "nemo_calibration": 1, "nemo_neurons": 2, "masks": 24, "model_layers": 1, "total": 151},
-    "results/sd15/eval.nc": {"eval_sample": 27, "eval_score": 27, "prune": 22, "nemo_neurons": 1,
-                             "adversarial_finetune": 1, "total": 135},
-    "results/sd15/recovery.nc": {"recovery_model": 7, "prune": 2, "adversarial_finetune": 1, "total": 66},
+    # NeMo's searches in chunks of 4 prompts (chunks.nemo): 408 memorized prompts in 102 jobs, 91 controls in 23
+    "results/iou.nc": {"capture_chunk": 116, "nemo_calibration": 1, "nemo_search": 102 + 23, "nemo_neurons": 2,
+                       "masks": 24, "model_layers": 1, "total": 276},
+    "results/sd15/eval.nc": {"eval_sample": 27, "eval_score": 27, "prune": 22, "nemo_search": 102, "nemo_neurons": 1,
+                             "adversarial_finetune": 1, "total": 237},
+    # 7 models x 1,000 targets in chunks of 8 (chunks.recovery); NeMo's edit needs its 102 search chunks
+    "results/sd15/recovery.nc": {"recovery_model": 7, "recovery_search": 7 * 125, "prune": 2, "nemo_search": 102,
+                                 "adversarial_finetune": 1, "total": 1043},
     "results/sd15/attack/table.csv": {"attack_generate": 6 * 63, "attack_analyze": 6, "adversarial_finetune": 1,
-                                      "total": 443},
+                                      "nemo_search": 102, "total": 545},
     # every stage's models once, then the table: 27 evaluated, 6 attacked, 7 recovered (the same subset-0 edits)
     "results/sd15/leaderboard.csv": {"eval_sample": 27, "attack_generate": 6 * 63, "recovery_model": 7,
                                      "leaderboard": 1, "leaderboard_stack": None},
@@ -143,9 +148,24 @@ def test_sd15_random_builds_its_model_and_runs_every_stage():
     assert rec.cfg["max_targets"] == 1 and rec.sets + rec.controls == ["memorized", "unmemorized"]
 
 
+@pytest.mark.slow
+def test_sd2_random_builds_its_model_and_runs_every_stage():
+    """SD2's counterpart of config/sd15_random.yaml: the same jobs, its own model (v-prediction) and SD2 prompts."""
+    jobs = dry_run("config/sd2_random.yaml", "results/iou.nc", "results/sd2_random/eval.nc",
+                   "results/sd2_random/recovery.nc", "results/sd2_random/attack/table.csv",
+                   "results/sd2_random/detection.nc", "results/sd2_random/leaderboard.csv")
+    assert jobs["random_model"] == 1 and jobs["stand_in_images"] == 2 and jobs["leaderboard"] == 1
+    assert jobs["nemo_neurons"] == 2 and jobs["recovery_model"] == 6 and jobs["adversarial_finetune"] == 1
+    assert jobs["eval_sample"] == 9 and jobs["attack_generate"] == 6 and jobs["detection_scores"] == 2
+    plan = Plan(load("config/sd2_random.yaml"), REPO)
+    assert plan.model_dir.endswith("results/random_models/sd2_seed0")
+    assert plan.image_size() == {"height": 768, "width": 768}
+    assert plan.sets["memorized"].file.endswith("smoke/sd2_memorized.jsonl")
+
+
 # Every shipped config as it is run: a file, or an overlay after its base (config/finetune/*.yaml)
-SHIPPED = [["config.yaml"]] + [[c] for c in SD + ["config/sd15_random.yaml", "config/testbed.yaml",
-                                                  "config/testbed_closed_loop.yaml", "config/testbed_finetune.yaml"]]
+SHIPPED = [["config.yaml"]] + [[c] for c in SD + RANDOM + ["config/testbed.yaml", "config/testbed_closed_loop.yaml",
+                                                           "config/testbed_finetune.yaml"]]
 SHIPPED += [["config/testbed_finetune.yaml", f"config/finetune/{e}.yaml"] for e in ("e16", "e32")]
 
 
@@ -179,7 +199,8 @@ PROMPT_FILE_KEYS = [("prompt_sets", "unmemorized"), ("evaluate", "nonmemorized")
 @pytest.mark.parametrize("section,key", PROMPT_FILE_KEYS)
 def test_a_repeated_prompt_stops_the_plan_naming_file_and_line(section, key, tmp_path):
     cfg = with_duplicated_file(load("config/sd15.yaml"), section, key, tmp_path / "bad.csv")
-    with pytest.raises(InputError, match=rf"{re.escape(str(tmp_path / 'bad.csv'))}:4: duplicate prompt \(first at line 2\)"):
+    with pytest.raises(InputError,
+                       match=rf"{re.escape(str(tmp_path / 'bad.csv'))}:4: duplicate prompt \(first at line 2\)"):
         Evaluation(Plan(cfg, REPO))
 
 
@@ -190,6 +211,7 @@ def test_a_repeated_prompt_stops_snakemake_n_naming_file_and_line(section, key, 
     overlay = with_duplicated_file({section: {}}, section, key, tmp_path / "bad.csv")
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "results/iou.nc", "--configfile",
-                           "config/sd15.yaml", str(tmp_path / "overlay.yaml")], cwd=REPO, capture_output=True, text=True)
+                           "config/sd15.yaml", str(tmp_path / "overlay.yaml")], cwd=REPO, capture_output=True,
+                          text=True)
     assert proc.returncode != 0
     assert f"{tmp_path / 'bad.csv'}:4: duplicate prompt (first at line 2)" in proc.stdout + proc.stderr

@@ -22,7 +22,8 @@ def _setup_logging(log_file: str | None) -> None:
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers,
+                        force=True)
 
 
 def cmd_make_dataset(args) -> None:
@@ -37,7 +38,8 @@ def cmd_train_testbed(args) -> None:
 
     spec = _json_arg(args.spec)
     model = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.pop("model", {}).items()})
-    train_testbed(Path(args.manifest), Path(args.out), TrainSpec(model=model, **spec), Path(args.bpe), progress=not args.no_progress)
+    train_testbed(Path(args.manifest), Path(args.out), TrainSpec(model=model, **spec), Path(args.bpe),
+                  progress=not args.no_progress)
 
 
 def _version() -> str:
@@ -164,7 +166,8 @@ def cmd_export(args) -> None:
 def cmd_train_clip(args) -> None:
     from memprune.testbed.clip import ClipSpec, train_clip
 
-    record = train_clip(Path(args.data), Path(args.out), ClipSpec(**_json_arg(args.spec)), progress=not args.no_progress)
+    record = train_clip(Path(args.data), Path(args.out), ClipSpec(**_json_arg(args.spec)),
+                        progress=not args.no_progress)
     print(json.dumps(record["retrieval"]))
 
 
@@ -172,7 +175,8 @@ def cmd_fetch_training_images(args) -> None:
     from memprune.evaluate.fetch_images import fetch_training_images
 
     counts = fetch_training_images(Path(args.prompts), Path(args.root), args.timeout, args.workers)
-    print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" (report: {Path(args.root) / 'fetch_report.csv'})")
+    print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+          + f" (report: {Path(args.root) / 'fetch_report.csv'})")
 
 
 def cmd_check(args) -> None:
@@ -243,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subsets", default=None, help="directory of the subsets' activation stores (from gather)")
     p.add_argument("--null", default=None, help="the null prompt's activation store")
     p.add_argument("--reference", default=None, help="directory of the imitated method's mask stores (random)")
-    p.add_argument("--neurons", default=None, help="a per-prompt localizer's search of the prompt set (`memprune nemo`)")
+    p.add_argument("--neurons", default=None,
+                   help="a per-prompt localizer's search of the prompt set (`memprune nemo`)")
     p.add_argument("--subsets-json", default=None, help='per-prompt localizers: {"<i>": [prompt indices], ...}')
     p.add_argument("--variant", choices=["paper", "reference"], default="paper", help="the activations' variant")
     p.add_argument("--layers", default=None, help="the model's observed weights (`memprune layers`); "
@@ -325,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     from memprune.attacks.cli import add_attack_arguments
 
     add_attack_arguments(sub)
-    from memprune.attacks.recovery import add_recovery_arguments
+    from memprune.attacks.recovery_cli import add_recovery_arguments
 
     add_recovery_arguments(sub)
     from memprune.mitigate.adversarial import add_adversarial_arguments
@@ -335,18 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_random_model_arguments(sub)
     p = sub.add_parser("fetch-training-images",
-                       help="download the training images of memorized prompts to <root>/<index>/0.png; report dead links")
+                       help="download the training images of memorized prompts to <root>/<index>/0.png; report dead "
+                            "links")
     p.add_argument("--prompts", required=True, help=".jsonl prompt file with `url` per row, or .csv with a URL column")
     p.add_argument("--root", required=True, help="ground-truth directory (config key evaluate.ground_truth)")
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--workers", type=int, default=8)
     p.set_defaults(func=cmd_fetch_training_images)
-    p = sub.add_parser("check", help="preflight: the external inputs (weights, SSCD, CLIP, training images) the targets "
-                       "need, each OK or MISSING with its fix; exit status 2 when one is missing")
+    p = sub.add_parser("check", help="preflight: the external inputs (weights, SSCD, CLIP, training images) the "
+                       "targets need, each OK or MISSING with its fix; exit status 2 when one is missing")
     p.add_argument("targets", nargs="*", help="paths as snakemake takes them (results/iou.nc, results/<model>/eval.nc, "
                    "...); none: everything the config builds. Targets go before --configfile")
-    p.add_argument("--configfile", nargs="+", default=[], help="config files overlaid in order on the schema's defaults, "
-                   "as snakemake takes them (default: config.yaml)")
+    p.add_argument("--configfile", nargs="+", default=[], help="config files overlaid in order on the schema's "
+                   "defaults, as snakemake takes them (default: config.yaml)")
     p.set_defaults(func=cmd_check)
     return parser
 

@@ -118,14 +118,31 @@ def search(unet, scheduler, z0, start, spec: RecoverySpec, gen):
     return y.detach(), losses
 
 
+def skip_draws(gen, n_targets: int, inits: list[str], spec: RecoverySpec, latent_shape, embedding_shape,
+               num_timesteps: int) -> None:
+    """Advance `gen` past what `attack_targets` draws for `n_targets` searched targets (a random start's noise,
+    then each search step's noise and timesteps, as `start_embedding` and `denoising_loss` draw them) without
+    running the model, so a chunk of the targets draws what the whole run draws for them."""
+    import torch
+
+    for _ in range(n_targets):
+        for init in inits:
+            if init == "random":
+                torch.randn(embedding_shape, generator=gen)
+            for _ in range(spec.steps):
+                torch.randn((spec.batch_size, *latent_shape[1:]), generator=gen)
+                torch.randint(0, num_timesteps, (spec.batch_size,), generator=gen)
+
+
 def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list[str], spec: RecoverySpec,
                    reference_prompts: list[str], progress: bool = False, searches: dict | None = None,
-                   metric=None, height: int | None = None, width: int | None = None) -> dict:
+                   metric=None, height: int | None = None, width: int | None = None, skip: int = 0) -> dict:
     """Run the search for every (target, init) against `pipe` and generate from the start and the found
     embedding with `spec.seeds`, at `height` x `width` pixels (None: the model's resolution). `targets`: {prompt,
     group, image (H, W, 3) uint8, unrelated}. `searches`: the searches already run against this UNet ({embedding
-    (T, I, 2, L, D): start and found, loss, seconds}, from `read_searches`), used instead of running them again. `metric`: the copy metric that scores the generations
-    (`evaluate.copies.CopyMetric`; None: SSIM at `spec.copy_threshold`). Returns arrays."""
+    (T, I, 2, L, D): start and found, loss, seconds}, from `read_searches`), used instead of running them again.
+    `metric`: the copy metric that scores the generations (`evaluate.copies.CopyMetric`; None: SSIM at
+    `spec.copy_threshold`). Returns arrays."""
     import torch
     from tqdm.auto import tqdm
 
@@ -139,6 +156,9 @@ def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list
     unet.requires_grad_(False)
     reference = embed(pipe, reference_prompts)
     gen = torch.Generator().manual_seed(spec.seed)
+    if skip and searches is None and targets:  # a chunk: the draws of the `skip` targets before it
+        skip_draws(gen, skip, inits, spec, image_latent(pipe, targets[0]["image"]).shape,
+                   reference.mean(0, keepdim=True).shape, pipe.scheduler.config.num_train_timesteps)
     T, I, S = len(targets), len(inits), len(spec.seeds)
     before, after = np.full((T, I, S), np.nan), np.full((T, I, S), np.nan)
     losses, seconds = np.full((T, I, spec.steps), np.nan), np.full((T, I), np.nan)
@@ -158,12 +178,13 @@ def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list
                 seconds[ti, ii] = time.perf_counter() - t0
             embeddings[ti, ii] = torch.cat([start, y]).cpu().numpy()
             for k, emb in enumerate((start, y)):
-                images, _ = variant.generate_embeds(pipe, emb.expand(S, -1, -1).to(unet.dtype), list(spec.seeds), cfg, params)
+                images, _ = variant.generate_embeds(pipe, emb.expand(S, -1, -1).to(unet.dtype), list(spec.seeds),
+                                                    cfg, params)
                 sim = metric.similarity(images, target["image"][None])[:, 0]
                 (before if k == 0 else after)[ti, ii] = sim
                 examples[ti, ii, k] = images[0]
-            log.info("recovery %s [%s] %s: %s %.2f -> %.2f, loss %.4f -> %.4f, %.1fs", target["group"], init, metric.name,
-                     target["prompt"][:40], np.median(before[ti, ii]), np.median(after[ti, ii]),
+            log.info("recovery %s [%s] %s: %s %.2f -> %.2f, loss %.4f -> %.4f, %.1fs", target["group"], init,
+                     metric.name, target["prompt"][:40], np.median(before[ti, ii]), np.median(after[ti, ii]),
                      losses[ti, ii, 0], losses[ti, ii, -1], seconds[ti, ii])
     return {"before": before, "after": after, "loss": losses, "seconds": seconds, "examples": examples,
             "embedding": embeddings}
@@ -189,7 +210,8 @@ def read_searches(path: str | Path, targets: list[dict], inits: list[str], spec:
             problems.append("its targets differ")
         if [str(i) for i in ds.init.values] != list(inits):
             problems.append(f"its starts are {[str(i) for i in ds.init.values]}, not {list(inits)}")
-        problems += [f"its {k} is {theirs.get(k)}, not {getattr(spec, k)}" for k in SEARCH_FIELDS if theirs.get(k) != getattr(spec, k)]
+        problems += [f"its {k} is {theirs.get(k)}, not {getattr(spec, k)}" for k in SEARCH_FIELDS
+                     if theirs.get(k) != getattr(spec, k)]
         if problems:
             raise InputError(f"{path}: cannot reuse its searches: " + "; ".join(problems))
         return {k: ds[k].values for k in ("embedding", "loss", "seconds")}
@@ -201,7 +223,7 @@ def copied(sim: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spec: RecoverySpec, res: dict,
-                     attrs: dict, metric=None):
+                     attrs: dict, metric=None, first: int = 0):
     """The recovery file; `ssim_original` / `ssim_recovered` hold the copy metric's similarity (attrs
     `copy_metric`: SSIM, or SSCD), the names kept from before SSCD could score them."""
     import xarray as xr
@@ -213,10 +235,12 @@ def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spe
     ds = xr.Dataset(
         {
             "ssim_original": (("target", "init", "seed"), res["before"],
-                              {"long_name": f"{what} to the target of generations from the start embedding (init=prompt: the original prompt)"}),
+                              {"long_name": f"{what} to the target of generations from the start embedding "
+                                            "(init=prompt: the original prompt)"}),
             "ssim_recovered": (("target", "init", "seed"), res["after"],
                                {"long_name": f"{what} to the target of generations from the recovered embedding"}),
-            "loss": (("target", "init", "search_step"), res["loss"], {"long_name": "the search's denoising loss per step"}),
+            "loss": (("target", "init", "search_step"), res["loss"],
+                     {"long_name": "the search's denoising loss per step"}),
             "seconds": (("target", "init"), res["seconds"], {"long_name": "seconds of the search (generation apart)"}),
             "copied_original": (("target", "init"), copied(res["before"], metric.threshold).astype(np.uint8),
                                 {"long_name": f"most seeds from the start embedding reach {metric.label()}"}),
@@ -226,9 +250,11 @@ def recovery_dataset(variant_id: str, targets: list[dict], inits: list[str], spe
                          {"long_name": "the first seed's generation from the start and from the recovered embedding"}),
             "target_image": (("target", "y", "x", "rgb"), np.stack([t["image"] for t in targets])),
             "embedding": (("target", "init", "which", "token", "dim"), res["embedding"],
-                          {"long_name": "the search's start (which=original) and found (which=recovered) text embedding"}),
+                          {"long_name": "the search's start (which=original) and found (which=recovered) "
+                                        "text embedding"}),
         },
-        coords={"target": np.arange(len(targets)), "prompt": ("target", np.array([t["prompt"] for t in targets], dtype=object)),
+        coords={"target": first + np.arange(len(targets)),
+                "prompt": ("target", np.array([t["prompt"] for t in targets], dtype=object)),
                 "group": ("target", np.array([t["group"] for t in targets], dtype=object)),
                 "init": list(inits), "seed": list(spec.seeds), "search_step": np.arange(spec.steps),
                 "which": ["original", "recovered"]},
@@ -250,7 +276,8 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
                 inits: list[str], spec: RecoverySpec, out: str | Path, variant_id: str, max_targets: int | None,
                 new_photos: int = 0, device="auto", dtype="auto", progress=False, searches_from: str | None = None,
                 images: dict | None = None, chosen: dict | None = None, subset: dict | None = None,
-                sscd: str | None = None, height: int | None = None, width: int | None = None) -> None:
+                sscd: str | None = None, height: int | None = None, width: int | None = None,
+                chunk: tuple[int, int] | None = None) -> None:
     """The recovery attack on one variant: targets are the first `max_targets` prompts of each group
     (`groups`: {group: prompt list}), or those of `chosen` ({group: prompt indices}, the plan's: an edit's own
     subset photos and held-out ones), with their training photos from the testbed dataset `data_dir`, or from
@@ -269,11 +296,13 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
     pipe = v.load(model, checkpoint, device, dtype, None)
     metric = CopyMetric(spec.copy_threshold, sscd, str(pipe.unet.device))
     h, w = image_size(pipe, height, width)
-    picked = {g: [ps[i] for i in chosen[g]] if g in chosen else ps[:max_targets] for g, ps in groups.items()} if chosen else groups
+    picked = ({g: [ps[i] for i in chosen[g]] if g in chosen else ps[:max_targets] for g, ps in groups.items()}
+              if chosen else groups)
     targets = first_photos(picked, data_dir, images, (w, h) if images else None, None if chosen else max_targets)
     all_prompts = [p for ps in groups.values() for p in ps]
     for target in targets:
-        target["unrelated"] = all_prompts[(all_prompts.index(target["prompt"]) + len(all_prompts) // 2) % len(all_prompts)]
+        target["unrelated"] = all_prompts[(all_prompts.index(target["prompt"]) + len(all_prompts) // 2)
+                                          % len(all_prompts)]
     if new_photos:
         from memprune.testbed.derived import new_photos as make_new
 
@@ -282,83 +311,28 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
             targets.append({"prompt": caption, "group": "never_seen", "image": image, "unrelated": all_prompts[0]})
     if not targets:
         raise InputError("recovery: no targets (config key recovery.targets)")
+    first = 0
+    if chunk is not None:  # (index, size): this job's run of the targets; the draws before it are skipped
+        first = min(chunk[0] * chunk[1], len(targets))
+        targets = targets[first : first + chunk[1]]
+        if not targets:
+            from memprune.attacks.recovery_chunks import write_empty_chunk
+
+            return write_empty_chunk(out, variant_id)
     searches = None
     if searches_from:
         if checkpoint or v.attacked_as != "none":
             raise InputError(f"--searches-from: the variant {v.name!r} is not attacked through the unedited UNet")
         searches = read_searches(searches_from, targets, inits, spec)
     res = attack_targets(pipe, v, params, targets, inits, spec, all_prompts[:64], progress=progress, searches=searches,
-                         metric=metric, height=height, width=width)
-    ds = recovery_dataset(variant_id, targets, inits, spec, res, {"model": str(model), "checkpoint": str(checkpoint or ""),
-                                                                  "variant_name": v.name, "variant_params": json.dumps(params),
-                                                                  "searches_from": str(searches_from or ""),
-                                                                  "subset": json.dumps(subset) if subset is not None else ""},
-                          metric)
+                         metric=metric, height=height, width=width, skip=first)
+    ds = recovery_dataset(variant_id, targets, inits, spec, res,
+                          {"model": str(model), "checkpoint": str(checkpoint or ""),
+                           "variant_name": v.name, "variant_params": json.dumps(params),
+                           "searches_from": str(searches_from or ""),
+                           "subset": json.dumps(subset) if subset is not None else ""},
+                          metric, first)
     ds["split"] = ("target", np.array(split_of(targets, groups, subset), dtype=object),
-                   {"long_name": "subset: a photo of the prompts whose masks made the edit; heldout: another; all: no edit"})
+                   {"long_name": "subset: a photo of the prompts whose masks made the edit; heldout: another; "
+                                 "all: no edit"})
     write_netcdf(ds, out)
-
-
-def add_recovery_arguments(sub) -> None:
-    """Register `recover` and `recovery-table`."""
-    from memprune.cliargs import add_model_args, add_size_args
-    from memprune.formats.prompts import json_object, read_prompts
-
-    def run(args):
-        groups = {g: read_prompts(Path(f)) for g, f in json_object(args.groups_json).items()}
-        spec = RecoverySpec(**json_object(args.spec))
-        images = {g: tuple(v) for g, v in json_object(args.images_json).items()} if args.images_json else None
-        if bool(args.data) == bool(images):
-            raise InputError("recover: give the testbed dataset (--data) or the fetched images (--images-json), one of them")
-        run_variant(args.model, args.variant, args.checkpoint, args.variant_params or {}, args.data, groups,
-                    args.inits.split(","), spec, args.out, args.id or args.variant, args.max_targets, args.new_photos,
-                    args.device, args.dtype, progress=not args.no_progress, searches_from=args.searches_from, images=images,
-                    chosen=json_object(args.targets_json) if args.targets_json else None,
-                    subset=json_object(args.subset_json) if args.subset_json else None, sscd=args.sscd,
-                    height=args.height, width=args.width)
-
-    def table(args):
-        import pandas as pd
-
-        from memprune.attacks.recovery_report import recovery_figure, summary
-        from memprune.formats.store import atomic_file, write_netcdf
-
-        ds, rows = summary([Path(p) for p in args.variants])
-        frame = pd.DataFrame(rows)
-        ds.attrs["table"] = frame.to_json(orient="records")
-        write_netcdf(ds, args.out)
-        with atomic_file(Path(args.csv)) as tmp:
-            frame.to_csv(tmp, index=False)
-        print(frame.to_string(index=False))
-        if args.figure:
-            recovery_figure(ds, Path(args.figure))
-
-    p = sub.add_parser("recover", help="recovery attack (Finding Dori) on one model variant: MR after a text-embedding search")
-    add_model_args(p, sampling=False)
-    add_size_args(p)
-    p.add_argument("--variant", required=True, help="a registry name (none, pruned, wen)")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--variant-params", type=json_object, default=None)
-    p.add_argument("--id", default=None, help="the variant's id in the table")
-    p.add_argument("--data", default=None, help="the testbed dataset (the targets' training photos)")
-    p.add_argument("--images-json", default=None, help="or {group: [root, prompt file]}: fetched images, <root>/<index>/*.png")
-    p.add_argument("--groups-json", required=True, help='{group: prompt file}: targets and controls')
-    p.add_argument("--inits", default="prompt", help=f"comma-separated starts: {','.join(INITS)}")
-    p.add_argument("--spec", default="{}", help="JSON of RecoverySpec fields")
-    p.add_argument("--max-targets", type=int, default=None)
-    p.add_argument("--targets-json", default=None, help="{group: [prompt indices]}: the targets (the plan's), instead of the first --max-targets")
-    p.add_argument("--subset-json", default=None,
-                   help="{group: [prompt indices]}: the prompts whose masks made the edit (targets' split: subset / heldout)")
-    p.add_argument("--new-photos", type=int, default=0)
-    p.add_argument("--searches-from", default=None,
-                   help="the unedited model's recovery file: an inference-time variant (wen) reuses its searches")
-    p.add_argument("--sscd", default=None, help="SSCD TorchScript checkpoint that decides copies (default: SSIM)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=run)
-    p = sub.add_parser("recovery-table", help="merge recovery files: recovery.nc, DoRI's table, figure")
-    p.add_argument("--variants", nargs="+", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--csv", required=True)
-    p.add_argument("--figure", default=None)
-    p.set_defaults(func=table)

@@ -2,8 +2,8 @@
 
   calibration.nc  per channel of the value layers: mean and sd of the text activation over non-memorized
                   prompts; per calibration prompt its memorization score; attribute `threshold` (mean + 1 sd)
-  <set>.nc        per prompt of a set that collections draw from (prompt, channel): z-scores, the initial and the refined
-                  neuron sets; per prompt: memorization score before and after blocking its refined set,
+  <set>.nc        per prompt of a set that collections draw from (prompt, channel): z-scores, the initial and the
+                  refined neuron sets; per prompt: memorization score before and after blocking its refined set,
                   similarity of the blocked prediction, theta / k / rounds of the selection, UNet calls (`runs`)
                   and the predictions they made (`samples`), seconds;
                   `pool_index`: each prompt's line in its prompt set (a subset's edit: the union of its prompts)
@@ -132,7 +132,8 @@ def search(model: str, pool: list[str], indices: list[int], calibration: str | P
         "memorized", "score", "looked_at", "initial_similarity", "theta", "k", "rounds", "refined_similarity",
         "score_blocked", "refine_capped", "runs", "samples", "seconds")}
     ds = xr.Dataset(
-        {"z": (("prompt", "channel"), z.astype(np.float32)), "activation": (("prompt", "channel"), act.astype(np.float32)),
+        {"z": (("prompt", "channel"), z.astype(np.float32)),
+         "activation": (("prompt", "channel"), act.astype(np.float32)),
          "initial": (("prompt", "channel"), initial), "refined": (("prompt", "channel"), refined),
          "n_initial": ("prompt", initial.sum(1)), "n_refined": ("prompt", refined.sum(1)),
          **per},
@@ -167,8 +168,34 @@ def read_neurons(path: str | Path, base_hash: str | None = None):
     return ds
 
 
+MERGED_ATTRS = ("threshold", "layers", "params", "model", "base_unet_sha256", "calibration")  # equal in every chunk
+
+
+def merge(chunks: list[str | Path], out: str | Path) -> int:
+    """One neurons file from the chunk files of a prompt set's search (`chunks.nemo` prompts each), in prompt order:
+    what one search job over all the prompts would write. The chunks must share calibration, parameters and model."""
+    import xarray as xr
+
+    from memprune.formats.store import write_netcdf
+
+    parts = [xr.load_dataset(c) for c in chunks]
+    parts = [ds.assign_coords(prompt=ds.prompt.values.astype(object)) for ds in parts]  # as written: not fixed-width
+    if not parts:
+        raise InputError("nemo-merge: no chunk files")
+    for path, ds in zip(chunks[1:], parts[1:]):
+        differ = [k for k in MERGED_ATTRS if str(ds.attrs.get(k)) != str(parts[0].attrs.get(k))]
+        if differ:
+            raise InputError(f"{path}: its {', '.join(differ)} differ from {chunks[0]}'s: rerun its search")
+    merged = xr.concat(parts, dim="prompt", data_vars="minimal", coords="minimal", compat="override",
+                       combine_attrs="override")
+    if len(set(merged.pool_index.values.tolist())) != merged.sizes["prompt"]:
+        raise InputError(f"nemo-merge: a prompt is searched in more than one of {[str(c) for c in chunks]}")
+    write_netcdf(merged.sortby("pool_index"), out)
+    return merged.sizes["prompt"]
+
+
 def add_nemo_arguments(sub) -> None:
-    """Register `nemo-calibrate` and `nemo` on the subparsers `sub`."""
+    """Register `nemo-calibrate`, `nemo` and `nemo-merge` on the subparsers `sub`."""
     from memprune.cliargs import add_size_args
     from memprune.formats.prompts import json_object, read_prompts
 
@@ -208,3 +235,7 @@ def add_nemo_arguments(sub) -> None:
     p.add_argument("--calibration", required=True, help="from `memprune nemo-calibrate`")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_search)
+    p = sub.add_parser("nemo-merge", help="NeMo: one neurons file of a prompt set from its search chunks")
+    p.add_argument("--chunks", nargs="+", required=True, help="the chunk files of `memprune nemo`")
+    p.add_argument("--out", required=True, help="netCDF file")
+    p.set_defaults(func=lambda args: print(json.dumps({"prompts": merge(args.chunks, args.out)})))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memprune.plan.config import EvalModel, Plan, key_error, options
+from memprune.plan.chunks import nemo_search_parts
 from memprune.plan.inputs import evaluation_prompts
 
 
@@ -25,9 +26,8 @@ def _benchmark_parts(plan: Plan, method: str, collection: str, subset: int) -> l
             in_chunk = sum(1 for k in indices if k // n == chunk)
             parts.append([plan.capture_bench(col.set, chunk), in_chunk / (min((chunk + 1) * n, size) - chunk * n)])
         parts.append([plan.capture_bench(None), 1.0])
-    if m.per_prompt:  # its search, in proportion of the subset's prompts among those searched; calibration whole
-        searched = len(plan.neuron_prompts(col.set))
-        parts.append([plan.bench(f"nemo/{method}/{m.tag}", col.set), len(col.subsets[subset]) / searched])
+    if m.per_prompt:  # its search chunks, each in proportion of its prompts that are the subset's; calibration whole
+        parts += nemo_search_parts(plan, method, col.set, col.subsets[subset])
         parts.append([plan.bench(f"nemo/{method}/{m.tag}", "calibration"), 1.0])
     layers = plan.bench("model", "layers")  # the observed weights every mask job reads: whole, as the null capture
     if m.reference:
@@ -85,17 +85,20 @@ class Evaluation:
 
         def pruned(method):  # the first max_subsets subsets of each collection (per method when a mapping)
             cap = caps.get(method) if isinstance(caps, dict) else caps
-            return {c: list(range(len(plan.collections[c].subsets) if cap is None else min(cap, len(plan.collections[c].subsets))))
+            return {c: list(range(len(plan.collections[c].subsets) if cap is None
+                                  else min(cap, len(plan.collections[c].subsets))))
                     for c in self.collections}
 
         self.models = plan.models(["none"], {}, methods)  # the unedited model first
         for v in ev["variants"]:
             for method in methods:
-                self.models += [m for m in plan.models([v], pruned(method), [method]) if m.id not in {x.id for x in self.models}]
+                self.models += [m for m in plan.models([v], pruned(method), [method])
+                                if m.id not in {x.id for x in self.models}]
         s = plan.config["sampling"]
         self.dir = f"{plan.results}/eval/steps{s['steps']}_g{s['guidance']}"
         mem_set = ev["memorized"] or (plan.collections[self.collections[0]].set if self.collections else None)
-        self.memorized = plan.sets[mem_set].file if mem_set in plan.sets else (plan.repo_path(mem_set) if mem_set else None)
+        self.memorized = (plan.sets[mem_set].file if mem_set in plan.sets
+                          else (plan.repo_path(mem_set) if mem_set else None))
         self.nonmemorized = plan.repo_path(ev["nonmemorized"]) if ev.get("nonmemorized") else None
         detected = mem_set in plan.sets and plan.sets[mem_set].detected  # its file is written by detection
         # read now as eval-sample will, so a bad file stops the plan (naming file and line), not the job
@@ -103,7 +106,8 @@ class Evaluation:
                            ev["max_nonmemorized"])
         self.data = plan.data_dir if plan.is_testbed and not ev.get("ground_truth") else None
         clip = ev["clip"]
-        self.clip_dir = "results/testbed/clip" if clip.get("use_retrained") else (plan.repo_path(clip["weights"]) if clip["weights"] else None)
+        self.clip_dir = ("results/testbed/clip" if clip.get("use_retrained")
+                         else (plan.repo_path(clip["weights"]) if clip["weights"] else None))
 
     def by_path(self) -> dict[str, EvalModel]:
         return {m.path: m for m in self.models}
@@ -121,9 +125,11 @@ class Evaluation:
 
     def metric_args(self) -> str:
         ev, plan = self.cfg, self.plan
-        return options(data=self.data, ground_truth=plan.repo_path(ev["ground_truth"]) if ev.get("ground_truth") else None,
+        return options(data=self.data,
+                       ground_truth=plan.repo_path(ev["ground_truth"]) if ev.get("ground_truth") else None,
                        sscd=plan.repo_path(ev["sscd"]) if ev.get("sscd") else None, clip_name=ev["clip"].get("name"),
-                       clip_weights=self.clip_dir, inception=plan.repo_path(ev["inception"]) if ev.get("inception") else None,
+                       clip_weights=self.clip_dir,
+                       inception=plan.repo_path(ev["inception"]) if ev.get("inception") else None,
                        device=plan.model["device"])
 
     def metric_inputs(self) -> dict:
@@ -144,7 +150,8 @@ class Evaluation:
             if m.method is not None:
                 col = plan.collections[m.collection]
                 entry.update(method=m.method, subset=m.subset_label, prompts_file=plan.sets[col.set].file,
-                             indices=list(col.subsets[m.subset]), mask_costs=_benchmark_parts(plan, m.method, m.collection, m.subset))
+                             indices=list(col.subsets[m.subset]),
+                             mask_costs=_benchmark_parts(plan, m.method, m.collection, m.subset))
             out[m.id] = entry
         return json.dumps(out)
 
@@ -162,12 +169,15 @@ class Attack:
         plan, atk = self.plan, self.plan.config["attack"]
         self.cfg = atk
         first = plan.first_memorized()
-        default_sets = [plan.collections[first].set] if first and not plan.sets[plan.collections[first].set].detected else []
+        default_sets = ([plan.collections[first].set]
+                        if first and not plan.sets[plan.collections[first].set].detected else [])
         self.sets = plan.file_sets("attack.candidates", atk["candidates"] or default_sets)
-        pruned = plan._check_pruned("attack.pruned", atk["pruned"] if atk["pruned"] is not None else ({first: [0]} if first else {}))
+        pruned = plan._check_pruned("attack.pruned",
+                                    atk["pruned"] if atk["pruned"] is not None else ({first: [0]} if first else {}))
         methods = plan._check_methods("attack.methods", atk["methods"] or list(plan.methods)[:1])
         self.models = plan.models(atk["variants"], pruned, methods)
-        self.tag = f"n{atk['n_samples']}_seed{atk['seed']}_steps{atk['steps']}_g{atk['guidance']}_grid{atk['tile_grid']}"
+        self.tag = (f"n{atk['n_samples']}_seed{atk['seed']}_steps{atk['steps']}"
+                    f"_g{atk['guidance']}_grid{atk['tile_grid']}")
         self.dir = f"{plan.results}/attack"
         self.data = plan.data_dir if plan.is_testbed else None
 
@@ -199,11 +209,13 @@ class Detection:
     def __post_init__(self):
         plan, det = self.plan, self.plan.config["detection"]
         self.cfg = det
-        self.sets = plan.file_sets("detection.candidates", det["candidates"] or [n for n, s in plan.sets.items() if not s.detected])
+        self.sets = plan.file_sets("detection.candidates",
+                                   det["candidates"] or [n for n, s in plan.sets.items() if not s.detected])
         self.positive = det["positive"] or list(dict.fromkeys(
             c.set for c in plan.collections.values() if not c.control and c.set in self.sets))
         if not set(self.positive) <= set(self.sets):
-            raise key_error("detection.positive", f"{sorted(set(self.positive) - set(self.sets))} are not in detection.candidates {self.sets}")
+            raise key_error("detection.positive", f"{sorted(set(self.positive) - set(self.sets))} are not in "
+                            f"detection.candidates {self.sets}")
         self.dir = plan.det_dir
         self.detected = {n: s for n, s in plan.sets.items() if s.detected}
 
@@ -238,16 +250,19 @@ class Recovery:
         first = plan.first_memorized()
         self.sets = plan.file_sets("recovery.targets", rec["targets"])
         self.controls = plan.file_sets("recovery.controls", rec.get("controls") or [])
-        self.roots = {} if plan.is_testbed else image_roots(plan, "recovery.targets and controls", self.sets + self.controls)
-        pruned = plan._check_pruned("recovery.pruned", rec.get("pruned") if rec.get("pruned") is not None else ({first: [0]} if first else {}))
+        self.roots = {} if plan.is_testbed else image_roots(plan, "recovery.targets and controls",
+                                                            self.sets + self.controls)
+        pruned = plan._check_pruned("recovery.pruned", rec.get("pruned") if rec.get("pruned") is not None
+                                    else ({first: [0]} if first else {}))
         methods = plan._check_methods("recovery.methods", rec.get("methods") or list(plan.methods)[:1])
         self.models = plan.models(rec.get("variants", ["none", "pruned"]), pruned, methods)
         spec = {k: rec[k] for k in ("steps", "lr", "batch_size", "seed", "seeds", "sample_steps", "guidance",
                                     "copy_threshold") if k in rec}
         self.spec = json.dumps(spec)
         inits = ",".join(rec.get("inits", ["prompt"]))
-        self.tag = (f"s{spec.get('steps', 50)}_lr{spec.get('lr', 0.1)}_b{spec.get('batch_size', 8)}_seed{spec.get('seed', 0)}"
-                    f"_n{rec.get('max_targets')}_new{rec.get('new_photos', 0)}_{inits.replace(',', '+')}_split")  # split: subset and held-out targets
+        self.tag = (f"s{spec.get('steps', 50)}_lr{spec.get('lr', 0.1)}_b{spec.get('batch_size', 8)}"
+                    f"_seed{spec.get('seed', 0)}_n{rec.get('max_targets')}_new{rec.get('new_photos', 0)}"
+                    f"_{inits.replace(',', '+')}_split")  # split: subset and held-out targets
         self.dir = f"{plan.results}/recovery/{self.tag}"
 
     def by_path(self) -> dict[str, EvalModel]:
@@ -256,13 +271,27 @@ class Recovery:
     def result(self, model: EvalModel) -> str:
         return f"{self.dir}/{model.path}.nc"
 
-    def searches_from(self, model: EvalModel) -> list[str]:
-        """The recovery file whose searches `model` reuses: an inference-time variant's (Wen) are the unedited
-        model's, when that model is attacked too; [] otherwise."""
+    def chunk_count(self) -> int:
+        """Jobs per model: the planned targets (photos found or not) in runs of `chunks.recovery`."""
+        n = sum(len(v) for v in self.chosen().values()) + int(self.cfg.get("new_photos") or 0)
+        return max(1, -(-n // int(self.plan.config["chunks"]["recovery"])))
+
+    def chunk(self, model: EvalModel, k: int | str) -> str:
+        return f"{self.dir}/{model.path}/chunk{k}.nc"
+
+    def chunks(self, model: EvalModel) -> list[str]:
+        return [self.chunk(model, k) for k in range(self.chunk_count())]
+
+    def chunk_args(self, k: int | str) -> str:
+        return f"--chunk {k}:{self.plan.config['chunks']['recovery']}"
+
+    def searches_from(self, model: EvalModel, k: int | str) -> list[str]:
+        """The recovery chunk whose searches `model`'s chunk k reuses: an inference-time variant's (Wen) are the
+        unedited model's, when that model is attacked too; [] otherwise."""
         from memprune import variants
 
         base = variants.get(model.variant).attacked_as
-        return [self.result(m) for m in self.models if base and m.variant == base and m.method is None][:1]
+        return [self.chunk(m, k) for m in self.models if base and m.variant == base and m.method is None][:1]
 
     def groups_json(self) -> str:
         return json.dumps({s: self.plan.sets[s].file for s in self.sets + self.controls})
@@ -312,7 +341,8 @@ class Recovery:
         return f"{self.plan.results}/recovery.nc"
 
     def targets(self) -> list[str]:
-        return [self.output, f"{self.plan.results}/recovery.csv", f"{self.plan.results}/figures/recovery.png"] if self.enabled else []
+        return ([self.output, f"{self.plan.results}/recovery.csv", f"{self.plan.results}/figures/recovery.png"]
+                if self.enabled else [])
 
 
 @dataclass
@@ -327,13 +357,15 @@ class Adversarial:
 
         plan, a = self.plan, self.plan.config.get("adversarial") or {}
         self.cfg = a
-        used = {v for key in ("evaluate", "attack", "recovery") for v in (plan.config.get(key) or {}).get("variants") or []}
+        used = {v for key in ("evaluate", "attack", "recovery")
+                for v in (plan.config.get(key) or {}).get("variants") or []}
         self.enabled = any(variants.get(v).trained for v in used)
         self.sets = plan.file_sets("adversarial.targets", a.get("targets", ["memorized"])) if self.enabled else []
         self.output = plan.trained_checkpoint() if self.enabled else None
         # Stable Diffusion: the targets' fetched photos, and every other listed set's images as the retained data
         self.roots = {} if plan.is_testbed or not self.enabled else image_roots(
-            plan, "adversarial.targets", list(dict.fromkeys(self.sets + list((plan.config.get("recovery") or {}).get("images") or {}))))
+            plan, "adversarial.targets",
+            list(dict.fromkeys(self.sets + list((plan.config.get("recovery") or {}).get("images") or {}))))
 
     def truth_args(self) -> str:
         return truth_args(self.plan, self.roots) if self.enabled else ""
@@ -346,6 +378,7 @@ class Adversarial:
 
     def args(self) -> str:
         files = " ".join(self.plan.sets[s].file for s in self.sets)
-        return f"--prompts-file {files} " + options(max_targets=self.cfg.get("max_targets"), threads=self.cfg.get("threads", 2),
+        return f"--prompts-file {files} " + options(max_targets=self.cfg.get("max_targets"),
+                                                   threads=self.cfg.get("threads", 2),
                                                    device=None if self.plan.is_testbed else self.plan.model["device"],
                                                    **self.plan.image_size())  # the surrogates' and photos' size

@@ -14,80 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from memprune.errors import InputError
+from memprune.plan.types import (  # noqa: F401 (re-exported: rules and modules import them from here)
+    Collection, EvalModel, Method, PromptSet, key_error, options, prompts_digest,
+)
 from memprune.plan.inputs import read_prompt_file
 from memprune.plan.schema import resolve_shared
 from memprune.plan.subsets import chunks_of, draw_subsets, subsets_from_files
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    name: str
-    file: str  # the prompt file (for a detected set: the file the checkpoint writes)
-    size: int
-    detect_from: tuple[str, ...] = ()  # closed loop: the pool it is detected from
-
-    @property
-    def detected(self) -> bool:
-        return bool(self.detect_from)
-
-
-@dataclass(frozen=True)
-class Collection:
-    name: str
-    set: str
-    subsets: tuple[tuple[int, ...], ...]
-    control: bool
-
-
-@dataclass(frozen=True)
-class Method:
-    """A localizer with its parameters; `tag` names what its masks depend on (activation tag, parameters)."""
-
-    name: str
-    params: dict
-    tag: str
-    statistics: tuple[str, ...]
-    reference: str | None  # the method whose masks it imitates (random)
-    localizer: str = ""  # the implementation (localize/<localizer>.py); the entry's name unless it sets `localizer`
-    per_prompt: bool = False  # reads a per-prompt search (NeMo's neurons) instead of activation captures
-
-
-@dataclass(frozen=True)
-class EvalModel:
-    """One model compared by evaluation or the attack: `id` labels it in tables, `path` is its place under
-    samples/, scores/ and the attack cache; pruned ones name their method, collection and subset."""
-
-    id: str
-    variant: str
-    path: str
-    method: str | None = None
-    collection: str | None = None
-    subset: int | None = None
-    checkpoint: str | None = None  # a trained variant's (adversarial), written by its training rule
-
-    @property
-    def subset_label(self) -> str | None:
-        return None if self.collection is None else f"{self.collection}/{self.subset}"
 
 
 TAG_NAMES = {"sparsity": "sp", "theta_step": "dth", "theta_min": "thmin", "step_index": "at", "max_refine": "ref",
              "max_calibration": "ncal", "calibration": "on"}  # parameter names shortened in path tags
 # The headline targets (`snakemake results/iou.nc`): copies of the loaded config's model's own (Plan.analysis_outputs)
 LATEST = {"results/iou.nc": "iou", "results/density.nc": "density"}
-
-
-def prompts_digest(prompts: list[str]) -> str:
-    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
-
-
-def options(**values) -> str:
-    """`--name value` for every option that is set (None is left out, never printed); underscores become dashes."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items() if v is not None)
-
-
-def key_error(where: str, message: str) -> InputError:
-    return InputError(f"config key {where}: {message}")
 
 
 @dataclass
@@ -106,11 +44,13 @@ class Plan:
         tb = cfg["testbed"]
         self.derived = tb.get("derived")  # a testbed derived from the shipped one (testbed/derived.py)
         if self.derived and self.name == "testbed":
-            raise key_error("model.name", "a derived testbed needs its own name (results/testbed holds its base's data)")
+            raise key_error("model.name",
+                            "a derived testbed needs its own name (results/testbed holds its base's data)")
         self.is_testbed = Path(self.model["path"]).name == "testbed" or tb["use_retrained"] or bool(self.derived)
         retrained = f"results/{self.name}/model" if self.derived else "results/testbed/model"
         self.model_dir = retrained if tb["use_retrained"] else self.repo_path(self.model["path"])
-        self.model_is_local = tb["use_retrained"] or Path(self.model_dir).exists() or self.model_dir.startswith("results/")
+        self.model_is_local = (tb["use_retrained"] or Path(self.model_dir).exists()
+                               or self.model_dir.startswith("results/"))
         # the dataset the model is measured against: the testbed's, or the derived testbed's extended one
         self.data_dir = f"results/{self.name}/data" if self.derived else "results/testbed/data"
         self.layers_file = f"results/{self.name}/layers.safetensors"  # observed weights + UNet hash (formats/layers.py)
@@ -144,8 +84,10 @@ class Plan:
         for name, spec in detected.items():
             bad = [p for p in spec["detect_from"] if p not in sets]
             if bad:
-                raise key_error(f"prompt_sets.{name}.detect_from", f"{bad} are not prompt sets read from files; known: {sorted(sets)}")
-            sets[name] = PromptSet(name, f"{self.det_dir}/detected/{name}.txt", spec["top_k"], tuple(spec["detect_from"]))
+                raise key_error(f"prompt_sets.{name}.detect_from",
+                                f"{bad} are not prompt sets read from files; known: {sorted(sets)}")
+            sets[name] = PromptSet(name, f"{self.det_dir}/detected/{name}.txt", spec["top_k"],
+                                   tuple(spec["detect_from"]))
         return sets
 
     def prompts(self, name: str) -> list[str]:
@@ -162,17 +104,20 @@ class Plan:
         pset = self.sets[spec["set"]]
         if "files" in spec:
             if pset.detected:
-                raise key_error(f"{where}.files", "subsets of a detected prompt set are drawn (n_subsets, size), not listed")
-            subsets = subsets_from_files(self._read[pset.name], [self.repo_path(f) for f in spec["files"]], f"config key {where}")
+                raise key_error(f"{where}.files",
+                                "subsets of a detected prompt set are drawn (n_subsets, size), not listed")
+            subsets = subsets_from_files(self._read[pset.name], [self.repo_path(f) for f in spec["files"]],
+                                         f"config key {where}")
         else:
-            subsets = draw_subsets(pset.size, spec["n_subsets"], spec["size"], spec.get("seed", 0), f"config key {where}")
+            subsets = draw_subsets(pset.size, spec["n_subsets"], spec["size"], spec.get("seed", 0),
+                                   f"config key {where}")
         return Collection(name, pset.name, tuple(tuple(int(i) for i in s) for s in subsets), bool(spec.get("control")))
 
     def _methods(self) -> dict[str, Method]:
         from memprune import localize
 
         shared = self.config["masks"]
-        methods = {}
+        methods, per_step = {}, {}
         for name, given in self.config["localizers"].items():
             given = dict(given or {})
             impl = given.pop("localizer", name)  # e.g. random_nemo: {localizer: random, like: nemo}
@@ -180,12 +125,14 @@ class Plan:
             params = loc.params({k: v for k, v in {**shared, **given}.items() if k in loc.defaults})
             ref = params.get("like") if loc.reference else None
             if loc.reference and ref not in methods:
-                raise key_error(f"localizers.{name}.like", f"{ref!r} is not a localizer listed before it; known: {sorted(methods)}")
+                raise key_error(f"localizers.{name}.like",
+                                f"{ref!r} is not a localizer listed before it; known: {sorted(methods)}")
             if loc.per_prompt and not params.get("calibration"):
                 raise key_error(f"localizers.{name}.calibration", "name the non-memorized prompt sets it calibrates on")
             for set_name in params.get("calibration") or ():
                 if set_name not in self.sets or self.sets[set_name].detected:
-                    raise key_error(f"localizers.{name}.calibration", f"{set_name!r} is not a prompt set read from a file")
+                    raise key_error(f"localizers.{name}.calibration",
+                                    f"{set_name!r} is not a prompt set read from a file")
 
             def value(v):
                 return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else v
@@ -198,8 +145,12 @@ class Plan:
             else:
                 tag = own or "default"  # a method without parameters (oracle)
             methods[name] = Method(name, params, tag, tuple(loc.statistics), ref, impl, loc.per_prompt)
+            per_step[name] = loc.uses_timesteps and (per_step[ref] if ref else True)  # random: as the one it imitates
         if not methods:
             raise key_error("localizers", "no localizer listed")
+        if not any(per_step.values()):  # the analysis's IOU over time (rules/analysis.smk) needs one
+            raise key_error("localizers", f"none of {sorted(methods)} gives per-timestep masks, which the analysis "
+                                          "(iou.nc over time) needs: list one that does, e.g. wanda: {}")
         return methods
 
     # ------------------------------------------------------------------------------------------ paths
@@ -232,7 +183,8 @@ class Plan:
         return f"{self.masks_dir(method, collection)}/{subset}.zarr"
 
     def neurons(self, method: str, pset: str) -> str:
-        """A per-prompt localizer's search over the prompts of a set that its collections use (memprune.localize.nemo_search)."""
+        """A per-prompt localizer's search over the prompts of a set that its collections use
+        (memprune.localize.nemo_search)."""
         return f"{self.results}/{method}/{self.methods[method].tag}/neurons/{pset}.nc"
 
     def neuron_prompts(self, pset: str) -> list[int]:
@@ -248,7 +200,8 @@ class Plan:
     @property
     def analysis_outputs(self) -> dict[str, str]:
         """This model's density and IOU of the masks (rules/analysis.smk) and their figures, by output name."""
-        files = {"density": "density.nc", "iou": "iou.nc", "fig_density": "figures/density.png", "fig_iou": "figures/iou.png"}
+        files = {"density": "density.nc", "iou": "iou.nc", "fig_density": "figures/density.png",
+                 "fig_iou": "figures/iou.png"}
         return {name: f"{self.results}/{file}" for name, file in files.items()}
 
     def pruned(self, method: str, collection: str, subset: int) -> str:
@@ -300,7 +253,8 @@ class Plan:
         return [self.masks_dir(m, c) for m in self.methods for c in self.collections]
 
     def analysis_json(self) -> str:
-        return json.dumps({m: {c: {"control": col.control, "masks": [self.mask_store(m, c, i) for i in range(len(col.subsets))]}
+        return json.dumps({m: {c: {"control": col.control,
+                                   "masks": [self.mask_store(m, c, i) for i in range(len(col.subsets))]}
                                for c, col in self.collections.items()} for m in self.methods})
 
     def targets(self) -> list[str]:
@@ -317,14 +271,16 @@ class Plan:
     # ------------------------------------------------------------------------------------------ commands
 
     def image_size(self, section: dict | None = None) -> dict:
-        """{height, width} in pixels of every stage that generates or probes: its `section`'s own, else config `sampling`'s;
-        None: the model's default resolution, given as no option (a run at it plans the commands it always did)."""
+        """{height, width} in pixels of every stage that generates or probes: its `section`'s own, else config
+        `sampling`'s; None: the model's default resolution, given as no option (a run at it plans the commands it
+        always did)."""
         return {k: (section or {}).get(k) or self.config["sampling"].get(k) for k in ("height", "width")}
 
     def sampling_args(self, section: dict | None = None) -> str:
         s, m = section or self.config["sampling"], self.model
         args = [f"--steps {s['steps']}", f"--guidance {s['guidance']}", f"--batch-size {s['batch_size']}",
-                f"--device {m['device']}", f"--dtype {m['dtype']}", f"--compile {str(m.get('compile', 'auto')).lower()}"]
+                f"--device {m['device']}", f"--dtype {m['dtype']}",
+                f"--compile {str(m.get('compile', 'auto')).lower()}"]
         return " ".join(args + [options(scheduler=m.get("scheduler") or None, **self.image_size(section))]).rstrip()
 
     def variant_params(self, variant: str) -> dict:
@@ -352,8 +308,8 @@ class Plan:
             for method in methods:
                 for c, subsets in pruned.items():
                     for i in subsets:
-                        out.append(EvalModel(f"{v}:{method}|{c}/{i}", v, f"{v}/{method}/{self.methods[method].tag}/{c}/{i}",
-                                             method, c, int(i)))
+                        out.append(EvalModel(f"{v}:{method}|{c}/{i}", v,
+                                             f"{v}/{method}/{self.methods[method].tag}/{c}/{i}", method, c, int(i)))
         if not out or out[0].id != "none":
             out = [EvalModel("none", "none", "none")] + [m for m in out if m.id != "none"]
         return out
@@ -371,7 +327,8 @@ class Plan:
 
     def trained_checkpoint(self) -> str:
         if not self.is_testbed and not (self.config.get("recovery") or {}).get("images"):
-            raise key_error("variants", "the adversarial variant fine-tunes on a testbed's dataset or recovery.images: this model has neither")
+            raise key_error("variants", "the adversarial variant fine-tunes on a testbed's dataset or recovery.images: "
+                            "this model has neither")
         return f"{self.results}/adversarial/{self.trained_tag()}/checkpoint"
 
     def _check_methods(self, key: str, methods: list[str]) -> list[str]:
@@ -386,7 +343,8 @@ class Plan:
                 raise key_error(key, f"unknown collection {c!r}; known: {sorted(self.collections)}")
             bad = [i for i in subsets if i >= len(self.collections[c].subsets)]
             if bad:
-                raise key_error(f"{key}.{c}", f"subset {bad[0]} out of range (the collection has {len(self.collections[c].subsets)})")
+                raise key_error(f"{key}.{c}", f"subset {bad[0]} out of range "
+                                f"(the collection has {len(self.collections[c].subsets)})")
         return pruned
 
     def first_memorized(self) -> str | None:
