@@ -83,3 +83,19 @@ def test_a_valid_config_passes_and_the_registries_list_names_plainly():
         localize.get("wandaa")
     with pytest.raises(InputError, match="^unknown model variant 'x'; known: adversarial, "):
         variants.get("x")
+
+
+def test_a_config_without_per_timestep_masks_stops_at_plan_time_naming_the_fix():
+    """The analysis's IOU over time needs one localizer with per-timestep masks, whatever its place in the list;
+    without one, the plan (`snakemake -n`) stops naming the fix, not the analysis job after the whole capture."""
+    from pathlib import Path
+
+    from memprune.plan.config import Plan
+
+    repo = Path(__file__).resolve().parents[1]
+    for localizers in ({"magnitude": {}}, {"magnitude": {}, "random": {"like": "magnitude"}}):
+        cfg = validate_config({**copy.deepcopy(BASE), "localizers": localizers})
+        with pytest.raises(InputError, match="config key localizers: none of .* gives per-timestep masks.*wanda"):
+            Plan(cfg, repo)
+    cfg = validate_config({**copy.deepcopy(BASE), "localizers": {"magnitude": {}, "wanda": {}}})  # wanda second
+    assert list(Plan(cfg, repo).methods) == ["magnitude", "wanda"]

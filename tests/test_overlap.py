@@ -1,5 +1,5 @@
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
 from hypothesis.extra.numpy import arrays
 
 from memprune.analysis.density_iou import random_like_packed
@@ -66,21 +66,33 @@ def test_analysis_does_not_depend_on_the_number_of_threads(tmp_path):
     from memprune.analysis.density_iou import analyze
 
     rng = np.random.default_rng(0)
-    collections = {"mem": {"control": False, "masks": [str(_mask_store(tmp_path / f"m{i}.zarr", rng)) for i in range(3)]},
-                   "ctl": {"control": True, "masks": [str(_mask_store(tmp_path / f"c{i}.zarr", rng)) for i in range(2)]}}
+    collections = {"mem": {"control": False,
+                           "masks": [str(_mask_store(tmp_path / f"m{i}.zarr", rng)) for i in range(3)]},
+                   "ctl": {"control": True,
+                           "masks": [str(_mask_store(tmp_path / f"c{i}.zarr", rng)) for i in range(2)]}}
     # a second method without timesteps (as the magnitude control): its one mask counts at every step
-    flat = {"mem": {"control": False, "masks": [str(_mask_store(tmp_path / f"fm{i}.zarr", rng, with_steps=False)) for i in range(3)]},
-            "ctl": {"control": True, "masks": [str(_mask_store(tmp_path / f"fc{i}.zarr", rng, with_steps=False)) for i in range(2)]}}
+    flat = {"mem": {"control": False,
+                    "masks": [str(_mask_store(tmp_path / f"fm{i}.zarr", rng, with_steps=False)) for i in range(3)]},
+            "ctl": {"control": True,
+                    "masks": [str(_mask_store(tmp_path / f"fc{i}.zarr", rng, with_steps=False)) for i in range(2)]}}
     out = {}
     for jobs in (1, 3):
         d = tmp_path / f"jobs{jobs}"
-        analyze({"first": collections, "flat": flat}, 7, d / "density.nc", d / "iou.nc", d / "density.png", d / "iou.png", jobs=jobs)
+        analyze({"first": collections, "flat": flat}, 7, d / "density.nc", d / "iou.nc", d / "density.png",
+                d / "iou.png", jobs=jobs)
         out[jobs] = [xr.load_dataset(d / f, engine="h5netcdf") for f in ("density.nc", "iou.nc")]
     for a, b in zip(out[1], out[3]):
         xr.testing.assert_identical(a, b)
+    # the method without timesteps listed first: the same numbers, in the listed order
+    d = tmp_path / "flat_first"
+    analyze({"flat": flat, "first": collections}, 7, d / "density.nc", d / "iou.nc", d / "density.png", d / "iou.png")
+    swapped = xr.load_dataset(d / "iou.nc", engine="h5netcdf")
+    assert list(swapped.localizer.values) == ["flat", "first"]
+    xr.testing.assert_equal(swapped.sel(localizer="first"), out[1][1].sel(localizer="first"))  # attrs in list order
     iou = out[1][1]
     # the found masks of a collection: known pairwise IOU; the random control keeps each mask's density
-    found = iou["iou"].sel(localizer="first", collection="mem", mask_type="found").isel(subset_i=0, subset_j=1, layer=0).values
+    found = iou["iou"].sel(localizer="first", collection="mem", mask_type="found").isel(subset_i=0, subset_j=1,
+                                                                                        layer=0).values
     masks = [xr.open_zarr(p)["a"].values for p in collections["mem"]["masks"][:2]]
     inter = np.bitwise_count(masks[0] & masks[1]).sum(axis=(1, 2))
     union = np.bitwise_count(masks[0] | masks[1]).sum(axis=(1, 2))
@@ -89,4 +101,5 @@ def test_analysis_does_not_depend_on_the_number_of_threads(tmp_path):
     flat_iou = iou["iou"].sel(localizer="flat", collection="mem", mask_type="found").isel(subset_i=0, subset_j=1).values
     assert np.allclose(flat_iou, flat_iou[:, :1])  # the same at every step
     unions = [xr.open_zarr(p)["a.union"].values for p in flat["mem"]["masks"][:2]]
-    assert np.isclose(flat_iou[0, 0], np.bitwise_count(unions[0] & unions[1]).sum() / np.bitwise_count(unions[0] | unions[1]).sum())
+    assert np.isclose(flat_iou[0, 0],
+                      np.bitwise_count(unions[0] & unions[1]).sum() / np.bitwise_count(unions[0] | unions[1]).sum())

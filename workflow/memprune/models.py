@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from memprune.errors import InputError
+
+if TYPE_CHECKING:  # imported where used: importing this module stays light
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +136,7 @@ def load_pipeline(model: str | Path, device: str = "auto", dtype: str = "auto", 
     if scheduler:
         cls = getattr(diffusers, scheduler, None)
         if cls is None:
-            raise InputError(f"config key sampling.scheduler: diffusers has no scheduler {scheduler!r}")
+            raise InputError(f"config key model.scheduler: diffusers has no scheduler {scheduler!r}")
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

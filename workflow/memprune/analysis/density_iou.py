@@ -96,13 +96,15 @@ def _collection_overlap(stores: list, paths: list, layers: list[str], steps: np.
     n, L, T = len(stores), len(layers), len(steps)
 
     def per_step(ms, layer):
-        return ms.per_step[layer] if ms.per_step is not None else np.broadcast_to(ms.union[layer], (T, *ms.union[layer].shape))
+        return ms.per_step[layer] if ms.per_step is not None else np.broadcast_to(ms.union[layer],
+                                                                                  (T, *ms.union[layer].shape))
 
     def one_layer(li: int, layer: str):
         # one generator per (collection, layer), the same for every method: the random control does not depend
         # on the job count, and the paper's method keeps the numbers it had before methods were compared
         cols = stores[0].grid[layer][1]
-        return layer_overlap([np.ascontiguousarray(per_step(ms, layer)) for ms in stores], [ms.union[layer] for ms in stores],
+        return layer_overlap([np.ascontiguousarray(per_step(ms, layer)) for ms in stores],
+                             [ms.union[layer] for ms in stores],
                              cols, np.random.default_rng([seed, ci, li]))
 
     dens, dens_u = np.zeros((n, L, T)), np.zeros((n, L))
@@ -129,7 +131,15 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
     n_max = max(len(c["masks"]) for c in methods[method_names[0]].values())
     sizes = {c: len(methods[method_names[0]][c]["masks"]) for c in names}
     layers, grid, method_layers = [], {}, {}  # the union of the methods' layers, in order of appearance
-    steps = t = None
+    steps = t = None  # the timesteps of the first method with per-timestep masks, whatever its place in the list
+    for method in method_names:
+        first = read_mask_set(methods[method][names[0]]["masks"][0])
+        if first.steps is not None:
+            steps, t = first.steps, first.t
+            break
+    if steps is None:
+        raise ValueError(f"analyze: none of the localizers {method_names} has per-timestep masks (e.g. wanda): "
+                         "the IOU over time needs one")
     attrs, n_prompts = {}, {}
     # Threads share the masks without copies: zarr decompression, numpy's bitwise ops and popcounts release the GIL
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -143,13 +153,10 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
                     if layer not in grid:
                         layers.append(layer)
                         grid[layer] = stores[0].grid[layer]
-                if steps is None and stores[0].steps is not None:
-                    steps, t = stores[0].steps, stores[0].t
-                if steps is None:
-                    raise ValueError(f"{paths[0]}: the first method must have per-timestep masks")
                 results[mi, ci] = _collection_overlap(stores, paths, own, steps, t, seed, ci, pool)
                 n_prompts.setdefault(name, {int(ms.attrs.get("n_prompts", -1)) for ms in stores})
-                attrs.setdefault(method, {k: stores[0].attrs[k] for k in ("params", "model", "base_unet_sha256") if k in stores[0].attrs})
+                attrs.setdefault(method, {k: stores[0].attrs[k] for k in ("params", "model", "base_unet_sha256")
+                                          if k in stores[0].attrs})
                 log.info("%s %s: %d subsets, mean density %.4f", method, name, len(stores), results[mi, ci][0].mean())
     M, C, L, T = len(method_names), len(names), len(layers), len(steps)
     dens = np.full((M, C, n_max, L, T), np.nan)
@@ -161,16 +168,19 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
         dens[mi, ci, :n, at], dens_union[mi, ci, :n, at] = np.moveaxis(d, 1, 0), du.T
         iou[mi, ci, :, :n, :n, at] = np.moveaxis(pair, 3, 0)
         iou_union[mi, ci, :, :n, :n, at] = np.moveaxis(pair_u, 3, 0)
+    # (method, collection, mask_type, layer, step)
     mean_iou = np.stack([np.stack([np.stack([mean_over_pairs(iou[mi, ci, m, : sizes[c], : sizes[c]]) for m in range(2)])
-                                   for ci, c in enumerate(names)]) for mi in range(M)])  # (method, collection, mask_type, layer, step)
-    mean_iou_union = np.stack([np.stack([np.stack([mean_over_pairs(iou_union[mi, ci, m, : sizes[c], : sizes[c]]) for m in range(2)])
+                                   for ci, c in enumerate(names)]) for mi in range(M)])
+    mean_iou_union = np.stack([np.stack([np.stack([mean_over_pairs(iou_union[mi, ci, m, : sizes[c], : sizes[c]])
+                                                   for m in range(2)])
                                          for ci, c in enumerate(names)]) for mi in range(M)])
     control = [bool(methods[method_names[0]][c]["control"]) for c in names]
     coords = {
         "localizer": method_names,
         "collection": names,
         "control": ("collection", np.array(control)),
-        "subset_size": ("collection", np.array([next(iter(n_prompts[c])) if len(n_prompts[c]) == 1 else -1 for c in names])),
+        "subset_size": ("collection",
+                        np.array([next(iter(n_prompts[c])) if len(n_prompts[c]) == 1 else -1 for c in names])),
         "layer": layers,
         "in_features": ("layer", np.array([grid[l][1] for l in layers])),
         "step": steps,
@@ -186,7 +196,8 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
             "density": ((*mc, "subset", "layer", "step"), dens,
                         {"long_name": "fraction of the layer's weights in the mask (Wanda: memorized neurons, eq. 6)"}),
             "density_union": ((*mc, "subset", "layer"), dens_union,
-                              {"long_name": "density of the mask an edit applies (Wanda: the union over the first tau steps, eq. 7)"}),
+                              {"long_name": "density of the mask an edit applies (Wanda: the union over the first tau "
+                                            "steps, eq. 7)"}),
             "density_over_layers": ((*mc, "subset", "step"), dens_over_layers,
                                     {"long_name": "density averaged over layers (Figure 1, over time)"}),
             "density_over_time": ((*mc, "subset", "layer"), dens_over_time,
@@ -198,10 +209,13 @@ def analyze(methods: dict, seed: int, density_path, iou_path, fig_density_path, 
     mct = (*mc, "mask_type")
     iou_ds = xr.Dataset(
         {
-            "iou": ((*mct, "subset_i", "subset_j", "layer", "step"), iou, {"long_name": "pairwise IOU of per-timestep masks"}),
-            "iou_union": ((*mct, "subset_i", "subset_j", "layer"), iou_union, {"long_name": "pairwise IOU of the applied masks (tau-unions)"}),
+            "iou": ((*mct, "subset_i", "subset_j", "layer", "step"), iou,
+                    {"long_name": "pairwise IOU of per-timestep masks"}),
+            "iou_union": ((*mct, "subset_i", "subset_j", "layer"), iou_union,
+                          {"long_name": "pairwise IOU of the applied masks (tau-unions)"}),
             "mean_iou": ((*mct, "layer", "step"), mean_iou, {"long_name": "mean IOU over subset pairs i<j"}),
-            "mean_iou_union": ((*mct, "layer"), mean_iou_union, {"long_name": "mean IOU of the tau-unions over subset pairs i<j"}),
+            "mean_iou_union": ((*mct, "layer"), mean_iou_union,
+                               {"long_name": "mean IOU of the tau-unions over subset pairs i<j"}),
             "mean_iou_over_layers": ((*mct, "step"), np.nanmean(mean_iou, axis=3),
                                      {"long_name": "mean pairwise IOU averaged over layers (Figure 2, over time)"}),
             "mean_iou_over_time": ((*mct, "layer"), np.nanmean(mean_iou, axis=4),
@@ -278,7 +292,8 @@ def plot_iou(ds, path) -> None:
             row[1].plot(x, ds.mean_iou_over_time.sel(**sel, mask_type="random"), ":", color=colour, alpha=0.6)
         row[0].set(xlabel="denoising step", ylabel="mean pairwise IOU", ylim=(0, 1.02),
                    title=f"{method}: IOU over time (dotted: random masks)")
-        row[1].set(xlabel="layer (execution order)", ylabel="mean pairwise IOU", ylim=(0, 1.02), title=f"{method}: IOU over layers")
+        row[1].set(xlabel="layer (execution order)", ylabel="mean pairwise IOU", ylim=(0, 1.02),
+                   title=f"{method}: IOU over layers")
         _layer_axis(row[1], ds)
         row[0].legend(fontsize=7)
     fig.tight_layout()
