@@ -51,7 +51,7 @@ def _images_seconds(n_images: int, steps: int) -> float:
 def job_seconds(rule: str, wildcards: dict, cfg: dict, plan=None) -> float | None:
     """A GPU job's seconds under `cfg` (an upper bound where the work varies: NeMo's worst case, every planned
     recovery target's photo found); 0 for a job without a model; None for a model job not modelled (scoring: SSCD
-    and CLIP, not measured). `plan` (a `memprune.plan.Plan` of `cfg`) gives the prompts and targets per job."""
+    and CLIP, not measured). `plan` (a `memprune.plan.config.Plan` of `cfg`) gives the prompts and targets per job."""
     from memprune.plan.chunks import nemo_chunks
     from memprune.plan.compare import Recovery
     from memprune.plan.config import Plan
