@@ -139,3 +139,13 @@ def test_every_planned_model_job_asks_for_a_gpu(configfile):
     assert not lacking, f"{configfile.name}: jobs of model-running rules without a GPU request: {lacking}"
     counts = {r: sum(1 for rule, _ in jobs if rule == r) for r in sorted(rules & MODEL_RULES)}
     print(f"\n{configfile.name}: {len(jobs)} jobs, GPU jobs per rule {counts}")
+
+
+def test_the_gpu_model_is_named_once():
+    """A cluster's GPU name is set in one place: the anchor at the first GPU rule, which every other rule refers to."""
+    text = (PROFILES / "slurm" / "config.yaml").read_text()
+    named = re.findall(r"^\s+gpu_model: (.+?)\s*(?:#.*)?$", text, re.M)
+    anchor, name = named[0].split()
+    assert anchor.startswith("&") and named[1:] == ["*" + anchor[1:]] * (len(named) - 1), named
+    models = {res["gpu_model"] for res in _profile("slurm")["set-resources"].values() if res.get("gpu")}
+    assert models == {name}
