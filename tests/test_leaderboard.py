@@ -325,11 +325,15 @@ def test_stacked_leaderboard_runs_another_configs_dag(tiny_model, tmp_path):
     assert {"eval_copies", "copies_mem", "prompt_following_vs_none", "locate_seconds_per_prompt"} <= set(t.columns)
     assert (t.attack_prompts_mem.tolist() == [6, 3, 6])  # the pruned model's own 3 prompts are left out
     assert (t.locate_seconds_per_prompt[t.model == "none"] == 0).all() and t.locate_seconds_per_prompt[1] > 0
-    # the same model and config under two names: the same unedited row, but for the measured times
+    # the same model and config under two names: the same unedited row, but for the measured times and the
+    # intervals: "tiny" measures it on its edit's held-out prompts (the fair split), "tiny_other" on every prompt
+    intervals = [c for c in t.columns if c.endswith(("_lo", "_hi", "_excludes_zero"))]
     a, b = (t[(t.testbed == n) & (t.model == "none")].drop(
         columns=["testbed", "seconds_per_image", "overhead_seconds_per_image", "time_per_image_vs_none", "edit_seconds",
-                 "locate_seconds_per_prompt"]).reset_index(drop=True) for n in ("tiny", "tiny_other"))
+                 "locate_seconds_per_prompt", *intervals]).reset_index(drop=True) for n in ("tiny", "tiny_other"))
     pd.testing.assert_frame_equal(a, b)
+    fair, every = (t[(t.testbed == n) & (t.model == "none")].iloc[0] for n in ("tiny", "tiny_other"))
+    assert fair.eval_copies_hi - fair.eval_copies_lo > every.eval_copies_hi - every.eval_copies_lo  # fewer prompts
     assert (tmp_path / "logs/tiny_other/leaderboard/run.log").exists()
     assert (tmp_path / "results/tiny/figures/leaderboard.png").exists()
     assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(tmp_path, "-n", "results/leaderboard.csv"))
