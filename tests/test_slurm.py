@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, WORKFLOW_SETS, snakemake, write_config
+from conftest import REPO, WORKFLOW_SETS, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +166,8 @@ def digest_tree(path: Path) -> str:
 
 
 def _squeue() -> list[tuple[str, str, str]]:
-    """(job id, state, comment) of every job the controller knows (the plugin's comment is rule_<rule>_wildcards_...)."""
+    """(job id, state, comment) of every job the controller knows (the plugin's comment is
+    rule_<rule>_wildcards_...)."""
     out = _run(["squeue", "-h", "--states=all", "-o", "%i|%T|%k"], timeout=10).stdout
     return [tuple(line.split("|", 2)) for line in out.splitlines() if line.count("|") == 2]
 
@@ -223,7 +224,8 @@ def test_dag_on_slurm_matches_local_and_survives_scancel(slurm, tiny_model, tmp_
     shutil.copy(local / "config.yaml", cluster / "config.yaml")  # the same prompt files and model
     common = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
     local_cmd = [*common, "--directory", str(local), "--configfile", str(local / "config.yaml"), "--cores", "2", TARGET]
-    cmd = [*common, "--directory", str(cluster), "--configfile", str(cluster / "config.yaml"), "--profile", str(PROFILE),
+    cmd = [*common, "--directory", str(cluster), "--configfile", str(cluster / "config.yaml"),
+           "--profile", str(PROFILE),
            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2", TARGET]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log_path = tmp_path / "snakemake_slurm.log"
