@@ -4,15 +4,18 @@
 # benchmark files, where the rule writes one) and the GPU's peak memory while it ran (nvidia-smi sampled every
 # 200 ms; jobs run one at a time, so each window is one job's).
 #
-#   benchmarks/gpu_smoke.sh            # the run and the table (logs under logs/gpu_smoke/)
+#   benchmarks/gpu_smoke.sh            # the run and the table (logs under logs/gpu_smoke/<name>/)
 #   benchmarks/gpu_smoke.sh -n         # the dry run: the jobs it would run
 #   TARGETS="..." benchmarks/gpu_smoke.sh   # other targets of the same config
+#   CONFIG=config/sd2_random.yaml benchmarks/gpu_smoke.sh   # SD2's architecture (v-prediction) at 768 px
+# (results/<name> of config/<name>.yaml; tests/test_sd_end_to_end.py runs both configs' every stage at 64 px on CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CONFIG=config/sd15_random.yaml
-TARGETS=${TARGETS:-"results/iou.nc results/sd15_random/eval.nc results/sd15_random/recovery.nc results/sd15_random/attack/table.csv results/sd15_random/detection.nc"}
-LOGS=logs/gpu_smoke
+CONFIG=${CONFIG:-config/sd15_random.yaml}
+NAME=$(basename "$CONFIG" .yaml)  # its model.name
+TARGETS=${TARGETS:-"results/iou.nc results/$NAME/eval.nc results/$NAME/recovery.nc results/$NAME/attack/table.csv results/$NAME/detection.nc"}
+LOGS=logs/gpu_smoke/$NAME
 export HF_HUB_OFFLINE=1  # nothing is downloaded: the model and its stand-in images are built by rules
 
 if [[ "${1:-}" == "-n" ]]; then
