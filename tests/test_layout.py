@@ -1,6 +1,6 @@
-"""The layout shows the architecture: no module over 400 lines, imports run one way (no cycle, counting imports
-inside functions), rules/common.smk is wiring (under 150 lines), the package never imports Snakemake, and what
-the Snakefile imports to plan loads no torch."""
+"""The layout shows the architecture: no module over 400 lines and no class over 150, imports run one way (no
+cycle, counting imports inside functions), rules/common.smk is wiring (under 150 lines), the package never imports
+Snakemake, and what the Snakefile imports to plan loads no torch."""
 
 import ast
 from pathlib import Path
@@ -51,6 +51,16 @@ def test_no_import_cycle():
               if not (len(c) == 2 and any(c[i].startswith(c[1 - i] + ".") for i in range(2)))]
     assert cycles == []
     assert graph.number_of_edges() > 30  # the parser sees the imports
+
+
+def test_no_class_over_150_lines():
+    """A class is one concern: the plan is split into its inputs, paths, jobs and commands (memprune.plan)."""
+    classes = [(p, n) for p in PACKAGE.rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+               if isinstance(n, ast.ClassDef)]
+    long = {f"{module_name(p)}.{n.name}": n.end_lineno - n.lineno + 1 for p, n in classes
+            if n.end_lineno - n.lineno >= 150}
+    assert len(classes) > 20  # the walk sees the classes
+    assert long == {}
 
 
 def test_no_module_over_400_lines():

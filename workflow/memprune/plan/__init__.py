@@ -1,6 +1,8 @@
-"""The config turned into typed values, paths and command arguments (`config`: prompt sets, collections, localizers;
-`compare`: the models evaluation and the attacks compare; `subsets`; `inputs`: the prompt files, read as their jobs
-read them). Pure: no Snakemake import."""
+"""The config turned into typed values, paths and command arguments. `config.Plan`: prompt sets and collections,
+with its parts `methods` (the localizers), `paths` (every artifact's path), `jobs` (what the localization jobs read)
+and `commands` (command arguments, compared models); `compare`: the models evaluation and the attacks compare;
+`subsets`; `inputs`: the prompt files, read as their jobs read them; `preflight` and `external`: the inputs from
+outside the workflow, checked before a run. Pure: no Snakemake import."""
 
 # The repository's top-level entries a run of the workflow reads: a directory holding links to these plans and runs
 # like a clone (the README/docs command tests and `benchmarks/plan_time.py` lay out their clones so).
