@@ -103,3 +103,44 @@ def test_analysis_does_not_depend_on_the_number_of_threads(tmp_path):
     unions = [xr.open_zarr(p)["a.union"].values for p in flat["mem"]["masks"][:2]]
     assert np.isclose(flat_iou[0, 0],
                       np.bitwise_count(unions[0] & unions[1]).sum() / np.bitwise_count(unions[0] | unions[1]).sum())
+
+
+def test_iou_figure_shows_each_localizer_only_its_own_layers(tmp_path):
+    import xarray as xr
+
+    from memprune.analysis.density_iou import plot_iou
+
+    block = "transformer_blocks.0"
+    ff = [f"down_blocks.0.attentions.0.{block}.ff.net.2", f"down_blocks.0.attentions.1.{block}.ff.net.2",
+          "up_blocks.1.attentions.0.transformer_blocks.1.ff.net.2"]
+    to_v = [f"down_blocks.0.attentions.0.{block}.attn2.to_v", f"mid_block.attentions.0.{block}.attn2.to_v"]
+    layers = [ff[0], to_v[0], ff[1], to_v[1], ff[2]]  # interleaved, as the union of two methods' layers
+    own = {"wanda": ff, "nemo": to_v}
+    n, steps, rng = 3, 4, np.random.default_rng(0)
+    iou_union = np.full((2, 2, 2, n, n, len(layers)), np.nan)
+    over_time = np.full((2, 2, 2, len(layers)), np.nan)
+    for mi, method in enumerate(own):
+        at = [layers.index(l) for l in own[method]]
+        iou_union[mi, ..., at] = rng.uniform(size=(len(at), 2, 2, n, n))
+        over_time[mi, ..., at] = rng.uniform(size=(len(at), 2, 2))
+    iou_union[:, 1, :, 0, :] = np.nan  # a collection where no pair has an IOU still keeps the method's layers
+    dims = ("localizer", "collection", "mask_type")
+    ds = xr.Dataset({"iou_union": ((*dims, "subset_i", "subset_j", "layer"), iou_union),
+                     "mean_iou_over_time": ((*dims, "layer"), over_time),
+                     "mean_iou_over_layers": ((*dims, "step"), rng.uniform(size=(2, 2, 2, steps)))},
+                    coords={"localizer": list(own), "collection": ["mem", "ctl"],
+                            "control": ("collection", [False, True]), "mask_type": ["found", "random"],
+                            "layer": layers, "step": np.arange(steps)})
+    fig = plot_iou(ds, tmp_path / "iou.png")
+    assert (tmp_path / "iou.png").stat().st_size > 1000
+    expected = {"wanda": ["down0.a0.ff", "down0.a1.ff", "up1.a0.t1.ff"],
+                "nemo": ["down0.a0.attn2.to_v", "mid.a0.attn2.to_v"]}
+    over_layers = fig.axes[1::2]
+    for ax, method in zip(over_layers, own):
+        assert ax.get_title().startswith(method)
+        assert [t.get_text() for t in ax.get_xticklabels()] == expected[method]
+        assert all(len(line.get_xdata()) == len(own[method]) for line in ax.get_lines())
+        found = ax.get_lines()[0].get_ydata()  # the first collection's found masks: the method's own values
+        assert np.allclose(found, over_time[list(own).index(method), 0, 0, [layers.index(l) for l in own[method]]])
+    labels = [t.get_text() for ax in over_layers for t in ax.get_xticklabels()]
+    assert len(set(labels)) == len(labels) == len(layers)

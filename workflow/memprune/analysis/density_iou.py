@@ -239,9 +239,17 @@ def _save_fig(fig, path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
-def _layer_axis(ax, ds) -> None:
-    ax.set_xticks(np.arange(ds.sizes["layer"]))
-    ax.set_xticklabels([_short(l) for l in ds.layer.values], rotation=60, ha="right", fontsize=7)
+def _own_layers(var, method: str) -> np.ndarray:
+    """Indices of the layers where `method` has masks: `var` (a variable with `localizer` and `layer` dimensions,
+    e.g. `iou_union`) is NaN throughout on the layers of the other methods only."""
+    own = var.sel(localizer=method).notnull()
+    return np.flatnonzero(own.any([d for d in own.dims if d != "layer"]).values)
+
+
+def _layer_axis(ax, layers) -> None:
+    ax.set_xticks(np.arange(len(layers)))
+    ax.set_xticklabels([_short(str(l)) for l in layers], rotation=60, ha="right", fontsize=7)
+    ax.set_xlim(-0.5, len(layers) - 0.5)
 
 
 def plot_density(ds, path) -> None:
@@ -254,23 +262,25 @@ def plot_density(ds, path) -> None:
     methods = [str(m) for m in ds.localizer.values]
     fig, axes = plt.subplots(len(methods), 2, figsize=(11, 3.4 * len(methods)), squeeze=False)
     for row, method in zip(axes, methods):
+        own = _own_layers(ds.density_union, method)
         for c in ds.collection.values:
             style = "--" if bool(ds.control.sel(collection=c)) else "-"
             over_t = ds.density_over_layers.sel(localizer=method, collection=c)
             row[0].plot(ds.step, 100 * over_t.mean("subset"), style, label=str(c))
-            over_l = ds.density_over_time.sel(localizer=method, collection=c)
-            row[1].plot(np.arange(ds.sizes["layer"]), 100 * over_l.mean("subset"), style + "o", ms=3, label=str(c))
+            over_l = ds.density_over_time.sel(localizer=method, collection=c).isel(layer=own)
+            row[1].plot(np.arange(own.size), 100 * over_l.mean("subset"), style + "o", ms=3, label=str(c))
         row[0].set(xlabel="denoising step", ylabel="density (%)", title=f"{method}: mask density, mean over layers")
         row[1].set(xlabel="layer (execution order)", ylabel="density (%)", title=f"{method}: mean over timesteps")
-        _layer_axis(row[1], ds)
+        _layer_axis(row[1], ds.layer.values[own])
         row[0].legend(fontsize=7)
     fig.tight_layout()
     _save_fig(fig, path)
     plt.close(fig)
 
 
-def plot_iou(ds, path) -> None:
-    """Figure 2 per method (one row each): mean pairwise IOU over time and over layers, dotted: random masks."""
+def plot_iou(ds, path):
+    """Figure 2 per method (one row each): mean pairwise IOU over time and over layers, dotted: random masks.
+    Each method's layer axis holds only its own layers (those where it has masks). Returns the (closed) Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,8 +288,9 @@ def plot_iou(ds, path) -> None:
 
     methods = [str(m) for m in ds.localizer.values]
     fig, axes = plt.subplots(len(methods), 2, figsize=(11, 3.4 * len(methods)), squeeze=False)
-    x = np.arange(ds.sizes["layer"])
     for row, method in zip(axes, methods):
+        own = _own_layers(ds.iou_union, method)
+        x = np.arange(own.size)
         for k, c in enumerate(ds.collection.values):
             colour, ctrl = f"C{k}", bool(ds.control.sel(collection=c))
             label = f"{c}{' (non-memorized control)' if ctrl else ''}"
@@ -287,23 +298,27 @@ def plot_iou(ds, path) -> None:
             row[0].plot(ds.step, ds.mean_iou_over_layers.sel(**sel, mask_type="found"), "--" if ctrl else "-",
                         color=colour, label=label)
             row[0].plot(ds.step, ds.mean_iou_over_layers.sel(**sel, mask_type="random"), ":", color=colour, alpha=0.6)
-            row[1].plot(x, ds.mean_iou_over_time.sel(**sel, mask_type="found"), ("--" if ctrl else "-") + "o",
-                        color=colour, ms=3, label=label)
-            row[1].plot(x, ds.mean_iou_over_time.sel(**sel, mask_type="random"), ":", color=colour, alpha=0.6)
+            over_l = ds.mean_iou_over_time.sel(**sel).isel(layer=own)
+            row[1].plot(x, over_l.sel(mask_type="found"), ("--" if ctrl else "-") + "o", color=colour, ms=3,
+                        label=label)
+            row[1].plot(x, over_l.sel(mask_type="random"), ":", color=colour, alpha=0.6)
         row[0].set(xlabel="denoising step", ylabel="mean pairwise IOU", ylim=(0, 1.02),
                    title=f"{method}: IOU over time (dotted: random masks)")
         row[1].set(xlabel="layer (execution order)", ylabel="mean pairwise IOU", ylim=(0, 1.02),
                    title=f"{method}: IOU over layers")
-        _layer_axis(row[1], ds)
+        _layer_axis(row[1], ds.layer.values[own])
         row[0].legend(fontsize=7)
     fig.tight_layout()
     _save_fig(fig, path)
     plt.close(fig)
+    return fig
 
 
 def _short(layer: str) -> str:
-    """'up_blocks.1.attentions.2.transformer_blocks.0.ff.net.2' -> 'up1.a2' (and '.t<k>' for k > 0); a name
-    outside diffusers' UNet layout is kept as it is."""
+    """'up_blocks.1.attentions.2.transformer_blocks.0.ff.net.2' -> 'up1.a2.ff' ('.t<k>' after the block for
+    transformer block k > 0; the layer within the block, e.g. 'attn2.to_v', in full except 'ff.net.2' -> 'ff'),
+    so that the FFN and the cross-attention value layer of one block read apart; a name outside diffusers' UNet
+    layout is kept as it is."""
     parts = layer.split(".")
     if len(parts) < 4 or "attentions" not in parts[1:4]:
         return layer
@@ -313,6 +328,9 @@ def _short(layer: str) -> str:
     else:
         label = f"{parts[0].split('_')[0]}{parts[1]}.a{parts[3]}"
         rest = parts[4:]
-    if len(rest) > 1 and rest[0] == "transformer_blocks" and rest[1] != "0":
-        label += f".t{rest[1]}"
-    return label
+    if len(rest) > 1 and rest[0] == "transformer_blocks":
+        if rest[1] != "0":
+            label += f".t{rest[1]}"
+        rest = rest[2:]
+    kind = ".".join(rest)
+    return f"{label}.{'ff' if kind == 'ff.net.2' else kind}" if kind else label
