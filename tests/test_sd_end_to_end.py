@@ -1,17 +1,19 @@
 """Stable Diffusion's DAG end to end on CPU: SD1.5's and SD2's published architectures with random weights (rule
 random_model; SD2 with its v-prediction DDIM scheduler), every stage of config/sd15_random.yaml and
-config/sd2_random.yaml (capture, masks and IOU, NeMo, the evaluation with a stand-in SSCD, the extraction attack,
-detection, the recovery attack, adversarial fine-tuning, the leaderboard), shrunk by an overlay written here to fit
-CI (64 px, 3 steps, one seed, the fewest prompts and iterations; model names sd15_small / sd2_small, so a 512 px run
-of the shipped config is never overwritten), submitted to the single-node SLURM of tests/test_slurm.py (its fixture)
-with the shipped CPU profile workflow/profiles/slurm-cpu. The 512 / 768 px configs themselves are what
+config/sd2_random.yaml (capture, masks and IOU of every localizer, NeMo, the evaluation of every variant with a
+stand-in SSCD, the extraction attack, detection, the recovery attack, adversarial fine-tuning, the leaderboard),
+shrunk by an overlay written here to fit CI (`small_overlay`: 64 px, 2 steps, one seed, 1-2 prompts per set, the
+fewest iterations; model names sd15_small / sd2_small, so a 512 px run of the shipped config is never overwritten),
+submitted to the single-node SLURM of tests/test_slurm.py (its fixture) with the shipped CPU profile
+workflow/profiles/slurm-cpu (one change: `sd_profile`). The 512 / 768 px configs themselves are what
 benchmarks/gpu_smoke.sh runs on a GPU.
 
 SSCD's real weights are out of reach here: tests/test_copies.py's TorchScript stand-in decides copies, so every stage
 that decides one runs the SSCD path (and names it in its output). CLIP for prompt following is the testbed's
 (resources/testbed_clip, the default evaluate.clip): offline.
 
-Costs (this machine, 2 cores, 24 GB; docs/cluster.md): see the numbers there. Deselect with `-m "not sd"`."""
+Costs (this machine, 2 cores, 24 GB): docs/cluster.md. Run it alone with `python -m pytest --slow -m sd`; leave it
+out with `-m "not sd"`."""
 
 import json
 import os
@@ -133,10 +135,11 @@ def check_outputs(wd: Path, arch: str, configfiles: list[str]) -> None:
 
 def sd_profile(directory: Path) -> Path:
     """workflow/profiles/slurm-cpu in `directory`, but adversarial fine-tuning asks the node's whole memory (`scontrol
-    show node`): SD's full UNet under AdamW holds 13-14 GB (float32 weights, gradients, two moments), so beside another
-    SD job (5-10 GB) it would fill a 24 GB node. The shipped profile's 4,000 MB is the testbed's, and SLURM here
-    schedules by the requests alone (no cgroups). (Giving the UNet jobs both cores, one at a time, was no faster:
-    936 s against 906 s for SD1.5.)"""
+    show node`), so SLURM runs nothing beside it: SD's full UNet under AdamW holds 13-14 GB (float32 weights,
+    gradients, two moments), and another SD job 5-10 GB. The shipped profile's 4,000 MB is the testbed's, and SLURM
+    here schedules by the requests alone (no cgroups). Every other job keeps the profile's one core: giving the jobs
+    that run a network both cores, one at a time, was no faster (SD1.5: 936 s against 906 s; the small jobs queue
+    behind them, and Snakemake notices each finished job later the longer its status checks find none)."""
     node = subprocess.run(["scontrol", "-o", "show", "node"], capture_output=True, text=True, timeout=10).stdout
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     profile["set-resources"]["adversarial_finetune"]["mem_mb"] = int(re.search(r"RealMemory=(\d+)", node).group(1))
@@ -150,16 +153,30 @@ def sscd_standin(tmp_path_factory) -> str:
     return _save_standin(tmp_path_factory.mktemp("sscd") / "sscd_disc_large.torchscript.pt")
 
 
+def check_slurm_run(text: str) -> tuple[dict, list]:
+    """Every job of the plan was submitted to SLURM and none failed: Snakemake's job stats, its log, and SLURM's records
+    (of the jobs it still holds: MinJobAge). Returns the planned counts and the submitted (job id, rule)."""
+    stats = text.split("Job stats:")[1].split("\n\n")[0]
+    planned = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: .*?/slurm_logs/rule_(\w+?)/", text)
+    rules = [r for _, r in submitted]
+    assert {r: rules.count(r) for r in set(rules)} == {r: n for r, n in planned.items() if r != "total"}, stats
+    assert "Error in rule" not in text and "failed, SLURM status is" not in text, text[-6000:]
+    states = {jobid: _scontrol(jobid).get("JobState") for jobid, _ in submitted}
+    assert {s for s in states.values() if s} <= {"COMPLETED"}, states
+    return planned, submitted
+
+
 @pytest.mark.usefixtures("slurm")
-@pytest.mark.parametrize("arch", sorted(CONFIGS))  # sd15, then sd2
+@pytest.mark.parametrize("arch", sorted(CONFIGS))  # sd15, then sd2: one at a time (memory)
 def test_sd_dag_on_slurm(arch, sscd_standin, tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     name, wd = f"{arch}_small", tmp_path / "clone"
     configfiles = lay_out(wd, arch, sscd_standin)
     # targets before --configfile; --retries 0: a failing job fails the run at once (the profile retries twice)
-    profile = sd_profile(tmp_path / "profile")
-    cmd = [sys.executable, "-m", "snakemake", *targets(name), "--configfile", *configfiles, "--profile", str(profile),
-           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2", "--retries", "0"]
+    cmd = [sys.executable, "-m", "snakemake", *targets(name), "--configfile", *configfiles,
+           "--profile", str(sd_profile(tmp_path / "profile")), "--slurm-status-command", "squeue",
+           "--slurm-init-seconds-before-status-checks", "2", "--retries", "0"]
     log_path = tmp_path / "snakemake.log"
     t0 = time.time()
     with open(log_path, "w") as log:
@@ -178,16 +195,7 @@ def test_sd_dag_on_slurm(arch, sscd_standin, tmp_path):
         os.kill(pid, 9)
     assert rc == 0, f"snakemake on SLURM failed ({rc}):\n{text[-8000:]}"
     assert not left, f"processes of this run's SLURM jobs still running after it: {left}"
-
-    # every job of the plan was submitted to SLURM, none failed: Snakemake's job stats, its log, SLURM's records
-    stats = text.split("Job stats:")[1].split("\n\n")[0]
-    planned = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
-    submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: .*?/slurm_logs/rule_(\w+?)/", text)
-    rules = [r for _, r in submitted]
-    assert {r: rules.count(r) for r in set(rules)} == {r: n for r, n in planned.items() if r != "total"}, stats
-    assert "Error in rule" not in text and "failed, SLURM status is" not in text, text[-6000:]
-    states = {jobid: _scontrol(jobid).get("JobState") for jobid, _ in submitted}
-    assert {s for s in states.values() if s} <= {"COMPLETED"}, states  # those SLURM still holds (MinJobAge)
+    planned, submitted = check_slurm_run(text)
 
     check_outputs(wd, arch, configfiles)
     peak, n_bench = peak_job_rss(wd, name)
