@@ -36,9 +36,12 @@ include: "rules/models.smk"
 include: "rules/testbed.smk"
 include: "rules/activations.smk"
 include: "rules/masks.smk"
+include: "rules/mitigate.smk"
 include: "rules/evaluate.smk"
 include: "rules/analysis.smk"
 include: "rules/attack.smk"
+include: "rules/detection.smk"
+include: "rules/recovery.smk"
 include: "rules/leaderboard.smk"
 
 

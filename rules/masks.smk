@@ -1,8 +1,7 @@
 # Localization: every localizer of config `localizers` (workflow/memprune/localize/) on every subset of each
 # collection, one job per (method, collection) writing one mask store per subset, reading the observed weights
 # from one file per model (rule model_layers) instead of loading the UNet in each job; paths carry the method and its
-# parameters (masks/<method>/<tag>/<collection>/<i>.zarr). Pruned checkpoints (the common edit path,
-# memprune.formats.edits) are made per subset when evaluation or the attack asks for them.
+# parameters (masks/<method>/<tag>/<collection>/<i>.zarr); rules/mitigate.smk prunes with them.
 
 
 rule model_layers:
@@ -42,22 +41,6 @@ rule masks:
         memprune("locate", f"--model {PLAN.model_dir} --method {{params.localizer}} --params {{params.params:q}} "
                  f"--collection {{wildcards.collection}} --n-subsets {{params.n}} {{params.inputs}} {{params.subsets}} "
                  f"--variant {config['activations']['variant']} --out {{output}}")
-
-
-rule prune:
-    conda:
-        CONDA_ENV
-    input:
-        model=model_input(),
-        masks=f"{PLAN.results}/masks/{{method}}/{{mtag}}/{{collection}}",
-    output:
-        directory(f"{PLAN.results}/pruned/{{method}}/{{mtag}}/{{collection}}/{{subset}}"),
-    log:
-        PLAN.log("prune/{method}/{mtag}", "{collection}_{subset}"),
-    benchmark:
-        PLAN.bench("prune/{method}/{mtag}", "{collection}_{subset}")
-    shell:
-        memprune("prune", f"--model {PLAN.model_dir} --masks {{input.masks}}/{{wildcards.subset}}.zarr --out {{output}}")
 
 
 # NeMo (a per-prompt localizer): its activation statistics and memorization threshold from non-memorized
