@@ -1,8 +1,9 @@
 """Every rule that runs a model (a UNet, VAE or text encoder) asks for a GPU: it declares gpu=1 in rules/*.smk, the
 SLURM profile gives it a GPU model, memory, run time and cpus, and every shipped config's plan under that profile
 (a dry run of its default target and of every stage it enables) gives each such job a GPU. The CPU profile stays the GPU
-profile without its GPU requests. Configs are found on disk and rules read by name from each plan, so a new config
-is checked as it lands, and a new rule fails here until it is classified below."""
+profile without its GPU requests (`memprune profiles` writes it from it: tests/test_profiles.py). Configs are found on
+disk and rules read by name from each plan, so a new config is checked as it lands, and a new rule fails here until
+it is classified below."""
 
 import re
 import subprocess
@@ -85,7 +86,7 @@ def test_cpu_profile_is_the_slurm_profile_without_gpus():
     for rule, g in gpu["set-resources"].items():
         c = cpu["set-resources"][rule]
         assert "gpu_model" not in c and c.get("gpu", 0) == 0, (rule, c)
-        assert ("gpu" in c) == ("gpu" in g or rule == "eval_aggregate"), rule  # every rule-level gpu=1 overridden
+        assert c["gpu"] == 0, rule  # overrides every rule-level gpu=1 (eval_aggregate's: with fid_reference)
         assert c["runtime"] == g["runtime"] and 1 <= c["cpus_per_task"] <= 2, (rule, c)
         assert c["mem_mb"] <= g["mem_mb"], (rule, c)
     assert all(t <= 2 for t in cpu.get("set-threads", {}).values())

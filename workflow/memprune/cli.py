@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     from memprune.random_model import add_random_model_arguments
 
     add_random_model_arguments(sub)
+    from memprune.profiles import add_profiles_arguments
+
+    add_profiles_arguments(sub)
     p = sub.add_parser("fetch-training-images",
                        help="download the training images of memorized prompts to <root>/<index>/0.png; report dead "
                             "links")
