@@ -19,14 +19,16 @@ import shlex
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 from memprune.evaluate.aggregate import benchmark_record
 
 
-def dag_jobs(args: list[str]) -> list[tuple[str, str | None]]:
-    """(rule, benchmark path or None) of every job `snakemake -n --forceall <args>` plans."""
+def dag_jobs(args: list[str], cwd=None) -> list[tuple[str, str | None]]:
+    """(rule, benchmark path or None, relative to `cwd`) of every job `snakemake -n --forceall <args>` plans, run in
+    `cwd` (default: here)."""
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--forceall", "--nolock", *args],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         raise SystemExit(f"snakemake -n {' '.join(args)} failed:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
     jobs: list[list] = []
@@ -48,18 +50,16 @@ def record(path: str) -> tuple[float, float] | None:
         return None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="append", required=True, help="a target and its snakemake arguments")
-    parser.add_argument("--cores", type=int, default=2)
-    opts = parser.parse_args()
+def tally(runs: list[list[str]], cwd=None) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Every job of each run (`dag_jobs(run, cwd)`) summed per rule: {rule: [jobs, recorded, wall s, CPU s, longest
+    wall s]}, and {rule: jobs without a record}."""
     by_rule: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])  # jobs, recorded, wall, cpu, max
     unrecorded: dict[str, int] = defaultdict(int)
-    for run in opts.run:
-        for rule, bench in dag_jobs(shlex.split(run)):
+    for run in runs:
+        for rule, bench in dag_jobs(run, cwd):
             entry = by_rule[rule]
             entry[0] += 1
-            rec = record(bench) if bench else None
+            rec = record(str(Path(cwd or ".") / bench)) if bench else None
             if rec is None:
                 unrecorded[rule] += 1
                 continue
@@ -67,6 +67,15 @@ def main() -> None:
             entry[2] += rec[0]
             entry[3] += rec[1]
             entry[4] = max(entry[4], rec[0])
+    return dict(by_rule), dict(unrecorded)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="append", required=True, help="a target and its snakemake arguments")
+    parser.add_argument("--cores", type=int, default=2)
+    opts = parser.parse_args()
+    by_rule, unrecorded = tally([shlex.split(run) for run in opts.run])
     print(f"{'rule':24s} {'jobs':>5s} {'recorded':>8s} {'wall s':>10s} {'CPU s':>10s} {'longest s':>10s}")
     total = [0, 0, 0.0, 0.0, 0.0]
     for rule, (n, r, wall, cpu, longest) in sorted(by_rule.items(), key=lambda kv: -kv[1][3]):

@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     from memprune.profiles import add_profiles_arguments
 
     add_profiles_arguments(sub)
+    from memprune.report_md.cli import add_report_arguments
+
+    add_report_arguments(sub)
     p = sub.add_parser("fetch-training-images",
                        help="download the training images of memorized prompts to <root>/<index>/0.png; report dead "
                             "links")
