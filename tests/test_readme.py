@@ -117,10 +117,27 @@ def test_every_doc_has_snakemake_lines_planned():
     assert sum(f == "README.md" for f, _, _ in LINES) >= 6
 
 
+def _written(argv: list[str]) -> list[str]:
+    """The paths a set-up step writes: a `cp`'s destination, `mkdir`'s folders, a redirection's file."""
+    if argv[0] == "cp":
+        return argv[-1:]
+    if argv[0] == "mkdir":
+        return [a for a in argv[1:] if not a.startswith("-")]
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in (">", ">>")]
+
+
 def _dry_run(before, command, wd):
+    import shutil
+
     lay_out_clone(REPO, wd)
     for line in before:  # e.g. `cp config.yaml my.yaml`, `printf '...' > overlay.yaml`
-        if shlex.split(line)[0] in SHELL_STEPS:
+        argv = shlex.split(line)
+        if argv[0] in SHELL_STEPS:
+            for path in _written(argv):  # a step writing into a linked folder (a new module) writes into a copy
+                top = wd / path.split("/")[0]
+                if top.is_symlink() and top.is_dir():
+                    top.unlink()
+                    shutil.copytree(REPO / top.name, top, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             subprocess.run(["bash", "-c", line], cwd=wd, check=True)
     argv = [sys.executable, "-m", "snakemake", *command[1:]]
     if "-n" not in argv:

@@ -1,7 +1,8 @@
 """The config schema documents every key (README: it "documents every key"): every property of every object,
 however deep (through properties, items, oneOf / anyOf / allOf branches and additionalProperties schemas), and
 every named-entry form of an open mapping (a prompt set, a collection, a localizer entry of another name), has a
-non-empty one-line description. A pure walk of the YAML: no subprocess, no workflow."""
+non-empty one-line description; so does each localizer's entry, made from its module when a config is checked.
+A pure walk of the schema: no subprocess, no workflow."""
 
 import yaml
 
@@ -75,6 +76,16 @@ def test_every_key_is_described():
 
 def test_descriptions_are_one_line():
     assert not multiline(load(SCHEMA.read_text()))
+
+
+def test_the_localizer_entries_made_from_their_modules_are_described():
+    """The schema the config is checked against: each registered localizer's entry and parameters, made from its
+    module (`description`, `param_docs`), are described as the YAML's keys are."""
+    from memprune.plan.schema import load_schema
+
+    schema = load_schema()
+    assert len(schema["properties"]["localizers"]["additionalProperties"]["oneOf"]) >= 6
+    assert undocumented(schema) == [] and multiline(schema) == []
 
 
 def test_the_walk_reaches_every_kind_of_nesting():

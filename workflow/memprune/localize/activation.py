@@ -28,6 +28,9 @@ def locate(inputs, params):
 
 
 LOCALIZER = Localizer(
-    name="activation", description="top-k input features of ff.net.2 by activation contrast to the null prompt, |W| "
-                                   "ignored",
-    locate=locate, defaults={"sparsity": 0.01, "tau": 10}, statistics=("ffn_input_sumsq",))
+    name="activation", description="control: per step the k input features of ff.net.2 whose norm beats the null "
+                                   "prompt's the most, in every row (|W| ignored); union over tau steps",
+    locate=locate, defaults={"sparsity": 0.01, "tau": 10},
+    param_docs={"sparsity": "share of the input features selected per step (the same in every row)",
+                "tau": "denoising steps, from capture's first UNet call, whose per-step masks are united"},
+    statistics=("ffn_input_sumsq",))

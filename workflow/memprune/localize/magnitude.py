@@ -13,5 +13,8 @@ def locate(inputs, params):
     return weight_mask_set(inputs, union, None, {})
 
 
-LOCALIZER = Localizer(name="magnitude", description="top-k |W| per row of ff.net.2 (no activations)",
-                      locate=locate, defaults={"sparsity": 0.01}, uses_timesteps=False)
+LOCALIZER = Localizer(name="magnitude", description="control: the top-k |W| of each row of ff.net.2, no activations "
+                                                   "(the same mask for every subset)",
+                      locate=locate, defaults={"sparsity": 0.01},
+                      param_docs={"sparsity": "share of each row's largest |W| selected (no steps, so no tau)"},
+                      uses_timesteps=False)

@@ -48,6 +48,21 @@ log = logging.getLogger(__name__)
 
 DEFAULTS = {"theta": 5.0, "theta_step": 0.25, "theta_min": 1.0, "k": 0, "seeds": 10, "seed": 0, "steps": 50,
             "step_index": 1, "max_refine": 200, "max_calibration": 200, "calibration": ["nonmemorized"]}
+PARAM_DOCS = {
+    "theta": {"description": "initial z-score threshold", "exclusiveMinimum": 0},
+    "theta_step": {"description": "theta is lowered by this per round", "exclusiveMinimum": 0},
+    "theta_min": {"description": "theta's floor", "exclusiveMinimum": 0},
+    "k": {"description": "initial top-k channels per layer by activation, +1 per round", "minimum": 0},
+    "seeds": {"description": "seeds of the noise difference", "minimum": 2},
+    "seed": "first seed",
+    "steps": {"description": "the scheduler's steps", "minimum": 1},
+    "step_index": {"description": "the timestep index the noise difference is taken at (1: the 2nd)", "minimum": 0},
+    "max_refine": {"description": "cost cap: initial sets larger than this skip the neuron-by-neuron refinement",
+                   "minimum": 0},
+    "max_calibration": {"description": "calibration prompts used (a seeded draw)", "minimum": 2},
+    "calibration": {"description": "non-memorized prompt sets: activation statistics and the memorization threshold",
+                    "minItems": 1},
+}
 
 
 def value_layers(unet) -> list:
@@ -233,7 +248,9 @@ def locate(inputs, params):
                           "memorized_prompts": int(ds["memorized"].values[members].sum())})
 
 
-LOCALIZER = Localizer(name="nemo", description="NeMo: per-prompt cross-attention value neurons (attn2.to_v rows)",
-                      locate=locate, defaults=dict(DEFAULTS), observes=value_layers, uses_timesteps=False,
-                      per_prompt=True)
+LOCALIZER = Localizer(name="nemo", description="NeMo (Hintersdorf et al. 2024): per prompt, the attn2.to_v output "
+                                              "channels of the down and mid blocks whose zeroing stops its memorized "
+                                              "first-step prediction; masks: the subsets' unions",
+                      locate=locate, defaults=dict(DEFAULTS), param_docs=PARAM_DOCS, observes=value_layers,
+                      uses_timesteps=False, per_prompt=True)
 

@@ -28,5 +28,6 @@ def locate(inputs, params):
     return weight_mask_set(inputs, union, None, {"planted_fraction": float(truth["fraction"])})
 
 
-LOCALIZER = Localizer(name="oracle", description="the planted units of a planted testbed (its planted.json)",
+LOCALIZER = Localizer(name="oracle", description="planted testbed only: the planted units' ff.net.2 columns "
+                                                "(planted.json beside the model); zeroing them is the oracle edit",
                       locate=locate, defaults={}, uses_timesteps=False)

@@ -41,5 +41,9 @@ def locate(inputs, params):
                    steps=ref.steps, t=ref.t, attrs={})
 
 
-LOCALIZER = Localizer(name="random", description="random masks with another method's counts per layer and row",
-                      locate=locate, defaults={"like": "wanda", "seed": 0}, reference=True)
+LOCALIZER = Localizer(name="random", description="control: random masks with another localizer's counts per (layer, "
+                                                "row, step), seeded",
+                      locate=locate, defaults={"like": "wanda", "seed": 0},
+                      param_docs={"like": "the localizer imitated (listed before this one)",
+                                  "seed": "seeds the random masks, with the collection's name and the subset's index"},
+                      reference=True)

@@ -19,5 +19,10 @@ def locate(inputs, params):
 
 
 LOCALIZER = Localizer(
-    name="wanda", description="Wanda scores |W| * ||X|| of ff.net.2, top-k per row beating the null prompt (the paper)",
-    locate=locate, defaults={"sparsity": 0.01, "tau": 10}, statistics=("ffn_input_sumsq",))
+    name="wanda", description="the paper's rule: Wanda scores |W| * ||X|| of ff.net.2, top-k per row beating the null "
+                              "prompt, united over the first tau steps",
+    locate=locate, defaults={"sparsity": 0.01, "tau": 10},
+    param_docs={"sparsity": "share of each ff.net.2 row's input features selected per step, k = floor(sparsity x in)",
+                "tau": "denoising steps, from capture's first (noisiest) UNet call, whose per-step masks are united "
+                       "into the edit (at most the captured steps)"},
+    statistics=("ffn_input_sumsq",))

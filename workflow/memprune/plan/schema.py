@@ -33,8 +33,11 @@ def _parsed_schema(path: str, mtime_ns: int) -> dict:
 
 def load_schema() -> dict:
     """The schema, parsed once per process (the Snakefile validates every config it reads, the stacked
-    leaderboard's too); each caller gets its own copy."""
-    return copy.deepcopy(_parsed_schema(str(SCHEMA), SCHEMA.stat().st_mtime_ns))
+    leaderboard's too), with `localizers` made from the registered localizer modules
+    (`memprune.plan.localizer_schema`); each caller gets its own copy."""
+    from memprune.plan.localizer_schema import add_localizers
+
+    return add_localizers(copy.deepcopy(_parsed_schema(str(SCHEMA), SCHEMA.stat().st_mtime_ns)))
 
 
 def _unknown(where: str, what: str, name: str, known) -> InputError:
@@ -45,12 +48,15 @@ def _unknown(where: str, what: str, name: str, known) -> InputError:
 
 
 def _check_keys(node, schema: dict, where: str) -> None:
-    """Keys of a section that the schema closes (additionalProperties: false) must be among its properties."""
+    """Keys of a section that the schema closes (additionalProperties: false) must be among its properties
+    (`localizers` is checked against its modules: `check_localizers`)."""
     if not isinstance(node, dict) or "properties" not in schema:
         return
     props = schema["properties"]
     for key, value in node.items():
         path = f"{where}.{key}" if where else key
+        if path == "localizers":
+            continue
         if key in props:
             _check_keys(value, props[key], path)
         elif schema.get("additionalProperties") is False:
@@ -58,36 +64,14 @@ def _check_keys(node, schema: dict, where: str) -> None:
 
 
 def check_names(config: dict, schema: dict | None = None) -> None:
-    """Unknown keys, localizers and variants, each named with the known ones (before the schema's own check,
-    whose message for them is a `oneOf` dump)."""
-    from memprune import localize, variants
+    """Unknown keys, localizers, their parameters and variants, each named with the known ones (before the
+    schema's own check, whose message for them is a `oneOf` dump)."""
+    from memprune import variants
+    from memprune.plan.localizer_schema import check_localizers
 
     schema = schema or load_schema()
+    check_localizers(config, schema)
     _check_keys(config, schema, "")
-    known_localizers = localize.names()
-    # entries of another name (random_nemo: {localizer: random, like: nemo}): the schema's oneOf branches
-    branches = {b["properties"]["localizer"]["const"]: b
-                for b in schema["properties"]["localizers"]["additionalProperties"]["oneOf"]}
-    localizers = config.get("localizers")
-    for name, entry in (localizers if isinstance(localizers, dict) else {}).items():
-        impl = entry.get("localizer") if isinstance(entry, dict) else None
-        if impl is not None:
-            if impl not in known_localizers:
-                raise _unknown(f"localizers.{name}.localizer", "localizer", impl, known_localizers)
-            if impl not in branches:
-                raise InputError(f"config key localizers.{name}.localizer: an entry of another name runs one of "
-                                 f"{', '.join(sorted(branches))} at other parameters; {impl!r} runs once, as {impl}:")
-            for key in entry:
-                if key not in branches[impl]["properties"]:
-                    raise _unknown(f"localizers.{name}.{key}", "parameter", key, branches[impl]["properties"])
-            missing = [k for k in branches[impl].get("required", ()) if k not in entry]
-            if missing:
-                raise InputError(f"config key localizers.{name}: a {impl} entry of another name needs "
-                                 f"{', '.join(missing)} ({branches[impl]['properties'][missing[0]]['description']})")
-        elif name not in known_localizers:
-            error = _unknown(f"localizers.{name}", "localizer", name, known_localizers)
-            raise InputError(f"{error}; an entry of another name sets `localizer:` (e.g. random_nemo: "
-                             "{localizer: random, like: nemo})")
     known_variants = variants.names()
     for section in VARIANT_LISTS:
         listed = config.get(section).get("variants") if isinstance(config.get(section), dict) else None
