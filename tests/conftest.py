@@ -192,3 +192,37 @@ def denoising_loss(unet, scheduler, z0, y, n: int = 16, seed: int = 123) -> floa
     with torch.no_grad():
         pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=y.expand(n, -1, -1)).sample
     return float(((pred - noise) ** 2).mean())
+
+
+# The time of each tier, printed at the end of a run (what CI takes in each: the SD end-to-end runs, the rest of the
+# slow tier, the fast tier), from each test's setup, call and teardown (a session fixture counts where it starts).
+_TIMES: dict[str, float] = {}
+
+
+def _tier_of(item) -> str:
+    if item.get_closest_marker("sd") is not None:
+        return "Stable Diffusion end to end (marker sd)"
+    return "slow tier, the rest" if item.get_closest_marker("slow") is not None else "fast tier"
+
+
+def pytest_runtest_logreport(report):
+    _TIMES[report.nodeid] = _TIMES.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    items = {item.nodeid: item for item in getattr(config, "_tier_items", [])}
+    totals: dict[str, list] = {}
+    for nodeid, seconds in _TIMES.items():
+        if nodeid in items:
+            tier = totals.setdefault(_tier_of(items[nodeid]), [0, 0.0])
+            tier[0] += 1
+            tier[1] += seconds
+    if totals:
+        terminalreporter.write_sep("-", "time per tier")
+        for tier, (n, seconds) in sorted(totals.items()):
+            terminalreporter.write_line(f"{tier}: {n} tests, {seconds:.0f} s")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    session.config._tier_items = list(session.items)
