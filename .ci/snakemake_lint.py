@@ -15,9 +15,6 @@ ACCEPTED = {
     # The Snakefile sets PYTHONPATH for the jobs (`python -m memprune` from this checkout, installed or not); it is
     # never required from the user, so asserting it with `envvars:` would not apply.
     ("snakefile Snakefile", "Environment variable PYTHONPATH used but not asserted with envvars directive"),
-    # Its job is another config's Snakemake run on the submitting host: it needs Snakemake, which is not in
-    # envs/memprune.yaml (what only the plan needs stays out of the jobs' environment, tests/test_dependencies.py).
-    ("rule leaderboard_of_config", "Specify a conda environment or container for each rule."),
 }
 
 SCOPE = re.compile(r"^Lints for (snakefile|rule) (\S+?)(?: \(line \d+, .*\))?:$")

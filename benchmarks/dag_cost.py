@@ -4,8 +4,8 @@ file's wall and CPU seconds (the job as it last ran, whatever else ran beside it
 rules, or not run yet) are counted apart. With `--cores N`, the CPU sum divided by N is a lower bound on the wall
 time of the whole target on N cores.
 
-One run per `--run` (a target and its arguments, quoted as on the command line); several runs add up, e.g. the
-stacked leaderboard, whose other testbeds are built by their own runs:
+One run per `--run` (a target and its arguments, quoted as on the command line); several runs add up, e.g. two
+testbeds' leaderboards (`--run results/leaderboard.csv` alone is every stacked testbed's, one DAG):
 
     python -m benchmarks.dag_cost --cores 2 --run "results/testbed_planted/leaderboard.csv" \
         --run "results/testbed/leaderboard.csv --configfile config/testbed.yaml"

@@ -6,6 +6,7 @@ temporary directory and dry-run on the same targets, the trees interleaved, afte
 median wall and CPU seconds (the dry run's process, from its rusage) and, with two trees, their ratios.
 
     python -m benchmarks.plan_time --trees /path/to/old/checkout . --repeats 5
+    python -m benchmarks.plan_time --trees /path/to/old/checkout . --targets results/leaderboard.csv ""
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -44,7 +46,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trees", nargs="+", type=Path, default=[Path(".")], help="checkouts to compare (1 or 2)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--targets", nargs="+", help="the dry runs' arguments, one string each (\"\": rule all); "
+                        "default: rule all, the planted leaderboard and SD1.5's evaluation")
     opts = parser.parse_args()
+    targets = [shlex.split(t) for t in opts.targets] if opts.targets else DEFAULT_TARGETS
     trees = [t.resolve() for t in opts.trees]
     with tempfile.TemporaryDirectory() as tmp:
         dirs = []
@@ -54,7 +59,7 @@ def main() -> None:
             dirs.append(wd)
         print(f"{'targets':58s} " + "  ".join(f"{'tree ' + str(i) + ' wall / CPU s':>24s}" for i in range(len(trees)))
               + ("  ratio wall / CPU (tree 1 / tree 0)" if len(trees) == 2 else ""))
-        for args in DEFAULT_TARGETS:
+        for args in targets:
             for tree, wd in zip(trees, dirs):
                 dry_run(tree, wd, args)  # warm-up: page cache, .snakemake/
             samples = [[] for _ in trees]

@@ -74,6 +74,16 @@ def checkpoint_input(models, wildcard):
     return inputs
 
 
+def stacked_rule_settings(prefix):
+    """A profile's set-resources and set-threads name a rule: the stacked leaderboard's copy of it for another config
+    (<prefix><rule>, rules/leaderboard.smk) gets them too, as in that config's own run. Snakemake applies them by rule
+    name as it makes a rule, from these dicts (and passes them on to the jobs it submits)."""
+    settings = workflow.resource_settings
+    for by_name in (settings._parsed_overwrite_resources, settings._parsed_overwrite_threads):
+        for name in [n for n in by_name if "__" not in n]:
+            by_name.setdefault(prefix + name, by_name[name])
+
+
 wildcard_constraints:
     collection=r"[A-Za-z0-9_-]+",
     pset=r"[A-Za-z0-9_-]+",
@@ -86,7 +96,8 @@ wildcard_constraints:
 # Preflight (`memprune check`, memprune.plan.preflight): the inputs from outside the workflow (weights, SSCD, CLIP,
 # training images) that the requested targets need. A run stops before its first job when one is missing, listing
 # each with its fix (docs/cluster.md); `--no-hooks` skips the check. A dry run (-n) still plans: it lists what the
-# config's stages lack (its targets are not known yet when the Snakefile is read).
+# config's stages lack (its targets are not known yet when the Snakefile is read). Another config of the stacked
+# leaderboard (a module, rules/leaderboard.smk) is not checked: its inputs are assumed.
 import os
 import sys
 
@@ -95,7 +106,7 @@ from memprune.plan.preflight import MISSING, Preflight, format_report, scope_of
 PREFLIGHT = Preflight(PLAN)
 PREFLIGHT_CONFIGS = [os.path.relpath(f) for f in workflow.config_settings.configfiles] or ["config.yaml"]
 
-if workflow.is_main_process and workflow.output_settings.dryrun:
+if workflow.is_main_process and workflow.output_settings.dryrun and workflow.modifier.is_main_snakefile():
     _entries = PREFLIGHT.check()
     if any(e.status == MISSING for e in _entries):
         print(format_report(_entries, scope_of(PREFLIGHT, None, PREFLIGHT_CONFIGS), only_missing=True)

@@ -3,10 +3,9 @@
 # (prompt following, Frechet) and time, and where a ground truth exists how well its masks localize. It reads
 # what evaluation, the attack, recovery and localization wrote (memprune.evaluate.leaderboard), and the time per
 # image of every model measured in one job under one load (rule leaderboard_timing, memprune.evaluate.timing).
-from memprune.plan.leaderboard import STACKED, Leaderboard
+from memprune.plan.leaderboard import STACKED, Leaderboard, rule_prefix
 
 LEADER = Leaderboard(PLAN, EVAL, ATTACK, RECOVERY, ADVERSARIAL)
-LEADER_OTHERS = LEADER.others()  # {model name: its --configfile arguments}: the configs read and checked once
 
 
 rule leaderboard_timing:
@@ -50,38 +49,38 @@ rule leaderboard:
         memprune("leaderboard", "--models-json {params.models:q} {params.args} --out {output.csv} --figure {output.figure}")
 
 
-# Another config's model: its own Snakemake run (its own config, plan and paths) in this directory, for its
-# leaderboard alone; the stack below then reads it like this config's. It starts once this config's leaderboard
-# is done and takes every core, so no two runs build a shared input (results/testbed/data) at once.
-if LEADER_OTHERS:
+# The stack, results/leaderboard.csv: the leaderboard of every config of `leaderboard.configs`. This config's is built
+# above; every other config is a module of this workflow: this Snakefile read again with that config (its files
+# overlaid as its own run's --configfile would; a module skips `configfile:`), so its plan, paths and commands are
+# those of its own run, under rule names <model>__<rule>, and one DAG holds every config's jobs (`snakemake -n
+# results/leaderboard.csv` lists them all). The rules whose files every config writes to the same path (the copies
+# results/iou.nc and results/density.nc, random models, the shipped testbed's data, model and CLIP) are this
+# config's alone, excluded from the modules with rule all, so a job two configs share runs once; stacked configs
+# agree on what those files hold (memprune.plan.leaderboard.SHARED_KEYS). Read as a module, the Snakefile builds
+# its model's leaderboard only: it neither stacks nor reads the configs its own config lists.
+if workflow.modifier.is_main_snakefile():
+    for STACKED_MODEL, STACKED_CONFIG in LEADER.others().items():
+        STACKED_PREFIX = rule_prefix(STACKED_MODEL)  # also the module's name, which Snakemake makes a global name
+        stacked_rule_settings(STACKED_PREFIX)  # rules/common.smk
 
-    rule leaderboard_of_config:
+        module:
+            name:
+                STACKED_PREFIX
+            snakefile:
+                workflow.main_snakefile
+            config:
+                STACKED_CONFIG
+
+        use rule * from STACKED_PREFIX exclude all, latest_analysis, random_model, testbed_data, train_testbed, train_clip as STACKED_PREFIX*
+
+    rule leaderboard_stack:
+        conda:
+            CONDA_ENV
         input:
-            LEADER.output,
+            LEADER.stacked_inputs(),
         output:
-            "results/{other}/leaderboard.csv",
-        wildcard_constraints:
-            other=_alternatives(list(LEADER_OTHERS)),
-        params:
-            configfile=lambda wc: LEADER_OTHERS[wc.other],
-            snakefile=workflow.main_snakefile,
-        threads: workflow.cores
-        localrule: True
+            STACKED,
         log:
-            "logs/{other}/leaderboard/run.log",
+            "logs/leaderboard_stack.log",
         shell:
-            "python -m snakemake -s {params.snakefile} --directory . --cores {threads} --nolock --rerun-incomplete "
-            "{output} --configfile {params.configfile} > {log} 2>&1"
-
-
-rule leaderboard_stack:
-    conda:
-        CONDA_ENV
-    input:
-        LEADER.stacked_inputs(),
-    output:
-        STACKED,
-    log:
-        "logs/leaderboard_stack.log",
-    shell:
-        memprune("leaderboard-stack", "--inputs {input} --out {output}")
+            memprune("leaderboard-stack", "--inputs {input} --out {output}")

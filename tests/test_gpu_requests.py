@@ -22,13 +22,12 @@ MODEL_RULES = {"capture_chunk", "capture_null", "nemo_calibration", "nemo_search
 # Rules that read weights or stored arrays only (model_layers copies the observed weights, masks reads |W|, prune
 # edits weights, random_model writes random ones), make data, or tabulate; train_clip trains the testbed's tiny CLIP
 # metric model on the CPU; nemo_neurons and recovery_model merge search chunks; eval_aggregate asks a GPU in its rule
-# only for fid_reference: images; the leaderboard reads the stages' files, and leaderboard_of_config (a localrule)
-# starts another config's Snakemake run on the submitting host.
+# only for fid_reference: images; the leaderboard and its stack read the stages' files.
 CPU_RULES = {"all", "gather_subsets", "model_layers", "masks", "prune", "analysis", "latest_analysis", "localization",
              "eval_aggregate", "nemo_neurons", "recovery_model",
              "train_clip", "attack_analyze", "attack_table", "detection_report", "detected_prompts", "recovery_table",
              "testbed_data", "extend_testbed_data", "random_model", "stand_in_images", "leaderboard",
-             "leaderboard_of_config", "leaderboard_stack"}
+             "leaderboard_stack"}
 CONFIGS = sorted([REPO / "config.yaml", *(REPO / "config").glob("*.yaml")])
 
 

@@ -2,6 +2,7 @@
 config (the loaded config's models, the files it reads, the configs results/leaderboard.csv stacks)."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +248,13 @@ def _plan(name: str):
     return Leaderboard(plan, Evaluation(plan), Attack(plan), Recovery(plan), Adversarial(plan))
 
 
+def _stacking(board, configs):
+    """The leaderboard of `board`'s config with `leaderboard.configs` set to `configs` (the stack is read once per
+    leaderboard, so a new one)."""
+    board.plan.config["leaderboard"] = {"configs": configs}
+    return type(board)(board.plan, board.evaluation, board.attack, board.recovery, board.adversarial)
+
+
 def test_default_config_lists_every_compared_model_and_stacks_every_testbed():
     board = _plan("config.yaml")
     models = json.loads(board.models_json())
@@ -265,31 +273,98 @@ def test_default_config_lists_every_compared_model_and_stacks_every_testbed():
     assert set(stacked) == {"testbed_planted", "testbed", "testbed_finetune", "testbed_finetune_e16",
                             "testbed_finetune_e32"}
     assert stacked["testbed_finetune_e32"] == ["config/testbed_finetune.yaml", "config/finetune/e32.yaml"]
-    assert set(board.others()) == set(stacked) - {"testbed_planted"}
+    others = board.others()  # each other config as its own run loads it: the files overlaid, not yet validated
+    assert set(others) == set(stacked) - {"testbed_planted"}
+    assert others["testbed_finetune_e32"]["model"]["name"] == "testbed_finetune_e32"
+    assert others["testbed_finetune_e32"]["testbed"]["derived"]["train"]["epochs"] == 32
+    assert others["testbed_finetune_e32"]["testbed"]["derived"]["train"]["lr"] == 0.00006  # from the base file
+    assert "leaderboard" not in others["testbed"] and "copy_threshold" not in others["testbed"]
 
 
 def test_a_missing_or_clashing_stacked_config_is_named(tmp_path):
-    from memprune.plan.leaderboard import Leaderboard
+    from memprune.plan.leaderboard import rule_prefix
 
     board = _plan("config/testbed.yaml")
-    assert board.stacked() == {"testbed": []}  # no configs listed: this model alone
-    board.plan.config["leaderboard"] = {"configs": ["config/testbed.yaml",
-                                                    ["config/testbed.yaml", str(tmp_path / "o.yaml")]]}
+    assert board.stacked() == {"testbed": []} and board.others() == {}  # no configs listed: this model alone
     (tmp_path / "o.yaml").write_text("model: {name: testbed_other}\n")  # an overlay: the second file renames the model
-    assert set(Leaderboard.stacked(board)) == {"testbed", "testbed_other"}
-    assert Leaderboard.others(board) == {"testbed_other": f"config/testbed.yaml {tmp_path / 'o.yaml'}"}
+    board = _stacking(board, ["config/testbed.yaml", ["config/testbed.yaml", str(tmp_path / "o.yaml")]])
+    assert board.stacked() == {"testbed": ["config/testbed.yaml"],
+                               "testbed_other": ["config/testbed.yaml", str(tmp_path / "o.yaml")]}
+    assert list(board.others()) == ["testbed_other"]
+    assert board.others()["testbed_other"]["model"] == {"name": "testbed_other", "path": "resources/testbed"}
+    assert board.stacked_inputs() == ["results/testbed/leaderboard.csv", "results/testbed_other/leaderboard.csv"]
+    assert rule_prefix("testbed_other") == "testbed_other__" and rule_prefix("tb-2.x") == "tb_2_x__"
+    (tmp_path / "seed.yaml").write_text("model: {name: testbed_seed1}\ntestbed: {dataset: {seed: 1}}\n")
+    (tmp_path / "dot.yaml").write_text("model: {name: testbed.v2}\n")
+    (tmp_path / "under.yaml").write_text("model: {name: testbed_v2}\n")
     for configs, message in (([str(tmp_path / "gone.yaml")], "no such config file"),
-                             (["config/testbed.yaml", "config/testbed.yaml"], "both run model 'testbed'")):
-        board.plan.config["leaderboard"] = {"configs": configs}
+                             (["config/testbed.yaml", "config/testbed.yaml"], "both run model 'testbed'"),
+                             ([["config/testbed.yaml", str(tmp_path / "seed.yaml")]],
+                              "sets testbed.dataset to {'seed': 1, .*results/testbed/"),
+                             ([["config/testbed.yaml", str(tmp_path / n)] for n in ("dot.yaml", "under.yaml")],
+                              "'testbed.v2' and 'testbed_v2' .* would share the rule names testbed_v2__")):
         with pytest.raises(InputError, match=message):
-            Leaderboard.stacked(board)
+            _stacking(board, configs).stacked()
+
+
+def _planned_jobs(text: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """{outputs: (rule, {field: value})} of every job a `snakemake -n -p` prints (its input, output, log, benchmark,
+    wildcards, threads, resources and shell command; not its job id or reason), keyed by its output line."""
+    jobs, rule, fields = {}, None, {}
+    for line in text.splitlines():
+        if m := re.match(r"^(?:local)?(?:rule|checkpoint) (\S+):$", line):
+            rule, fields = m.group(1), {}
+        elif rule and line.startswith("Shell command: "):
+            fields["shell"] = line.removeprefix("Shell command: ")
+            assert fields["output"] not in jobs
+            jobs[fields["output"]], rule = (rule, fields), None
+        elif rule and (m := re.match(r"^    (\w+): (.*)$", line)) and m.group(1) not in ("jobid", "reason"):
+            fields[m.group(1)] = m.group(2)
+    return jobs
 
 
 @pytest.mark.slow
-def test_stacked_leaderboard_runs_another_configs_dag(tiny_model, tmp_path):
-    """`results/leaderboard.csv` on a tiny model under two configs: this config's leaderboard in this run, the
-    other's (the unedited model alone, so its DAG has no capture or masks) by its own Snakemake run; both
-    stacked, each with its evaluation and attack columns."""
+def test_stacked_dry_run_plans_every_config_and_each_as_its_own_run(tmp_path):
+    """`snakemake -n results/leaderboard.csv` on the default config plans every stacked testbed's jobs in one DAG;
+    the shipped testbed's are those of its own run (`--configfile config/testbed.yaml`): the same outputs, inputs,
+    logs, benchmarks, resources (a profile's per-rule ones too) and commands, under rule names testbed__<rule>; the
+    dataset that every testbed reads is one job, of this config's rule."""
+    import subprocess
+    import sys
+
+    from memprune.plan import lay_out_clone
+
+    lay_out_clone(REPO, tmp_path)
+
+    def dry_run(*args):
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "2", "--profile",
+                               str(REPO / "workflow/profiles/local"), *args],
+                              cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return _planned_jobs(proc.stdout)
+
+    stack = dry_run("results/leaderboard.csv")
+    own = dry_run("results/testbed/leaderboard.csv", "--configfile", "config/testbed.yaml")
+    outputs = {path for key in stack for path in key.split(", ")}  # a job's outputs, the key of its entry
+    assert {f"results/{n}/leaderboard.csv" for n in ("testbed_planted", "testbed", "testbed_finetune",
+                                                     "testbed_finetune_e16", "testbed_finetune_e32")} <= outputs
+    assert [rule for rule, _ in stack.values()].count("testbed_data") == 1
+    assert not any(rule.endswith("__testbed_data") for rule, _ in stack.values())
+    assert stack["results/leaderboard.csv"][0] == "leaderboard_stack"
+    assert "mem_mb=16000" in stack["results/testbed/eval/steps50_g2.0/samples/none"][1]["resources"]  # the profile's
+    shared = {"testbed_data"}
+    for output, (rule, fields) in own.items():
+        assert stack[output] == (rule if rule in shared else f"testbed__{rule}", fields), output
+    assert {o for o, (rule, _) in stack.items() if rule.startswith("testbed__")} == {
+        o for o, (rule, _) in own.items() if rule not in shared}
+
+
+@pytest.mark.slow
+def test_stacked_leaderboard_builds_every_config_in_one_dag(tiny_model, tmp_path):
+    """`results/leaderboard.csv` on a tiny model under two configs, in one DAG: this config's leaderboard and the
+    other's (the unedited model alone, so its DAG has no capture or masks: its rules, tiny_other__*, planned from
+    its own config), both listed by the dry run before any job ran; both stacked, each with its evaluation and
+    attack columns."""
     from conftest import snakemake, write_config
     from memprune.testbed.clip import ClipSpec, save_untrained_clip
     from PIL import Image
@@ -317,6 +392,11 @@ def test_stacked_leaderboard_runs_another_configs_dag(tiny_model, tmp_path):
     other["evaluate"]["variants"] = ["none"]
     other["attack"]["variants"] = ["none"]
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    planned = {rule for rule, _ in _planned_jobs(snakemake(tmp_path, "-n", "-p", "results/leaderboard.csv").stdout)
+               .values()}
+    assert {"leaderboard", "tiny_other__leaderboard", "tiny_other__eval_sample", "tiny_other__attack_generate",
+            "leaderboard_stack", "capture_chunk"} <= planned
+    assert not any(r.startswith("tiny_other__") and r.endswith(("capture_chunk", "masks")) for r in planned)
     snakemake(tmp_path, "results/leaderboard.csv")
     assert not (tmp_path / "results/tiny_other/masks").exists()
     t = pd.read_csv(tmp_path / "results/leaderboard.csv")
@@ -334,9 +414,13 @@ def test_stacked_leaderboard_runs_another_configs_dag(tiny_model, tmp_path):
     pd.testing.assert_frame_equal(a, b)
     fair, every = (t[(t.testbed == n) & (t.model == "none")].iloc[0] for n in ("tiny", "tiny_other"))
     assert fair.eval_copies_hi - fair.eval_copies_lo > every.eval_copies_hi - every.eval_copies_lo  # fewer prompts
-    assert (tmp_path / "logs/tiny_other/leaderboard/run.log").exists()
+    assert (tmp_path / "logs/tiny_other/leaderboard/table.log").exists()  # its own jobs' logs, as in its own run
     assert (tmp_path / "results/tiny/figures/leaderboard.png").exists()
+    assert (tmp_path / "results/tiny_other/figures/leaderboard.png").exists()
     assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(tmp_path, "-n", "results/leaderboard.csv"))
+    # its own run finds every job of its model done by the stack
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(
+        tmp_path, "-n", "results/tiny_other/leaderboard.csv", "--configfile", str(tmp_path / "other.yaml")))
 
 
 @pytest.mark.slow

@@ -56,11 +56,6 @@ Lints for rule latest_analysis (line 35, /work/main/rules/analysis.smk):
     * Specify a conda environment or container for each rule.:
       This way, the used software for each specific step is documented, and the
       workflow can be executed on any machine without prerequisites.
-
-Lints for rule leaderboard_of_config (line 58, /work/main/rules/leaderboard.smk):
-    * Specify a conda environment or container for each rule.:
-      This way, the used software for each specific step is documented, and the
-      workflow can be executed on any machine without prerequisites.
 """
 
 
@@ -69,7 +64,6 @@ def test_snakemake_lints_are_read_and_only_the_deliberate_ones_pass():
     assert lint.lints(LINT_TEXT) == [
         ("snakefile Snakefile", "Environment variable PYTHONPATH used but not asserted with envvars directive"),
         ("rule latest_analysis", "Specify a conda environment or container for each rule."),
-        ("rule leaderboard_of_config", "Specify a conda environment or container for each rule."),
     ]
     assert lint.unexpected(LINT_TEXT) == [
         ("rule latest_analysis", "Specify a conda environment or container for each rule.")]

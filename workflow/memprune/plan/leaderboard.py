@@ -3,7 +3,10 @@ compare), the files it reads, and the configs `results/leaderboard.csv` stacks (
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,11 @@ from memprune.plan.compare import Adversarial, Attack, Evaluation, Recovery
 from memprune.plan.config import Plan, key_error
 
 STACKED = "results/leaderboard.csv"
+# The config keys that decide the files every config's rules write to the same path: the shipped testbed's dataset,
+# model and CLIP under results/testbed/ (rules testbed_data, train_testbed, train_clip). The stack builds them once,
+# with the loaded config's rules, so a stacked config must agree on these keys (a random model's path names all it
+# depends on).
+SHARED_KEYS = (("testbed", "dataset"), ("testbed", "train"), ("evaluate", "clip", "train"))
 
 
 def overlay(base: dict, top: dict) -> dict:
@@ -22,20 +30,31 @@ def overlay(base: dict, top: dict) -> dict:
     return out
 
 
-def config_model_name(paths: list[Path]) -> str:
-    """The model name (`model.name`) that config files, overlaid in order, run (the schema's defaults filled in)."""
+def read_config(paths: list[Path]) -> dict:
+    """Config files overlaid in order, as a Snakemake run with these --configfile files loads them (not validated)."""
     import yaml
 
-    from memprune.plan.schema import validate_config
-
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     cfg = {}
     for path in paths:
         try:
-            cfg = overlay(cfg, yaml.safe_load(Path(path).read_text()) or {})
+            cfg = overlay(cfg, yaml.load(Path(path).read_text(), Loader=loader) or {})
         except (OSError, yaml.YAMLError) as e:
             raise key_error("leaderboard.configs", f"{path}: cannot be read ({type(e).__name__}: {e})") from None
-    validate_config(cfg)
-    return str(cfg["model"]["name"])
+    return cfg
+
+
+def config_model_name(paths: list[Path]) -> str:
+    """The model name (`model.name`) that config files, overlaid in order, run (the schema's defaults filled in)."""
+    from memprune.plan.schema import validate_config
+
+    return str(validate_config(read_config(paths))["model"]["name"])
+
+
+def _get(cfg: dict, keys: tuple[str, ...]):
+    for k in keys:
+        cfg = (cfg or {}).get(k)
+    return cfg
 
 
 @dataclass
@@ -113,10 +132,13 @@ class Leaderboard:
             parts.append(f"--eval-kind {shlex.quote(Path(mem).stem if '/' in mem else mem)}")
         return " ".join(parts)
 
-    def stacked(self) -> dict[str, list[str]]:
-        """{model name: its config files} of `leaderboard.configs` (an entry: a file, or files overlaid in order),
-        the loaded config's own model among them (built here, no files); every other is built by its own
-        Snakemake run (rule leaderboard_of_config)."""
+    @functools.cached_property
+    def _stacked(self) -> dict[str, tuple[list[str], dict | None]]:
+        """{model name: (its config files, its config as its own run loads it)} of `leaderboard.configs` (an entry: a
+        file, or files overlaid in order), the loaded config's own model among them (no files, no config); read
+        once."""
+        from memprune.plan.schema import validate_config
+
         configs = (self.plan.config.get("leaderboard") or {}).get("configs") or []
         out = {}
         for entry in configs:
@@ -127,18 +149,45 @@ class Leaderboard:
                 if not path.exists():
                     raise key_error("leaderboard.configs", f"{c}: no such config file")
                 paths.append(path)
-            name = config_model_name(paths)
-            if name in out:
-                raise key_error("leaderboard.configs",
-                                f"{' + '.join(files)} and {' + '.join(out[name])} both run model {name!r}")
-            out[name] = [str(p) for p in paths]
-        out.setdefault(self.plan.name, [])
+            raw = read_config(paths)
+            checked = validate_config(copy.deepcopy(raw))
+            name = str(checked["model"]["name"])
+            self._check_stackable(name, " + ".join(files), checked, out)
+            out[name] = ([str(p) for p in paths], raw if name != self.plan.name else None)
+        out.setdefault(self.plan.name, ([], None))
         return out
+
+    def _check_stackable(self, name: str, files: str, checked: dict, stacked: dict) -> None:
+        """A config the stack can hold beside those before it: its own model, its own rule names, and this config's
+        values of SHARED_KEYS."""
+        if name in stacked:
+            raise key_error("leaderboard.configs",
+                            f"{files} and {' + '.join(stacked[name][0])} both run model {name!r}")
+        clash = next((n for n in stacked if rule_prefix(n) == rule_prefix(name)), None)
+        if clash is not None:
+            raise key_error("leaderboard.configs", f"models {clash!r} and {name!r} ({files}) would share the rule "
+                            f"names {rule_prefix(name)}*: rename one (model.name)")
+        for keys in SHARED_KEYS if name != self.plan.name else ():
+            if _get(checked, keys) != _get(self.plan.config, keys):
+                raise key_error("leaderboard.configs", f"{files} sets {'.'.join(keys)} to {_get(checked, keys)}, this "
+                                f"config to {_get(self.plan.config, keys)}: the stack builds what it decides once "
+                                "(results/testbed/), so every stacked config must agree")
+
+    def stacked(self) -> dict[str, list[str]]:
+        """{model name: its config files} of `leaderboard.configs`, the loaded config's own model among them (built
+        by this config's rules, no files); every other by its module (rules/leaderboard.smk)."""
+        return {name: files for name, (files, _) in self._stacked.items()}
 
     def stacked_inputs(self) -> list[str]:
         return [f"results/{name}/leaderboard.csv" for name in self.stacked()]
 
-    def others(self) -> dict[str, str]:
-        """{model name: its --configfile arguments} of the stacked models other than this config's."""
-        return {n: " ".join(shlex.quote(c) for c in files)
-                for n, files in self.stacked().items() if n != self.plan.name}
+    def others(self) -> dict[str, dict]:
+        """{model name: its config, overlaid as its own run loads it (Snakemake validates it as it reads the
+        Snakefile)} of the stacked models other than this config's: each is a module of this workflow."""
+        return {name: copy.deepcopy(cfg) for name, (_, cfg) in self._stacked.items() if cfg is not None}
+
+
+def rule_prefix(name: str) -> str:
+    """The prefix of a stacked model's rule names, `<name>__` (no rule name holds `__`, so none can clash), with
+    what a rule name cannot hold (`model.name` allows `.` and `-`) as `_`."""
+    return re.sub(r"\W", "_", name) + "__"
