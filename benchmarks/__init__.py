@@ -1,5 +1,5 @@
 """memprune's maintained measurement tools, each printing the figures (ratios where the machine is noisy) that
-docs/results.md reports. Run one from the repository root as a module, e.g.
+docs/studies.md reports. Run one from the repository root as a module, e.g.
 
     python -m benchmarks.capture_overhead --help
 

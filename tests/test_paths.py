@@ -187,7 +187,7 @@ python -m benchmarks.no_such_tool, and docs/results.md's benchmarks/weight_group
         "workflow/memprune/x.py:3: benchmarks/weight_group_ablation.py (no such file or folder)",
     ])
     fine = '''"""mitigate/adversarial.py, workflow/memprune/mitigate/ (tests/test_planted.py), `memprune plant`,
-memprune.localize.wanda_packed.memorized_masks_packed, memprune.plan.lay_out_clone, [x](results.md#nemo),
+memprune.localize.wanda_packed.memorized_masks_packed, memprune.plan.lay_out_clone, [x](studies.md#nemo),
 [y](../../shared/METHODS.md).
 Outputs and templates: results/x.nc, benchmarks/testbed/train.tsv, benchmarks/<model>/, config/X.yaml,
 rules/{name}.smk, docs/*.md, experiments/..., ../shared/config/METHODS.md, python -m benchmarks.X."""

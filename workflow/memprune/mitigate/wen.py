@@ -12,7 +12,7 @@ from memprune.sampling import SamplingConfig, _initial_latents
 # Wen et al. (ICLR 2024), "Detecting, explaining, and mitigating memorization in diffusion models": the
 # paper's inference-time baseline (its section 5.2). Default target: Wen et al.'s Stable Diffusion setting, 3 for
 # the norm taken jointly over 4 images of a prompt, i.e. about 3 / sqrt(4) = 1.5 per image. The testbed's own
-# value is in config.yaml (`mitigation.wen.target_loss`; how it was chosen: docs/results.md).
+# value is in config.yaml (`mitigation.wen.target_loss`; how it was chosen: docs/studies.md).
 WEN_TARGET_LOSS = 1.5
 
 
