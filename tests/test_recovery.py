@@ -32,6 +32,44 @@ def test_search_lowers_its_own_loss(tiny_pipe):
             < denoising_loss(tiny_pipe.unet, tiny_pipe.scheduler, z0, start))
 
 
+def test_a_shorter_search_is_the_longer_ones_first_steps(tiny_pipe):
+    """What `on_step` sees after k steps is the k-step search's embedding: one search measures several budgets
+    (benchmarks/recovery_calibration.py)."""
+    size = tiny_pipe.unet.config.sample_size * tiny_pipe.vae_scale_factor
+    image = (np.random.default_rng(2).random((size, size, 3)) * 255).astype(np.uint8)
+    z0, start = recovery.image_latent(tiny_pipe, image), recovery.embed(tiny_pipe, ["a photo"])
+    tiny_pipe.unet.requires_grad_(False)
+    kept = {}
+    with torch.enable_grad():
+        recovery.search(tiny_pipe.unet, tiny_pipe.scheduler, z0, start, recovery.RecoverySpec(steps=5, batch_size=2),
+                        torch.Generator().manual_seed(0), on_step=lambda k, y: kept.update({k: y.clone()}))
+        short, _ = recovery.search(tiny_pipe.unet, tiny_pipe.scheduler, z0, start,
+                                   recovery.RecoverySpec(steps=3, batch_size=2), torch.Generator().manual_seed(0))
+    assert sorted(kept) == [1, 2, 3, 4, 5]
+    torch.testing.assert_close(kept[3], short, rtol=0, atol=0)
+    assert not torch.equal(kept[5], short)
+
+
+def test_calibration_counts_each_control_and_start_once():
+    """The calibration table (benchmarks/recovery_calibration.py): a (control, start) is recovered when at least
+    min_seeds seeds reach the threshold; the pooled row counts every (control, start) once."""
+    import xarray as xr
+
+    from benchmarks.recovery_calibration import rates
+
+    ssim = np.zeros((1, 2, 3, 2, 4))  # lr, budget (0, 50), control, start, seed
+    ssim[0, 1, 0, 0] = [0.5, 0.5, 0.5, 0.1]  # single 0 from its prompt: 3 of 4 seeds
+    ssim[0, 1, 1, 1] = [0.5, 0.5, 0.5, 0.5]  # single 1 from random: 4 of 4
+    ds = xr.Dataset({"ssim": (("lr", "budget", "target", "init", "seed"), ssim)},
+                    coords={"lr": [0.1], "budget": [0, 50], "target": [0, 1, 2], "init": ["prompt", "random"],
+                            "group": ("target", ["single", "single", "never_seen"]), "seed": [0, 1, 2, 3]})
+    rows = {(r["steps"], r["min_seeds"], r["kind"], r["start"]): (r["k"], r["n"])
+            for r in rates(ds, [0.4], [3, 4])}
+    assert rows[50, 3, "single", "prompt"] == (1, 2) and rows[50, 4, "single", "prompt"] == (0, 2)
+    assert rows[50, 3, "all", "all"] == (2, 6) and rows[50, 4, "all", "all"] == (1, 6)
+    assert rows[50, 3, "never_seen", "all"] == (0, 2) and rows[0, 3, "all", "all"] == (0, 6)
+
+
 @pytest.mark.slow  # 13 s of searches on the planted testbed
 def test_recovers_a_planted_photo_but_not_one_never_seen():
     from memprune.models import load_pipeline

@@ -101,8 +101,10 @@ def denoising_loss(unet, scheduler, z0, cond, gen):
     return F.mse_loss(to_epsilon(pred, x_in, t, scheduler), noise)
 
 
-def search(unet, scheduler, z0, start, spec: RecoverySpec, gen):
-    """DoRI's search: returns (embedding (1, L, D) float32, loss per step (steps,))."""
+def search(unet, scheduler, z0, start, spec: RecoverySpec, gen, on_step=None):
+    """DoRI's search: returns (embedding (1, L, D) float32, loss per step (steps,)). `on_step(k, y)`, when given,
+    sees the embedding after each step k = 1 .. steps: Adam at a fixed lr does not depend on how many steps follow,
+    so it is the k-step search's result (benchmarks/recovery_calibration.py reads several budgets off one search)."""
     import torch
 
     y = start.detach().clone().float().requires_grad_(True)
@@ -115,6 +117,8 @@ def search(unet, scheduler, z0, start, spec: RecoverySpec, gen):
         loss.backward()
         opt.step()
         losses[step] = loss.item()
+        if on_step is not None:
+            on_step(step + 1, y.detach())
     return y.detach(), losses
 
 
