@@ -319,7 +319,9 @@ def _planned_jobs(text: str) -> dict[str, tuple[str, dict[str, str]]]:
             assert fields["output"] not in jobs
             jobs[fields["output"]], rule = (rule, fields), None
         elif rule and (m := re.match(r"^    (\w+): (.*)$", line)) and m.group(1) not in ("jobid", "reason"):
-            fields[m.group(1)] = m.group(2)
+            # resources in a set: their order follows where each was set (rule, profile), not what was asked
+            value = m.group(2)
+            fields[m.group(1)] = frozenset(value.split(", ")) if m.group(1) == "resources" else value
     return jobs
 
 
