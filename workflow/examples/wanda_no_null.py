@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from memprune.localize import Localizer, pack, weight_mask_set
+from memprune.localize.wanda_packed import union_over_timesteps_packed
 from memprune.localize.wanda_scores import k_per_row, memorized_score, top_k_per_row
 
 
@@ -18,7 +19,7 @@ def locate(inputs, params):
         k = k_per_row(params["sparsity"], w.shape[1])
         sums = torch.from_numpy(inputs.memorized[layer]).float()  # (step, in): sum over prompts and tokens of x^2
         per_step[layer] = np.stack([pack(top_k_per_row(memorized_score(w, s), k).numpy()) for s in sums])
-        union[layer] = np.bitwise_or.reduce(per_step[layer][: params["tau"]], axis=0)
+        union[layer] = union_over_timesteps_packed(per_step[layer], params["tau"])
     return weight_mask_set(inputs, union, per_step, {})
 
 

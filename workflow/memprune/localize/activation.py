@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from memprune.localize import Localizer, pack, weight_mask_set
+from memprune.localize.wanda_packed import union_over_timesteps_packed
 from memprune.localize.wanda_scores import k_per_row, top_k_per_row
 
 
@@ -23,7 +24,7 @@ def locate(inputs, params):
         packed = pack(columns.numpy())  # (step, ceil(in / 8)), packed once and broadcast over W's rows
         per_step[layer] = np.ascontiguousarray(np.broadcast_to(packed[:, None, :],
                                                                (packed.shape[0], out_dim, packed.shape[1])))
-        union[layer] = np.bitwise_or.reduce(per_step[layer][: params["tau"]], axis=0)
+        union[layer] = union_over_timesteps_packed(per_step[layer], params["tau"])
     return weight_mask_set(inputs, union, per_step, {})
 
 
