@@ -71,6 +71,16 @@ def test_capture_reads_timesteps_from_the_scheduler(tiny_model):
     np.testing.assert_allclose(alone.sumsq[layer][0], cap.sumsq[layer][1], rtol=1e-4)
 
 
+def test_capture_chunks_at_multiples_of_the_batch_store_the_same_statistics(tiny_pipe):
+    """A capture job's prompts (config activations.chunk_size) cut at multiples of sampling.batch_size keep every
+    batch as it was: one job of 6 prompts stores bit for bit what jobs of 2 + 4 store (config.yaml's 160 vs 32)."""
+    prompts, sampling = [f"prompt {i}" for i in range(6)], SamplingConfig(steps=3, guidance=3.0, batch_size=2)
+    whole = capture(tiny_pipe, prompts, seed=0, sampling=sampling)
+    parts = [capture(tiny_pipe, prompts[a:b], seed=0, sampling=sampling) for a, b in [(0, 2), (2, 6)]]
+    for layer in whole.layers:
+        np.testing.assert_array_equal(whole.sumsq[layer], np.concatenate([p.sumsq[layer] for p in parts]))
+
+
 def test_capture_refuses_without_guidance(tiny_pipe):
     with pytest.raises(InputError, match="guidance"):
         capture(tiny_pipe, ["x"], seed=0, sampling=SamplingConfig(steps=2, guidance=1.0))
