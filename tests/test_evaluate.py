@@ -296,6 +296,13 @@ def test_eval_aggregate_lays_out_variants_by_method_and_subsets(tmp_path):
     assert head[-1] == "interval_method" and "fraction_over_0.5_hi" in head
     assert float(rows[0]["copy_rate_lo"]) == pytest.approx(0.61, abs=1e-2)  # the unedited model: 6 prompts pooled
     assert float(rows[1]["copy_rate_minus_none_hi"]) == -1.0 and float(rows[0]["copy_rate_minus_none_lo"]) == 0.0
+    # the Frechet distance (reference: the unedited model's own generations, so its own is 0 with no interval)
+    assert np.isnan(ds.frechet_distance_lo.sel(variant="none")).all()
+    fd = ds.frechet_distance.sel(variant="wen", subset="m/0")
+    assert ds.frechet_distance_lo.sel(variant="wen", subset="m/0") <= fd <= ds.frechet_distance_hi.sel(
+        variant="wen", subset="m/0") and "resampled prompts" in ds.attrs["interval_method_frechet"]
+    assert head[head.index("frechet_distance") + 1: head.index("frechet_distance") + 3] == [
+        "frechet_distance_lo", "frechet_distance_hi"] and rows[0]["frechet_distance_lo"] == ""
     for k in ("scatter", "bars", "grid"):
         assert Path(out[k]).stat().st_size > 1000
     from memprune.evaluate.figures import styles

@@ -166,7 +166,10 @@ def _eval_per_prompt(path: Path) -> None:
          "follows_prompt": (("variant", "subset", "prompt", "seed"), follows),
          "in_test": (("subset", "prompt"), in_test),
          "copy_rate": two(summary(copied[:, :, mem])), "prompt_following": two(summary(follows)),
-         "frechet_distance": two(np.ones((2, 2))), "mask_seconds": two(np.zeros((2, 2)))},
+         "frechet_distance": two(np.ones((2, 2))), "mask_seconds": two(np.zeros((2, 2))),
+         "frechet_distance_resampled": (("variant", "subset", "resample"),
+                                        np.where(np.isnan(summary(copied))[..., None], np.nan,
+                                                 rng.uniform(0.8, 1.2, (2, 2, 100))))},
         coords={"variant": ["none", "pruned:wanda"], "subset": ["m/0", "m/1"],
                 "prompt": [f"p{i}" for i in range(n_mem + n_non)],
                 "seed": np.arange(n_s), "group": ("prompt", groups)},
@@ -188,6 +191,7 @@ def test_leaderboard_rows_carry_intervals_and_paired_differences_from_the_unedit
     for m in models:
         assert t.loc[m, "eval_copies_lo"] <= t.loc[m, "eval_copies"] < t.loc[m, "eval_copies_hi"]
         assert t.loc[m, "prompt_following_lo"] <= t.loc[m, "prompt_following"] <= t.loc[m, "prompt_following_hi"]
+        assert 0.8 < t.loc[m, "frechet_distance_lo"] < t.loc[m, "frechet_distance"] < t.loc[m, "frechet_distance_hi"]
     for m in ("none", "none_again"):
         assert t.loc[m, ["eval_copies_minus_none", "eval_copies_minus_none_lo",
                          "eval_copies_minus_none_hi"]].tolist() == [0, 0, 0]

@@ -26,6 +26,7 @@ from memprune.evaluate.prompts import (
     subset_prompts,
 )
 from memprune.evaluate.copies import same_metric
+from memprune.evaluate import intervals
 from memprune.evaluate.eval_intervals import add_intervals, own_counts, summary_intervals
 from memprune.evaluate.score import MetricOptions
 
@@ -129,7 +130,7 @@ def cell_metrics(ds, ref_feats, in_test: np.ndarray, mem: np.ndarray, non: np.nd
     """One (variant, subset) cell: its per-prompt arrays (outside the test set NaN), `copied` and the summary
     values, from the scores `ds` of the cell's model; `in_test` (prompt,) is the subset's test set, `ref_feats`
     the Frechet reference features (`self_reference`: they are this model's own, the distance is 0)."""
-    from memprune.evaluate.metrics import copied_in_most_seeds, copy_rate, frechet_distance
+    from memprune.evaluate.metrics import copied_in_most_seeds, copy_rate, frechet_bootstrap, frechet_distance
 
     out = {k: np.where(in_test[:, None], ds[k].values, np.nan) for k in PER_PROMPT}
     sim = out["copy_similarity"][mem]
@@ -143,8 +144,11 @@ def cell_metrics(ds, ref_feats, in_test: np.ndarray, mem: np.ndarray, non: np.nd
         f = out["follows_prompt"][non]
         out["prompt_following"] = np.nanmean(f) if not np.isnan(f).all() else np.nan
         feats = ds.features.values[non].reshape(-1, ds.sizes["feature"])
-        # the unedited model against itself is 0 by definition (not sqrtm's rounding); never below 0
+        # the unedited model against itself is 0 by definition (not sqrtm's rounding), with no interval; never below 0
         out["frechet_distance"] = 0.0 if self_reference else max(frechet_distance(feats, ref_feats), 0.0)
+        out["frechet_resampled"] = (np.full(intervals.FRECHET_RESAMPLES, np.nan) if self_reference else
+                                    frechet_bootstrap(ds.features.values[non], ref_feats, intervals.FRECHET_RESAMPLES,
+                                                      intervals.SEED))
     own = ds.copy_similarity.values[~in_test & mem]
     if per_subset and own.size:
         out["copy_rate_own_subset"] = copy_rate(own, threshold)
@@ -203,6 +207,7 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
     per = {k: np.full((n_v, n_sub, n_p, n_s), np.nan) for k in PER_PROMPT}
     summary = {k: np.full((n_v, n_sub), np.nan) for k in SUMMARY}
     copied = np.full((n_v, n_sub, n_p), np.nan)
+    frechet_resampled = np.full((n_v, n_sub, intervals.FRECHET_RESAMPLES), np.nan)
     fid_ref, fid_ref_name = None, ""
     if non.any():
         featurize = (metrics or MetricOptions()).features()[1] if fid_reference != "unedited" else None
@@ -221,6 +226,8 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
             for k in PER_PROMPT:
                 per[k][vi, si] = cell[k]
             copied[vi, si, mem] = cell["copied"]
+            if "frechet_resampled" in cell:
+                frechet_resampled[vi, si] = cell["frechet_resampled"]
             for k in SUMMARY:
                 if k in cell:
                     summary[k][vi, si] = cell[k]
@@ -238,6 +245,9 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
             "in_test": (("subset", "prompt"), in_test,
                         {"long_name": "prompt is in the subset's test set (fair split)"}),
             **{k: (("variant", "subset"), v, {"long_name": names[k]}) for k, v in summary.items()},
+            "frechet_distance_resampled": (("variant", "subset", "resample"), frechet_resampled,
+                                           {"long_name": "frechet_distance on prompts drawn with replacement",
+                                            "interval_method": intervals.frechet_method()}),
         },
         coords={"variant": vids, "subset": labels, "prompt": np.array(prompts, dtype=object), "seed": seeds,
                 "group": ("prompt", groups.astype(object)),

@@ -7,7 +7,9 @@ leaderboard) is the mean over those subsets of each one's summary. `pooled` writ
 prompts (weight: the prompt's share in it), so that every interval resamples prompts, each with all its seeds
 and every subset it is tested in, and the paired difference to the unedited model resamples the same prompts for
 both models. Rates (`copy_rate`): Wilson; means and fractions of images: the percentile bootstrap; differences
-from the unedited model: the paired bootstrap.
+from the unedited model: the paired bootstrap; the Frechet distance: the percentile of its replicates on resampled
+prompts (`frechet_distance_resampled`; over several subsets the mean of their replicates, as the value is the mean
+of theirs).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def methods() -> dict[str, str]:
     """The interval methods, as eval.nc's attributes name them."""
     return {"interval_level": intervals.LEVEL, "interval_method_rates": intervals.wilson_method(),
             "interval_method_means": intervals.bootstrap_method(),
-            "interval_method_differences": intervals.paired_method()}
+            "interval_method_differences": intervals.paired_method(),
+            "interval_method_frechet": intervals.frechet_method()}
 
 
 def method_column() -> str:
@@ -39,7 +42,8 @@ def method_column() -> str:
     r, s = intervals.RESAMPLES, intervals.SEED
     return (f"95%: rates Wilson score (weighted: at Kish's effective n); means percentile bootstrap over prompts "
             f"with their seeds ({r} resamples, seed {s}); _minus_none paired bootstrap, same prompts and seeds ({r}, "
-            f"seed {s})")
+            f"seed {s}); frechet_distance percentile of the distance on resampled prompts "
+            f"({intervals.FRECHET_RESAMPLES}, seed {s})")
 
 
 def pooled(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +83,17 @@ def interval(ds, name: str, variant: str, subsets: list[str], threshold: float |
     if KIND.get(name) == "rate":
         return intervals.weighted_rate(values, weights)
     return intervals.bootstrap_mean(values, weights)
+
+
+def frechet_interval(ds, variant: str, subsets: list[str]) -> tuple[float, float]:
+    """(lo, hi) of `variant`'s Frechet distance over `subsets` (the mean of theirs): the percentile of the mean of
+    their replicates; NaN without replicates (an eval.nc written before them, or the unedited model as its own
+    reference)."""
+    if "frechet_distance_resampled" not in ds:
+        return np.nan, np.nan
+    r = ds.frechet_distance_resampled.sel(variant=variant, subset=subsets).values  # (subset, resample)
+    keep = ~np.isnan(r).all(-1)
+    return intervals.percentile(r[keep].mean(0)) if keep.any() else (np.nan, np.nan)
 
 
 def difference(ds, name: str, variant: str, subsets: list[str], threshold: float | None = None) -> intervals.Interval:
@@ -125,6 +140,9 @@ def add_intervals(ds, own: dict | None = None):
                 got[vi, si] = interval(ds, name, v, [lb])[1:]
         _bounds(ds, name, got[..., 0], got[..., 1],
                 intervals.wilson_method() if KIND[name] == "rate" else intervals.bootstrap_method())
+    if "frechet_distance_resampled" in ds:
+        got = np.array([[frechet_interval(ds, v, [lb]) for lb in labels] for v in vids]).reshape(shape + (2,))
+        _bounds(ds, "frechet_distance", got[..., 0], got[..., 1], intervals.frechet_method())
     if "fraction_over" in ds:
         thr = [float(t) for t in ds.threshold.values]
         got = np.full(shape + (len(thr), 2), np.nan)
@@ -166,6 +184,7 @@ def summary_intervals(ds, table):
         row = {}
         for name, *_ in SPECS:
             row[f"{name}_lo"], row[f"{name}_hi"] = interval(ds, name, r.variant, subsets)[1:]
+        row["frechet_distance_lo"], row["frechet_distance_hi"] = frechet_interval(ds, r.variant, subsets)
         for t in thr:
             row[f"fraction_over_{t:g}_lo"], row[f"fraction_over_{t:g}_hi"] = interval(ds, "fraction_over", r.variant,
                                                                                       subsets, t)[1:]

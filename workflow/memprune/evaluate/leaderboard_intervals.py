@@ -1,7 +1,8 @@
 """The leaderboard's intervals (95%), from the stages' per-prompt data (`memprune.evaluate.intervals`):
 
 * `<rate>_lo` / `<rate>_hi` beside every rate: `eval_copies` (Wilson; over several subsets, at Kish's effective
-  number of prompts), `fraction_over_<t>` and `prompt_following` (bootstrap over prompts), `copies_<kind>`,
+  number of prompts), `fraction_over_<t>` and `prompt_following` (bootstrap over prompts), `frechet_distance`
+  (the percentile of its replicates on resampled prompts), `copies_<kind>`,
   `copies_another_<kind>` (Wilson over the counted prompts), `mr_<init>_<group>` (Wilson over the targets);
 * `<rate>_minus_none`, its `_lo` / `_hi` and `_minus_none_excludes_zero` for `eval_copies`, `copies_<kind>` and
   `mr_<init>_<group>`: the model minus the unedited model on the same prompts (targets) and seeds, the paired
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from memprune.evaluate import intervals
-from memprune.evaluate.eval_intervals import REFERENCE, difference, interval, method_column
+from memprune.evaluate.eval_intervals import REFERENCE, difference, frechet_interval, interval, method_column
 
 
 def _difference(name: str, est: float, lo: float, hi: float) -> dict:
@@ -46,6 +47,8 @@ def eval_intervals(ds, entry: dict) -> dict:
             interval(ds, "fraction_over", variant, subsets, float(t))
     if "follows_prompt" in ds:
         _, row["prompt_following_lo"], row["prompt_following_hi"] = interval(ds, "prompt_following", variant, subsets)
+    if "frechet_distance_resampled" in ds:
+        row["frechet_distance_lo"], row["frechet_distance_hi"] = frechet_interval(ds, variant, subsets)
     return row
 
 

@@ -317,6 +317,31 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
 
+def frechet_bootstrap(features: np.ndarray, reference: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(resamples,) Frechet distances of `features` (prompt, seed, D) to the fixed `reference` (M, D), each on the
+    prompts drawn with replacement (a prompt with all its seeds) from a generator seeded with `seed`: the same draws
+    for every model with as many prompts. Tr (S_a S_r)^(1/2) is the sum of the square roots of the eigenvalues of
+    S_r^(1/2) S_a S_r^(1/2), taken in the smaller of the samples' and the features' dimensions (so a resample costs
+    an n x n or D x D symmetric eigenproblem, n the resample's images)."""
+    x = np.asarray(features, np.float64)
+    b = np.asarray(reference, np.float64)
+    n_prompts, dim = x.shape[0], x.shape[-1]
+    mu_b, cov_b = b.mean(0), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(cov_b)
+    root_b = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    draws = np.random.default_rng(seed).integers(0, n_prompts, size=(resamples, n_prompts))
+    out = np.empty(resamples)
+    for r, idx in enumerate(draws):
+        a = x[idx].reshape(-1, dim)
+        centred = (a - a.mean(0)) / np.sqrt(len(a) - 1)
+        y = centred @ root_b
+        gram = y @ y.T if len(a) < dim else y.T @ y
+        trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
+        diff = a.mean(0) - mu_b
+        out[r] = max(diff @ diff + (centred * centred).sum() + np.trace(cov_b) - 2 * trace_root, 0.0)
+    return out
+
+
 class InceptionFeatures:
     """pool3 features (2048) of torchvision's Inception v3 from a local safetensors state dict (optional:
     FID's usual space; without it the CLIP image tower is the feature space). Note torchvision's ImageNet
