@@ -56,7 +56,7 @@ def eval_table(rows: list[dict], copies: str, label, kind: str) -> list[str]:
             continue
         body.append([label(r), cells.row_rate(r, copies), cells.row_difference(r, copies),
                      *(cells.row_rate(r, c) for c in over), cells.row_rate(r, "prompt_following"),
-                     cells.ratio(r.get("prompt_following_vs_none")), cells.ratio(r.get("frechet_distance")),
+                     cells.ratio(r.get("prompt_following_vs_none")), cells.row_rate(r, "frechet_distance"),
                      cells.ratio(r.get("frechet_vs_none"))])
     return cells.table(header, body)
 
