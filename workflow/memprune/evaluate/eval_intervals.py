@@ -7,9 +7,9 @@ leaderboard) is the mean over those subsets of each one's summary. `pooled` writ
 prompts (weight: the prompt's share in it), so that every interval resamples prompts, each with all its seeds
 and every subset it is tested in, and the paired difference to the unedited model resamples the same prompts for
 both models. Rates (`copy_rate`): Wilson; means and fractions of images: the percentile bootstrap; differences
-from the unedited model: the paired bootstrap; the Frechet distance: the percentile of its replicates on resampled
-prompts (`frechet_distance_resampled`; over several subsets the mean of their replicates, as the value is the mean
-of theirs).
+from the unedited model: the paired bootstrap; the Frechet distance: the bias-corrected percentile of its
+replicates on resampled prompts (`frechet_distance_resampled`; over several subsets the mean of their
+replicates, as the value is the mean of theirs).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def method_column() -> str:
     r, s = intervals.RESAMPLES, intervals.SEED
     return (f"95%: rates Wilson score (weighted: at Kish's effective n); means percentile bootstrap over prompts "
             f"with their seeds ({r} resamples, seed {s}); _minus_none paired bootstrap, same prompts and seeds ({r}, "
-            f"seed {s}); frechet_distance percentile of the distance on resampled prompts "
+            f"seed {s}); frechet_distance bias-corrected percentile of the distance on resampled prompts "
             f"({intervals.FRECHET_RESAMPLES}, seed {s})")
 
 
@@ -93,7 +93,10 @@ def frechet_interval(ds, variant: str, subsets: list[str]) -> tuple[float, float
         return np.nan, np.nan
     r = ds.frechet_distance_resampled.sel(variant=variant, subset=subsets).values  # (subset, resample)
     keep = ~np.isnan(r).all(-1)
-    return intervals.percentile(r[keep].mean(0)) if keep.any() else (np.nan, np.nan)
+    if not keep.any():
+        return np.nan, np.nan
+    value = float(np.mean(ds.frechet_distance.sel(variant=variant, subset=subsets).values[keep]))
+    return intervals.percentile(r[keep].mean(0), estimate=value)
 
 
 def difference(ds, name: str, variant: str, subsets: list[str], threshold: float | None = None) -> intervals.Interval:

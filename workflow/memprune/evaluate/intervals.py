@@ -59,17 +59,22 @@ def paired_method(level: float = LEVEL, over: str = "prompts") -> str:
 
 
 def frechet_method(level: float = LEVEL) -> str:
-    return (f"percentile bootstrap over the non-memorized prompts (each with all its seeds; the reference features "
-            f"fixed), the distance recomputed per resample, {FRECHET_RESAMPLES} resamples, seed {SEED}, {_pct(level)}; "
-            f"a mean over several models: the mean of their replicates (the same resampled prompts)")
+    return (f"bias-corrected percentile bootstrap over the non-memorized prompts (each with all its seeds; the "
+            f"reference features fixed): the distance recomputed per resample, less the replicates' mean minus the "
+            f"value, {FRECHET_RESAMPLES} resamples, seed {SEED}, {_pct(level)}; a mean over several models: the mean "
+            f"of their replicates (the same resampled prompts)")
 
 
-def percentile(replicates, level: float = LEVEL) -> tuple[float, float]:
-    """(lo, hi): the percentile interval of bootstrap replicates (NaN ones left out; NaN with fewer than 2)."""
+def percentile(replicates, estimate: float | None = None, level: float = LEVEL) -> tuple[float, float]:
+    """(lo, hi): the percentile interval of bootstrap replicates (NaN ones left out; NaN with fewer than 2). With
+    `estimate`, of the replicates less the bootstrap's estimate of the bias (their mean minus `estimate`), so a
+    statistic that resampling inflates (the Frechet distance) is not placed beside a value it excludes."""
     r = np.asarray(replicates, dtype=float)
     r = r[np.isfinite(r)]
     if r.size < 2:
         return np.nan, np.nan
+    if estimate is not None:
+        r = r - (r.mean() - estimate)
     lo, hi = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 

@@ -2,7 +2,7 @@
 
 * `<rate>_lo` / `<rate>_hi` beside every rate: `eval_copies` (Wilson; over several subsets, at Kish's effective
   number of prompts), `fraction_over_<t>` and `prompt_following` (bootstrap over prompts), `frechet_distance`
-  (the percentile of its replicates on resampled prompts), `copies_<kind>`,
+  (the bias-corrected percentile of its replicates on resampled prompts), `copies_<kind>`,
   `copies_another_<kind>` (Wilson over the counted prompts), `mr_<init>_<group>` (Wilson over the targets);
 * `<rate>_minus_none`, its `_lo` / `_hi` and `_minus_none_excludes_zero` for `eval_copies`, `copies_<kind>` and
   `mr_<init>_<group>`: the model minus the unedited model on the same prompts (targets) and seeds, the paired
