@@ -167,6 +167,7 @@ def test_sd2_random_builds_its_model_and_runs_every_stage():
 SHIPPED = [["config.yaml"]] + [[c] for c in SD + RANDOM + ["config/testbed.yaml", "config/testbed_closed_loop.yaml",
                                                            "config/testbed_finetune.yaml"]]
 SHIPPED += [["config/testbed_finetune.yaml", f"config/finetune/{e}.yaml"] for e in ("e16", "e32")]
+SHIPPED += [["config.yaml", "config/recovery/planted.yaml", *extra] for extra in ([], ["config/recovery/dori.yaml"])]
 
 
 def test_shipped_lists_every_config():
