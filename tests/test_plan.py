@@ -119,6 +119,23 @@ def test_derived_testbed_configs_plan_their_own_data_and_targets(name, group, co
         Plan(cfg, REPO)
 
 
+def test_recovery_folder_names_which_photos_it_attacks_in_which_order():
+    """The same budget on other targets, or on the same photos in another order (another edit's subset first), is
+    another folder: chunks of one never pass for the other's."""
+    from memprune.plan.compare import Recovery
+
+    def tag(**recovery):
+        cfg = load("config.yaml")
+        cfg["recovery"] = {**cfg["recovery"], **recovery}
+        return Recovery(Plan(cfg, REPO)).tag
+
+    base = tag()
+    assert base == tag() and base.startswith("s50_lr0.1_b8_seed0_n40_new40_prompt+random_")
+    others = [tag(pruned={"plant_k10": [1]}), tag(variants=["none", "adversarial"]), tag(targets=["planted"]),
+              tag(controls=[]), tag(new_photos=0)]
+    assert len({base, *others}) == 6
+
+
 def test_recovery_plans_every_compared_model_on_testbeds_only():
     from memprune.plan.compare import Recovery
 

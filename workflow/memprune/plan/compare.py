@@ -3,6 +3,7 @@ paths, inputs and command arguments (`memprune.plan.config` holds prompt sets, c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -260,9 +261,13 @@ class Recovery:
                                     "copy_threshold") if k in rec}
         self.spec = json.dumps(spec)
         inits = ",".join(rec.get("inits", ["prompt"]))
+        # the digest: which photos are attacked, in which order (each edit's subset first), from which prompt files;
+        # configs that differ there never share a folder
+        what = json.dumps({"targets": self.chosen(), "new_photos": rec.get("new_photos") or 0,
+                           "files": {s: plan.sets[s].file for s in self.sets + self.controls}}, sort_keys=True)
         self.tag = (f"s{spec.get('steps', 50)}_lr{spec.get('lr', 0.1)}_b{spec.get('batch_size', 8)}"
                     f"_seed{spec.get('seed', 0)}_n{rec.get('max_targets')}_new{rec.get('new_photos', 0)}"
-                    f"_{inits.replace(',', '+')}_split")  # split: subset and held-out targets
+                    f"_{inits.replace(',', '+')}_{hashlib.sha256(what.encode()).hexdigest()[:8]}")
         self.dir = f"{plan.results}/recovery/{self.tag}"
 
     def by_path(self) -> dict[str, EvalModel]:
