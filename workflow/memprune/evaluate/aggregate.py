@@ -125,12 +125,13 @@ def reference_features(fid_reference: str, prompts: list[str], seeds: list[int],
     return featurize(images), f"real images under {Path(reference_images)}"
 
 
-def cell_metrics(ds, ref_feats, in_test: np.ndarray, mem: np.ndarray, non: np.ndarray, threshold: float,
-                 per_subset: bool, self_reference: bool) -> dict:
+def cell_metrics(ds, ref_feats, ref_moments, in_test: np.ndarray, mem: np.ndarray, non: np.ndarray,
+                 threshold: float, per_subset: bool, self_reference: bool) -> dict:
     """One (variant, subset) cell: its per-prompt arrays (outside the test set NaN), `copied` and the summary
     values, from the scores `ds` of the cell's model; `in_test` (prompt,) is the subset's test set, `ref_feats`
-    the Frechet reference features (`self_reference`: they are this model's own, the distance is 0)."""
-    from memprune.evaluate.metrics import copied_in_most_seeds, copy_rate, frechet_bootstrap, frechet_distance
+    the Frechet reference features (`ref_moments`: their `FrechetReference`, for the interval; `self_reference`: they
+    are this model's own, the distance is 0)."""
+    from memprune.evaluate.metrics import copied_in_most_seeds, copy_rate, frechet_distance
 
     out = {k: np.where(in_test[:, None], ds[k].values, np.nan) for k in PER_PROMPT}
     sim = out["copy_similarity"][mem]
@@ -143,12 +144,12 @@ def cell_metrics(ds, ref_feats, in_test: np.ndarray, mem: np.ndarray, non: np.nd
         out["clip_score_nonmemorized"] = np.nanmean(out["clip_score"][non])
         f = out["follows_prompt"][non]
         out["prompt_following"] = np.nanmean(f) if not np.isnan(f).all() else np.nan
-        feats = ds.features.values[non].reshape(-1, ds.sizes["feature"])
+        per_image = ds.features.values[non]  # (prompt, seed, feature)
+        feats = per_image.reshape(-1, ds.sizes["feature"])
         # the unedited model against itself is 0 by definition (not sqrtm's rounding), with no interval; never below 0
         out["frechet_distance"] = 0.0 if self_reference else max(frechet_distance(feats, ref_feats), 0.0)
         out["frechet_resampled"] = (np.full(intervals.FRECHET_RESAMPLES, np.nan) if self_reference else
-                                    frechet_bootstrap(ds.features.values[non], ref_feats, intervals.FRECHET_RESAMPLES,
-                                                      intervals.SEED))
+                                    ref_moments.bootstrap(per_image, intervals.FRECHET_RESAMPLES, intervals.SEED))
     own = ds.copy_similarity.values[~in_test & mem]
     if per_subset and own.size:
         out["copy_rate_own_subset"] = copy_rate(own, threshold)
@@ -215,13 +216,16 @@ def eval_dataset(models: list[ModelEntry], scores: dict, threshold: float, fid_r
                                                    [p for p, g in zip(prompts, groups) if g == "nonmemorized"],
                                                    seeds, featurize, data, reference_images, nonmemorized)
     ref = fid_ref if fid_ref is not None else base.features.values[non].reshape(-1, base.sizes["feature"])
+    from memprune.evaluate.metrics import FrechetReference
+
+    ref_moments = FrechetReference(ref) if non.any() else None  # once for every cell
     missing_benchmarks: list[str] = []
     for vi, v in enumerate(vids):
         for si, lb in enumerate(labels):
             m = cells.get((v, lb))
             if m is None:
                 continue
-            cell = cell_metrics(scores[m.key], ref, in_test[si], mem, non, threshold, m.per_subset,
+            cell = cell_metrics(scores[m.key], ref, ref_moments, in_test[si], mem, non, threshold, m.per_subset,
                                 self_reference=fid_ref is None and v == REFERENCE)
             for k in PER_PROMPT:
                 per[k][vi, si] = cell[k]

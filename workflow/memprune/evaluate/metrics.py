@@ -317,29 +317,40 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
 
+class FrechetReference:
+    """A fixed reference feature set (M, D) with its mean, covariance and the covariance's square root, computed
+    once for every model compared to it (`bootstrap`)."""
+
+    def __init__(self, reference: np.ndarray):
+        b = np.asarray(reference, np.float64)
+        self.mean, self.cov = b.mean(0), np.atleast_2d(np.cov(b, rowvar=False))
+        w, v = np.linalg.eigh(self.cov)
+        self.root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+    def bootstrap(self, features: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+        """(resamples,) Frechet distances of `features` (prompt, seed, D) to the reference, each on the prompts
+        drawn with replacement (a prompt with all its seeds) from a generator seeded with `seed`: the same draws for
+        every model with as many prompts. Tr (S_a S_r)^(1/2) is the sum of the square roots of the eigenvalues of
+        S_r^(1/2) S_a S_r^(1/2), taken in the smaller of the samples' and the features' dimensions (so a resample
+        costs an n x n or D x D symmetric eigenproblem, n the resample's images)."""
+        x = np.asarray(features, np.float64)
+        n_prompts, dim = x.shape[0], x.shape[-1]
+        draws = np.random.default_rng(seed).integers(0, n_prompts, size=(resamples, n_prompts))
+        out = np.empty(resamples)
+        for r, idx in enumerate(draws):
+            a = x[idx].reshape(-1, dim)
+            centred = (a - a.mean(0)) / np.sqrt(len(a) - 1)
+            y = centred @ self.root
+            gram = y @ y.T if len(a) < dim else y.T @ y
+            trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
+            diff = a.mean(0) - self.mean
+            out[r] = max(diff @ diff + (centred * centred).sum() + np.trace(self.cov) - 2 * trace_root, 0.0)
+        return out
+
+
 def frechet_bootstrap(features: np.ndarray, reference: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """(resamples,) Frechet distances of `features` (prompt, seed, D) to the fixed `reference` (M, D), each on the
-    prompts drawn with replacement (a prompt with all its seeds) from a generator seeded with `seed`: the same draws
-    for every model with as many prompts. Tr (S_a S_r)^(1/2) is the sum of the square roots of the eigenvalues of
-    S_r^(1/2) S_a S_r^(1/2), taken in the smaller of the samples' and the features' dimensions (so a resample costs
-    an n x n or D x D symmetric eigenproblem, n the resample's images)."""
-    x = np.asarray(features, np.float64)
-    b = np.asarray(reference, np.float64)
-    n_prompts, dim = x.shape[0], x.shape[-1]
-    mu_b, cov_b = b.mean(0), np.atleast_2d(np.cov(b, rowvar=False))
-    w, v = np.linalg.eigh(cov_b)
-    root_b = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    draws = np.random.default_rng(seed).integers(0, n_prompts, size=(resamples, n_prompts))
-    out = np.empty(resamples)
-    for r, idx in enumerate(draws):
-        a = x[idx].reshape(-1, dim)
-        centred = (a - a.mean(0)) / np.sqrt(len(a) - 1)
-        y = centred @ root_b
-        gram = y @ y.T if len(a) < dim else y.T @ y
-        trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
-        diff = a.mean(0) - mu_b
-        out[r] = max(diff @ diff + (centred * centred).sum() + np.trace(cov_b) - 2 * trace_root, 0.0)
-    return out
+    """`FrechetReference(reference).bootstrap(features, resamples, seed)`: one model against a reference."""
+    return FrechetReference(reference).bootstrap(features, resamples, seed)
 
 
 class InceptionFeatures:
