@@ -116,8 +116,8 @@ def test_interval_columns_sit_next_to_their_value():
 
 def test_frechet_bootstrap_recomputes_the_distance_on_resampled_prompts():
     """Each replicate is metrics.frechet_distance on the drawn prompts (the eigenvalue form equals scipy's sqrtm,
-    with fewer images than features too); the draws are seeded; the interval covers the value and narrows with
-    more prompts; a mean over models is the percentile of their replicates' mean."""
+    with fewer images than features too); the draws are seeded; resampling inflates the distance, and the
+    bias-corrected interval covers the value and narrows with more prompts."""
     from memprune.evaluate.metrics import frechet_bootstrap, frechet_distance
 
     rng = np.random.default_rng(1)
