@@ -85,13 +85,12 @@ def start_embedding(pipe, init: str, prompt: str, unrelated: str, reference, gen
 def denoising_loss(unet, scheduler, z0, cond, gen):
     """The noise-prediction loss on latents z0 (N, C, h, w) under text states cond (N, L, D): fresh noise, then
     timesteps, drawn from `gen`; the model's output is read as epsilon whatever it predicts."""
-    import torch
     import torch.nn.functional as F
 
     from memprune.prediction import signal_noise, to_epsilon
+    from memprune.attacks.recovery_batch import draw_step
 
-    noise = torch.randn(z0.shape, generator=gen)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z0),), generator=gen)
+    noise, t = draw_step(gen, len(z0), z0.shape, scheduler.config.num_train_timesteps)
     z0, noise = z0.float().to(unet.device), noise.to(unet.device)
     a, s = signal_noise(scheduler, t, z0)
     x_t = a * z0 + s * noise
@@ -129,24 +128,43 @@ def skip_draws(gen, n_targets: int, inits: list[str], spec: RecoverySpec, latent
     running the model, so a chunk of the targets draws what the whole run draws for them."""
     import torch
 
+    from memprune.attacks.recovery_batch import draw_step
+
     for _ in range(n_targets):
         for init in inits:
             if init == "random":
                 torch.randn(embedding_shape, generator=gen)
             for _ in range(spec.steps):
-                torch.randn((spec.batch_size, *latent_shape[1:]), generator=gen)
-                torch.randint(0, num_timesteps, (spec.batch_size,), generator=gen)
+                draw_step(gen, spec.batch_size, latent_shape, num_timesteps)
+
+
+def predrawn(pipe, targets: list[dict], inits: list[str], spec: RecoverySpec, reference, gen) -> list[tuple]:
+    """Every (target, start) search's inputs and draws, drawn from `gen` in the order the searches one at a time
+    draw them: [((target index, init index), z0, start, noise (steps, B, C, h, w), t (steps, B))]."""
+    import torch
+
+    from memprune.attacks.recovery_batch import draw_step
+
+    work, num_timesteps = [], pipe.scheduler.config.num_train_timesteps
+    for ti, target in enumerate(targets):
+        z0 = image_latent(pipe, target["image"])
+        for ii, init in enumerate(inits):
+            start = start_embedding(pipe, init, target["prompt"], target["unrelated"], reference, gen)
+            draws = [draw_step(gen, spec.batch_size, z0.shape, num_timesteps) for _ in range(spec.steps)]
+            work.append(((ti, ii), z0, start, *(torch.stack([d[i] for d in draws]) for i in (0, 1))))
+    return work
 
 
 def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list[str], spec: RecoverySpec,
                    reference_prompts: list[str], progress: bool = False, searches: dict | None = None,
-                   metric=None, height: int | None = None, width: int | None = None, skip: int = 0) -> dict:
+                   metric=None, height: int | None = None, width: int | None = None, skip: int = 0,
+                   per_call: int = 1) -> dict:
     """Run the search for every (target, init) against `pipe` and generate from the start and the found
     embedding with `spec.seeds`, at `height` x `width` pixels (None: the model's resolution). `targets`: {prompt,
     group, image (H, W, 3) uint8, unrelated}. `searches`: the searches already run against this UNet ({embedding
     (T, I, 2, L, D): start and found, loss, seconds}, from `read_searches`), used instead of running them again.
     `metric`: the copy metric that scores the generations (`evaluate.copies.CopyMetric`; None: SSIM at
-    `spec.copy_threshold`). Returns arrays."""
+    `spec.copy_threshold`). `per_call`: searches per UNet call (`attacks.recovery_batch`). Returns arrays."""
     import torch
     from tqdm.auto import tqdm
 
@@ -167,13 +185,20 @@ def attack_targets(pipe, variant, params: dict, targets: list[dict], inits: list
     before, after = np.full((T, I, S), np.nan), np.full((T, I, S), np.nan)
     losses, seconds = np.full((T, I, spec.steps), np.nan), np.full((T, I), np.nan)
     examples = np.zeros((T, I, 2, *targets[0]["image"].shape), np.uint8) if targets else None
+    batched = None
+    if searches is None and per_call > 1 and targets:
+        from memprune.attacks.recovery_batch import batched_searches
+
+        batched = batched_searches(pipe, predrawn(pipe, targets, inits, spec, reference, gen), spec, per_call)
     embeddings = np.zeros((T, I, 2, *reference.shape[1:]), np.float32)
     for ti, target in enumerate(tqdm(targets, desc="recovery", disable=not progress)):
-        z0 = image_latent(pipe, target["image"]) if searches is None else None  # reused searches: no latent needed
+        z0 = image_latent(pipe, target["image"]) if searches is None and batched is None else None
         for ii, init in enumerate(inits):
             if searches is not None:
                 start, y = (torch.from_numpy(searches["embedding"][ti, ii, k])[None].to(unet.device) for k in (0, 1))
                 losses[ti, ii], seconds[ti, ii] = searches["loss"][ti, ii], searches["seconds"][ti, ii]
+            elif batched is not None:
+                start, y, losses[ti, ii], seconds[ti, ii] = batched[ti, ii]
             else:
                 start = start_embedding(pipe, init, target["prompt"], target["unrelated"], reference, gen)
                 t0 = time.perf_counter()
@@ -281,7 +306,7 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
                 new_photos: int = 0, device="auto", dtype="auto", progress=False, searches_from: str | None = None,
                 images: dict | None = None, chosen: dict | None = None, subset: dict | None = None,
                 sscd: str | None = None, height: int | None = None, width: int | None = None,
-                chunk: tuple[int, int] | None = None) -> None:
+                chunk: tuple[int, int] | None = None, per_call: int = 1) -> None:
     """The recovery attack on one variant: targets are the first `max_targets` prompts of each group
     (`groups`: {group: prompt list}), or those of `chosen` ({group: prompt indices}, the plan's: an edit's own
     subset photos and held-out ones), with their training photos from the testbed dataset `data_dir`, or from
@@ -289,7 +314,8 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
     model's resolution), plus `new_photos` crops the model never saw (testbed only); written to `out` (netCDF),
     each target's `split` from `subset` (`split_of`).
     `searches_from`: the unedited model's recovery file, whose searches an inference-time variant reuses.
-    `sscd`: the SSCD checkpoint that decides copies (None: SSIM), at `spec.copy_threshold`."""
+    `sscd`: the SSCD checkpoint that decides copies (None: SSIM), at `spec.copy_threshold`. `per_call`: searches
+    per UNet call (`attacks.recovery_batch`)."""
     from memprune.evaluate.training_images import first_photos
     from memprune.formats.store import write_netcdf
     from memprune.attacks.extraction import resolve_variant
@@ -329,11 +355,11 @@ def run_variant(model: str, variant: str, checkpoint: str | None, params: dict, 
             raise InputError(f"--searches-from: the variant {v.name!r} is not attacked through the unedited UNet")
         searches = read_searches(searches_from, targets, inits, spec)
     res = attack_targets(pipe, v, params, targets, inits, spec, all_prompts[:64], progress=progress, searches=searches,
-                         metric=metric, height=height, width=width, skip=first)
+                         metric=metric, height=height, width=width, skip=first, per_call=per_call)
     ds = recovery_dataset(variant_id, targets, inits, spec, res,
                           {"model": str(model), "checkpoint": str(checkpoint or ""),
                            "variant_name": v.name, "variant_params": json.dumps(params),
-                           "searches_from": str(searches_from or ""),
+                           "searches_from": str(searches_from or ""), "searches_per_call": per_call,
                            "subset": json.dumps(subset) if subset is not None else ""},
                           metric, first)
     ds["split"] = ("target", np.array(split_of(targets, groups, subset), dtype=object),

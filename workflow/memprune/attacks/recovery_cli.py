@@ -28,7 +28,7 @@ def add_recovery_arguments(sub) -> None:
                     chosen=json_object(args.targets_json) if args.targets_json else None,
                     subset=json_object(args.subset_json) if args.subset_json else None, sscd=args.sscd,
                     chunk=tuple(int(x) for x in args.chunk.split(":")) if args.chunk else None,
-                    height=args.height, width=args.width)
+                    height=args.height, width=args.width, per_call=args.searches_per_call)
 
     def table(args):
         import pandas as pd
@@ -71,6 +71,8 @@ def add_recovery_arguments(sub) -> None:
                    help="the unedited model's recovery file: an inference-time variant (wen) reuses its searches")
     p.add_argument("--sscd", default=None, help="SSCD TorchScript checkpoint that decides copies (default: SSIM)")
     p.add_argument("--chunk", default=None, help="K:N, the K-th run of N targets (recovery-merge joins the runs)")
+    p.add_argument("--searches-per-call", type=int, default=1,
+                   help="(target, start) searches batched into one UNet call (attacks/recovery_batch.py)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=run)

@@ -335,6 +335,8 @@ class Recovery:
         rec = self.cfg
         return (f"--inits {','.join(rec.get('inits', ['prompt']))} "
                 + options(max_targets=rec.get("max_targets"), new_photos=rec.get("new_photos") or None,
+                          searches_per_call=rec.get("searches_per_call") if rec.get("searches_per_call", 1) > 1
+                          else None,
                           **self.plan.image_size()))  # its generations and the fetched photos: config sampling's size
 
     def targets_args(self) -> str:
