@@ -150,9 +150,10 @@ def test_recovery_plans_every_compared_model_on_testbeds_only():
     assert all(rec.searches_from(by_variant[v], 1) == [rec.chunk(by_variant["none"], 1)] for v in inference_time)
     assert all(rec.searches_from(m, 0) == [] for m in rec.models if m.variant not in inference_time)
     cfg = load("config.yaml")
-    assert "--searches-per-call" not in rec.args()  # the default, 1: the job's command as without the key
-    batched = Recovery(Plan({**cfg, "recovery": {**cfg["recovery"], "searches_per_call": 16}}, REPO))
-    assert "--searches-per-call 16" in batched.args() and batched.tag == rec.tag  # the same searches, batched
+    assert "--searches-per-call 16" in rec.args()
+    one = Recovery(Plan({**cfg, "recovery": {**cfg["recovery"], "searches_per_call": 1}}, REPO))
+    assert "--searches-per-call" not in one.args()  # 1, the default: the job's command as without the key
+    assert one.tag == rec.tag  # the same searches, batched or not: the same folder
     alone = Recovery(Plan({**cfg, "recovery": {**cfg["recovery"], "variants": ["wen"]}}, REPO))
     assert alone.searches_from(alone.models[0], 0) == []  # no unedited model attacked: Wen runs its own searches
     sd = load("config/sd15.yaml")
