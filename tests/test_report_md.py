@@ -519,3 +519,26 @@ def test_the_report_of_the_tiny_workflow_run(workflow_run, tmp_path):
     dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), *targets,
                           "--configfile", config], cwd=workflow_run, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr[-3000:]
+
+
+def test_a_config_whose_results_are_not_here_keeps_its_subsections_from_the_earlier_report(results, tmp_path):
+    """`memprune report --keep-absent`: a config run elsewhere (its results folder absent here) keeps its subsections
+    from the report written before, as they were; one whose folder is here is rewritten from its files."""
+    from memprune.cli import main
+
+    out = tmp_path / "results.md"
+    assert main(["report", "--configfile", "config.yaml", "--configfile", "config/testbed.yaml",
+                 "--results", str(results), "--out", str(out)]) == 0
+    earlier = out.read_text()
+    assert "| wanda, plant_k10/0 |" in earlier
+    elsewhere = tmp_path / "elsewhere" / "results"
+    (elsewhere / SHIPPED).mkdir(parents=True)  # the shipped testbed's folder here, the planted one's not
+    args = ["report", "--configfile", "config.yaml", "--configfile", "config/testbed.yaml", "--results", str(elsewhere),
+            "--out", str(out)]
+    assert main([*args, "--keep-absent"]) == 0
+    kept = out.read_text()
+    for number in (1, 2, 3, 4):
+        assert _section(kept, number, PLANTED) == _section(earlier, number, PLANTED)
+    assert f"The subsections of `{PLANTED}` are kept from the report written before" in kept.split("\n## ")[0]
+    assert main(args) == 0  # without the switch: every config from the files here
+    assert "| wanda, plant_k10/0 |" not in out.read_text() and "not built" in _section(out.read_text(), 1, PLANTED)

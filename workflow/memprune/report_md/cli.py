@@ -18,7 +18,7 @@ repository's root, e.g. `memprune report --out docs/results.md`, or for two conf
 def cmd_report(args) -> None:
     from memprune.report_md.document import write_report
 
-    write_report(args.configfile, Path(args.results), Path(args.out))
+    write_report(args.configfile, Path(args.results), Path(args.out), args.keep_absent)
     print(f"wrote {args.out}")
 
 
@@ -31,4 +31,7 @@ def add_report_arguments(sub) -> None:
                    help="the results folder (default: results; its parent is where the workflow ran)")
     p.add_argument("--out", required=True, help="the Markdown file to write (written to a temporary path, then "
                                                 "renamed), e.g. docs/results.md")
+    p.add_argument("--keep-absent", action="store_true",
+                   help="a config whose results folder (results/<model>) is not here keeps its subsections from the "
+                        "--out file written before (e.g. a testbed run on another machine), with their own commit")
     p.set_defaults(func=cmd_report)
