@@ -168,6 +168,7 @@ SHIPPED = [["config.yaml"]] + [[c] for c in SD + RANDOM + ["config/testbed.yaml"
                                                            "config/testbed_finetune.yaml"]]
 SHIPPED += [["config/testbed_finetune.yaml", f"config/finetune/{e}.yaml"] for e in ("e16", "e32")]
 SHIPPED += [["config.yaml", "config/recovery/planted.yaml", *extra] for extra in ([], ["config/recovery/dori.yaml"])]
+SHIPPED += [["config/testbed_finetune.yaml", "config/recovery/finetune.yaml"]]
 
 
 def test_shipped_lists_every_config():
