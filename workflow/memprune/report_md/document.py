@@ -12,7 +12,8 @@ TITLE = "# Measured results"
 def render(groups: list[list[str]] | None, results: Path, out: Path | None = None, earlier: str | None = None) -> str:
     """The report's Markdown for the configs `groups` (each a list of files overlaid in order; None: config.yaml and
     its `leaderboard.configs`) from the result files under `results`. `earlier`: a report written before; a config
-    whose results folder (`results/<model>`) is not here keeps its subsections from it, as they were (`keep`)."""
+    whose results folder (`results/<model>`) is not here keeps its subsections with tables from it, as they were
+    (`keep`)."""
     from memprune.report_md import cost, removal, subspace
 
     configs = targets(groups, Path(results))
@@ -42,8 +43,9 @@ def _blocks(text: str) -> list[tuple[str, str, list[str]]]:
 
 def keep(text: str, earlier: str, models: list[str]) -> str:
     """`text` with each subsection of a model in `models` (`### <model> (...)`) replaced by `earlier`'s under the
-    same section, where `earlier` has it; the head says which were kept."""
-    theirs = {(section, sub): lines for section, sub, lines in _blocks(earlier) if sub}
+    same section, where `earlier` has it with a table; the head says which were kept."""
+    theirs = {(section, sub): lines for section, sub, lines in _blocks(earlier)
+              if sub and any(line.startswith("|") for line in lines)}
     kept, out = [], []
     for section, sub, lines in _blocks(text):
         model = sub.split(" ")[1] if sub else ""
