@@ -87,17 +87,10 @@ def denoising_loss(unet, scheduler, z0, cond, gen):
     timesteps, drawn from `gen`; the model's output is read as epsilon whatever it predicts."""
     import torch.nn.functional as F
 
-    from memprune.prediction import signal_noise, to_epsilon
-    from memprune.attacks.recovery_batch import draw_step
+    from memprune.attacks.recovery_batch import draw_step, predicted_noise
 
     noise, t = draw_step(gen, len(z0), z0.shape, scheduler.config.num_train_timesteps)
-    z0, noise = z0.float().to(unet.device), noise.to(unet.device)
-    a, s = signal_noise(scheduler, t, z0)
-    x_t = a * z0 + s * noise
-    dev, dt = unet.device, unet.dtype  # noise and timesteps drawn on the CPU generator, the rest on the UNet's device
-    x_in = x_t.to(dev, dt)
-    pred = unet(x_in, t.to(dev), encoder_hidden_states=cond.to(dev, dt)).sample
-    return F.mse_loss(to_epsilon(pred, x_in, t, scheduler), noise)
+    return F.mse_loss(*predicted_noise(unet, scheduler, z0, noise, t, cond))
 
 
 def search(unet, scheduler, z0, start, spec: RecoverySpec, gen, on_step=None):

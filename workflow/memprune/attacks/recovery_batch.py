@@ -24,26 +24,34 @@ def draw_step(gen, batch: int, latent_shape, num_timesteps: int):
     return noise, torch.randint(0, num_timesteps, (batch,), generator=gen)
 
 
+def predicted_noise(unet, scheduler, z0, noise, t, cond):
+    """The model's noise prediction (float32, read as epsilon whatever it predicts) at z0 (N, C, h, w) noised with
+    `noise` (N, C, h, w) at timesteps `t` (N,), under text states cond (N, L, D); and `noise` on the UNet's device."""
+    from memprune.prediction import signal_noise, to_epsilon
+
+    dev, dt = unet.device, unet.dtype  # noise and timesteps drawn on the CPU generator, the rest on the UNet's device
+    z0, noise = z0.float().to(dev), noise.to(dev)
+    a, s = signal_noise(scheduler, t, z0)
+    x_in = (a * z0 + s * noise).to(dev, dt)
+    pred = unet(x_in, t.to(dev), encoder_hidden_states=cond.to(dev, dt)).sample
+    return to_epsilon(pred, x_in, t, scheduler), noise
+
+
 def search_many(unet, scheduler, z0, starts, noise, t, spec):
     """K searches at once: z0 (K, C, h, w) latents, starts (K, L, D), noise (K, steps, B, C, h, w) and t (K, steps,
     B) their draws. Returns (embeddings (K, L, D) float32, loss per search and step (K, steps))."""
     import numpy as np
     import torch
 
-    from memprune.prediction import signal_noise, to_epsilon
-
     K, B = len(starts), spec.batch_size
-    dev, dt = unet.device, unet.dtype
     y = starts.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([y], lr=spec.lr)
-    z = z0.float()[:, None].expand(K, B, *z0.shape[1:]).reshape(K * B, *z0.shape[1:]).to(dev)
+    z = z0.float()[:, None].expand(K, B, *z0.shape[1:]).reshape(K * B, *z0.shape[1:]).to(unet.device)
     losses = np.zeros((K, spec.steps))
     for step in range(spec.steps):
-        eps, ts = noise[:, step].reshape(K * B, *z0.shape[1:]).to(dev), t[:, step].reshape(K * B)
-        a, s = signal_noise(scheduler, ts, z)
-        x_in = (a * z + s * eps).to(dev, dt)
-        pred = unet(x_in, ts.to(dev), encoder_hidden_states=y.repeat_interleave(B, 0).to(dev, dt)).sample
-        own = (to_epsilon(pred, x_in, ts, scheduler) - eps).square().reshape(K, -1).mean(1)
+        pred, eps = predicted_noise(unet, scheduler, z, noise[:, step].reshape(K * B, *z0.shape[1:]),
+                                    t[:, step].reshape(K * B), y.repeat_interleave(B, 0))
+        own = (pred - eps).square().reshape(K, -1).mean(1)
         opt.zero_grad(set_to_none=True)
         own.sum().backward()
         opt.step()
