@@ -114,30 +114,30 @@ def test_interval_columns_sit_next_to_their_value():
                                               "interval_method"]
 
 
-def test_frechet_bootstrap_recomputes_the_distance_on_resampled_prompts():
+def test_frechet_reference_bootstrap_recomputes_the_distance_on_resampled_prompts():
     """Each replicate is metrics.frechet_distance on the drawn prompts (the eigenvalue form equals scipy's sqrtm,
     with fewer images than features too); the draws are seeded; resampling inflates the distance, and the
     bias-corrected interval covers the value and narrows with more prompts."""
-    from memprune.evaluate.metrics import frechet_bootstrap, frechet_distance
+    from memprune.evaluate.metrics import FrechetReference, frechet_distance
 
     rng = np.random.default_rng(1)
     feats, ref = rng.normal(0.3, 1.0, (40, 2, 6)), rng.normal(0.0, 1.0, (200, 6))
-    reps = frechet_bootstrap(feats, ref, 50, seed=7)
+    reps = FrechetReference(ref).bootstrap(feats, 50, seed=7)
     draws = np.random.default_rng(7).integers(0, 40, size=(50, 40))
     for r in (0, 13, 49):
         assert reps[r] == pytest.approx(frechet_distance(feats[draws[r]].reshape(-1, 6), ref), rel=1e-8)
     wide = rng.normal(0.0, 1.0, (3, 2, 10))  # 6 images of 10 features: the n x n form
-    one = frechet_bootstrap(wide, ref[:, :5].repeat(2, axis=1), 5, seed=0)
+    one = FrechetReference(ref[:, :5].repeat(2, axis=1)).bootstrap(wide, 5, seed=0)
     first = np.random.default_rng(0).integers(0, 3, size=(5, 3))[0]
     assert one[0] == pytest.approx(frechet_distance(wide[first].reshape(-1, 10), ref[:, :5].repeat(2, axis=1)),
                                    rel=1e-6, abs=1e-9)
-    np.testing.assert_array_equal(reps, frechet_bootstrap(feats, ref, 50, seed=7))
+    np.testing.assert_array_equal(reps, FrechetReference(ref).bootstrap(feats, 50, seed=7))
     value = frechet_distance(feats.reshape(-1, 6), ref)
-    reps = frechet_bootstrap(feats, ref, 400, seed=0)
+    reps = FrechetReference(ref).bootstrap(feats, 400, seed=0)
     assert reps.mean() > value  # resampling repeats prompts: the distance grows
     lo, hi = intervals.percentile(reps, estimate=value)  # less the bootstrap's bias: around the value
     assert lo < value < hi and (lo, hi) == pytest.approx(tuple(np.quantile(reps - reps.mean() + value, [.025, .975])))
     more = rng.normal(0.3, 1.0, (400, 2, 6))
-    lo4, hi4 = intervals.percentile(frechet_bootstrap(more, ref, 400, seed=0))
+    lo4, hi4 = intervals.percentile(FrechetReference(ref).bootstrap(more, 400, seed=0))
     assert hi4 - lo4 < (hi - lo) / 2
     assert intervals.percentile([np.nan, 1.0]) == (pytest.approx(np.nan, nan_ok=True),) * 2

@@ -14,7 +14,7 @@ functions: per-prompt values in, (estimate,) lo, hi out, each result a tuple who
 * `t_mean`: a mean over a few independent replicates (the subsets of a collection): Student's t interval.
 * `bootstrap_auc`: ROC AUC, positives and negatives resampled apart (stratified percentile bootstrap).
 * `percentile`: an interval from bootstrap replicates computed elsewhere (the Frechet distance's,
-  `metrics.frechet_bootstrap`: the statistic is not a mean, so each resample recomputes it).
+  `metrics.FrechetReference.bootstrap`: the statistic is not a mean, so each resample recomputes it).
 
 The module imports only numpy at load (the planner imports localizers, which call it inside functions).
 """

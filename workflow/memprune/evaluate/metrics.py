@@ -348,11 +348,6 @@ class FrechetReference:
         return out
 
 
-def frechet_bootstrap(features: np.ndarray, reference: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """`FrechetReference(reference).bootstrap(features, resamples, seed)`: one model against a reference."""
-    return FrechetReference(reference).bootstrap(features, resamples, seed)
-
-
 class InceptionFeatures:
     """pool3 features (2048) of torchvision's Inception v3 from a local safetensors state dict (optional:
     FID's usual space; without it the CLIP image tower is the feature space). Note torchvision's ImageNet
