@@ -32,6 +32,7 @@ def add_report_arguments(sub) -> None:
     p.add_argument("--out", required=True, help="the Markdown file to write (written to a temporary path, then "
                                                 "renamed), e.g. docs/results.md")
     p.add_argument("--keep-absent", action="store_true",
-                   help="a config whose results folder (results/<model>) is not here keeps its subsections from the "
-                        "--out file written before (e.g. a testbed run on another machine), with their own commit")
+                   help="a config whose results folder (results/<model>) is not here keeps its subsections that hold a "
+                        "table from the --out file written before (e.g. a testbed run on another machine), with their "
+                        "own commit")
     p.set_defaults(func=cmd_report)
