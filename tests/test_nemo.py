@@ -148,6 +148,40 @@ def _same_search(batched, unbatched):
     assert batched["initial_similarity"] == pytest.approx(unbatched["initial_similarity"], abs=1e-6)
 
 
+class _RoundsAbove(_ToyDenoiser):
+    """The stand-in, its prediction rounded differently (one float32 step) in calls of more than `above` samples,
+    as oneDNN's shape-chosen kernels do."""
+
+    above = 6
+
+    def forward(self, x, t, encoder_hidden_states):
+        out = super().forward(x, t, encoder_hidden_states)
+        if len(x) > self.above:
+            out.sample = torch.nextafter(out.sample, torch.full_like(out.sample, float("inf")))
+        return out
+
+
+def test_the_probe_makes_no_call_larger_than_those_that_round_alike():
+    """`invariant_batch` finds the largest call size whose samples get the bits of a MIN_BATCH call; the probe
+    keeps to it from its first prompt on, and the check is not counted as the search's cost."""
+    from diffusers import DDIMScheduler
+
+    model = _RoundsAbove(16, 3)
+    layers = [(f"v{i}", lin) for i, lin in enumerate(model.to_v)]
+    embed = torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(1))
+    probe = nemo.Probe(model, DDIMScheduler(), layers, seeds=list(range(10)), steps=10, step_index=1, batch=12)
+    assert probe.invariant_batch(embed) == 6 and (probe.runs, probe.samples) == (0, 0)
+    probe.start(embed, probe.deltas(embed))
+    assert probe.batch == 6
+    calls = []
+    model.register_forward_hook(lambda m, i, out: calls.append(len(i[0])))
+    probe.similarities([(frozenset([c]), s) for c in range(3) for s in range(10)])
+    assert max(calls) == 6 and min(calls) >= probe.min_batch
+    model.above = 12
+    assert nemo.Probe(model, DDIMScheduler(), layers, seeds=list(range(10)), steps=10, step_index=1,
+                      batch=12).invariant_batch(embed) == 12
+
+
 def test_batched_search_takes_the_unbatched_decisions_on_a_stand_in():
     """Several candidate sets and seeds per call, early stops, speculation past the open test (batch 5 and 12):
     the same rounds, initial and refined sets as one call per candidate, in fewer predictions."""
